@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# klpkit set-up on Debian bookworm: installs every system package the tool and its tests
+# use (idempotent, quick when all is there), then klpkit itself with its test extras.
+# Big downloads (Debian kernel packages) are fetched on demand by klpkit and cached under
+# ${KLPKIT_CACHE:-~/.cache/klpkit}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REL=${KLPKIT_KREL:-6.1.0-47-amd64}
+pkgs=(
+  elfutils binutils gcc make kmod      # readelf, eu-elflint, modinfo; building modules
+  gcc-s390x-linux-gnu                   # big-endian ELF64 test objects
+  binutils-powerpc-linux-gnu            # big-endian ELF32 test objects (assembled)
+  qemu-system-x86 busybox-static cpio   # klpkit vm
+  graphviz                              # klpkit deps --graph (PNG/SVG)
+  "linux-headers-$REL"                  # building test modules against the target kernel
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+python3 -m pip install -q --disable-pip-version-check -e ".[test]"

@@ -1,0 +1,569 @@
+"""An ELF file: the reader and the writer of the one model.
+
+Reading validates every offset, size, count and index before using it, so a
+malformed file ends in one :class:`~klpkit.errors.ElfError` naming the file and
+the defect, never in an IndexError or an unbounded allocation.
+
+Writing keeps everything that did not change where it was: sections keep their
+file offsets while the layout allows, unchanged names keep their string-table
+offsets, undecoded sections are written from their original bytes. That is
+what makes a no-op write byte-identical, and an edit minimal.
+"""
+
+from __future__ import annotations
+
+import os
+
+from klpkit.elf import constants as C
+from klpkit.elf.group import GroupSection
+from klpkit.elf.relocation import Relocation, RelocationSection
+from klpkit.elf.section import Section
+from klpkit.elf.strtab import StringTableBuilder, string_at
+from klpkit.elf.structs import EI_NIDENT, Layout, ident_layout
+from klpkit.elf.symbol import Symbol, SymbolTable
+from klpkit.errors import ElfError
+from klpkit.fileio import read_input, write_atomic
+
+_SECTION_CLASSES = {
+    C.SHT_SYMTAB: SymbolTable,
+    C.SHT_REL: RelocationSection,
+    C.SHT_RELA: RelocationSection,
+    C.SHT_GROUP: GroupSection,
+}
+
+
+def _align_up(value: int, align: int) -> int:
+    return value if align <= 1 else (value + align - 1) // align * align
+
+
+class ElfFile:
+    """One ELF object: header fields, sections, and whatever trails the ELF image
+    (for a kernel module, the appended signature)."""
+
+    def __init__(self, layout: Layout, path: str | None = None):
+        self.layout = layout
+        self.path = path
+        self.ident = b""
+        self.type = C.ET_REL
+        self.machine = 0
+        self.version = C.EV_CURRENT
+        self.entry = 0
+        self.phoff = 0
+        self.flags = 0
+        self.ehsize = layout.ehdr.size
+        self.phentsize = 0
+        self.phnum = 0
+        self.shentsize = layout.shdr.size
+        self.sections: list[Section] = []
+        self.shstrtab: Section | None = None
+        self.orig_sections: tuple[Section, ...] = ()
+        self.program_headers = b""
+        self.trailer = b""
+        self.orig_image: bytes | memoryview = b""
+        self.orig_shoff: int | None = None
+        self.trailer_dropped = False
+
+    # ------------------------------------------------------------------ reading
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> ElfFile:
+        return cls.from_bytes(read_input(path), path=os.fspath(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: str | None = None) -> ElfFile:
+        if len(data) < EI_NIDENT or data[:4] != C.ELFMAG:
+            raise ElfError("not an ELF file (bad magic)" if len(data) >= 4
+                           else "not an ELF file (too short)", path=path)
+        layout = ident_layout(data[:EI_NIDENT])
+        if layout is None:
+            raise ElfError(f"unsupported ELF class {data[4]} or data encoding {data[5]}",
+                           path=path)
+        elf = cls(layout, path)
+        elf._parse(memoryview(data) if not isinstance(data, memoryview) else data)
+        return elf
+
+    def _fail(self, message: str):
+        raise ElfError(message, path=self.path)
+
+    def _parse(self, mv: memoryview) -> None:
+        lay = self.layout
+        size = len(mv)
+        if size < lay.ehdr.size:
+            self._fail(f"truncated ELF header ({size} bytes, need {lay.ehdr.size})")
+        (self.ident, self.type, self.machine, self.version, self.entry, self.phoff, shoff,
+         self.flags, self.ehsize, self.phentsize, self.phnum, self.shentsize, shnum,
+         shstrndx) = lay.ehdr.unpack_from(mv, 0)
+        self.ident = bytes(self.ident)
+        end = lay.ehdr.size
+        if self.phnum:
+            ph_end = self.phoff + self.phnum * self.phentsize
+            if ph_end > size:
+                self._fail(f"program header table ({self.phnum} entries at {self.phoff:#x}) "
+                           f"extends past the end of the file ({size} bytes)")
+            self.program_headers = bytes(mv[self.phoff:ph_end])
+            end = max(end, ph_end)
+        headers = self._read_section_headers(mv, shoff, shnum, shstrndx)
+        if headers:
+            end = max(end, shoff + len(headers) * self.shentsize)
+        self.orig_shoff = shoff if headers else None
+        sections = []
+        for i, (name_off, stype, flags, addr, off, ssize, link, info, align, entsize) in \
+                enumerate(headers):
+            if stype != C.SHT_NOBITS and i:
+                if off > size or ssize > size - off:
+                    self._fail(f"section {i}: contents ({ssize} bytes at {off:#x}) extend past "
+                               f"the end of the file ({size} bytes)")
+                end = max(end, off + ssize)
+                content = mv[off:off + ssize]
+            else:
+                content = b""
+            cls = _SECTION_CLASSES.get(stype, Section)
+            sec = cls("", stype, flags, content, addr=addr, addralign=align, entsize=entsize,
+                      link=link, info=info, nobits_size=ssize if stype == C.SHT_NOBITS else 0)
+            sec.elf = self
+            sec.orig_index = i
+            sec.orig_offset = off if i else None
+            sec.orig_name_offset = name_off
+            sections.append(sec)
+        self.sections = sections
+        self.orig_sections = tuple(sections)
+        self._resolve_names(shstrndx)
+        self._resolve_links()
+        self.orig_image = mv[:end]
+        self.trailer = bytes(mv[end:])
+
+    def _read_section_headers(self, mv, shoff, shnum, shstrndx) -> list[tuple]:
+        """Read the section header table, honouring the e_shnum/e_shstrndx escapes."""
+        lay = self.layout
+        size = len(mv)
+        if shoff == 0:
+            if shnum:
+                self._fail(f"e_shnum is {shnum} but e_shoff is 0")
+            return []
+        if self.shentsize != lay.shdr.size:
+            self._fail(f"e_shentsize is {self.shentsize}, expected {lay.shdr.size}")
+        if shoff > size or size - shoff < lay.shdr.size:
+            self._fail(f"section header table offset {shoff:#x} is past the end of the file "
+                       f"({size} bytes)")
+        first = lay.shdr.unpack_from(mv, shoff)
+        count = shnum if shnum else first[5]  # SHN_UNDEF escape: count in shdr[0].sh_size
+        if count == 0:
+            self._fail("e_shnum is 0 and section header 0 gives no count")
+        if count > (size - shoff) // lay.shdr.size:
+            self._fail(f"section header table ({count} entries at {shoff:#x}) extends past the "
+                       f"end of the file ({size} bytes)")
+        self._shstrndx = first[6] if shstrndx == C.SHN_XINDEX else shstrndx
+        return [lay.shdr.unpack_from(mv, shoff + i * lay.shdr.size) for i in range(count)]
+
+    def _resolve_names(self, shstrndx) -> None:
+        if not self.sections:
+            return
+        idx = self._shstrndx
+        if idx == C.SHN_UNDEF:
+            return
+        if idx >= len(self.sections) or self.sections[idx].type != C.SHT_STRTAB:
+            self._fail(f"e_shstrndx {idx} does not name a string table section")
+        self.shstrtab = self.sections[idx]
+        table = bytes(self.shstrtab._data)
+        for i, sec in enumerate(self.sections):
+            name = string_at(table, sec.orig_name_offset)
+            if name is None:
+                self._fail(f"section {i}: name offset {sec.orig_name_offset:#x} is outside the "
+                           "section name table")
+            sec.name = sec.orig_name = name
+
+    def _resolve_links(self) -> None:
+        sections = self.sections
+        n = len(sections)
+        for sec in sections[1:]:
+            link_is_section, info_is_section = sec.link_index_fields()
+            if link_is_section and 0 < sec.link < n:
+                sec.link = sections[sec.link]
+            if info_is_section and 0 < sec.info < n:
+                sec.info = sections[sec.info]
+            if sec.type == C.SHT_SYMTAB_SHNDX and isinstance(sec.link, SymbolTable):
+                sec.link.shndx_section = sec
+        for sec in sections[1:]:
+            if sec.type != C.SHT_NOBITS and not isinstance(sec._data, bytes):
+                sec._data = bytes(sec._data)
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def elfclass(self) -> int:
+        return self.layout.elfclass
+
+    @property
+    def little_endian(self) -> bool:
+        return self.layout.little_endian
+
+    def section(self, name: str) -> Section | None:
+        for sec in self.sections:
+            if sec.name == name:
+                return sec
+        return None
+
+    def section_index(self, sec: Section) -> int:
+        for i, candidate in enumerate(self.sections):
+            if candidate is sec:
+                return i
+        raise ValueError(f"section {sec.name!r} is not in this file")
+
+    @property
+    def symtab(self) -> SymbolTable | None:
+        for sec in self.sections:
+            if isinstance(sec, SymbolTable):
+                return sec
+        return None
+
+    def relocation_sections(self) -> list[RelocationSection]:
+        return [s for s in self.sections if isinstance(s, RelocationSection)]
+
+    def relocations_for(self, target: Section) -> list[RelocationSection]:
+        """Every relocation section whose sh_info is ``target``."""
+        return [s for s in self.relocation_sections() if s.info is target]
+
+    @property
+    def signature(self):
+        """The appended module signature, or None (see klpkit.kernel.signature)."""
+        from klpkit.kernel.signature import ModuleSignature
+
+        return ModuleSignature.from_trailer(self.trailer)
+
+    # ---------------------------------------------------------------- editing
+    def add_section(self, sec: Section, after: Section | None = None) -> Section:
+        """Add ``sec`` at the end (or right after ``after``); returns it."""
+        sec.elf = self
+        if after is None:
+            self.sections.append(sec)
+        else:
+            self.sections.insert(self.section_index(after) + 1, sec)
+        return sec
+
+    def remove_section(self, sec: Section) -> None:
+        """Remove ``sec``, the relocation sections that apply to it, and its section
+        symbol (STT_SECTION). Other symbols defined in it stay and make the write fail:
+        dropping them silently could break relocations elsewhere."""
+        for rel in self.relocations_for(sec):
+            self.sections.remove(rel)
+        self.sections.remove(sec)
+        for symtab in (s for s in self.sections if isinstance(s, SymbolTable)):
+            if any(sym.shndx is sec for sym in symtab.symbols):
+                symtab.symbols = [sym for sym in symtab.symbols
+                                  if not (sym.shndx is sec and sym.type == C.STT_SECTION)]
+
+    def new_relocation_section(self, name: str, target: Section, *, rela: bool = True,
+                               flags: int = C.SHF_INFO_LINK) -> RelocationSection:
+        """A new, empty relocation section for ``target``, linked to the symbol table."""
+        lay = self.layout
+        rec = lay.rela if rela else lay.rel
+        sec = RelocationSection(name, C.SHT_RELA if rela else C.SHT_REL, flags,
+                                addralign=lay.addr_size, entsize=rec.size,
+                                link=self.symtab, info=target)
+        sec._relocations = []
+        return self.add_section(sec)
+
+    # ---------------------------------------------------------------- writing
+    def to_bytes(self, keep_trailer: bool | None = None) -> bytes:
+        """Serialise. The trailer (module signature) is kept when the ELF image is
+        unchanged, or when ``keep_trailer`` is True; otherwise it is dropped and
+        ``trailer_dropped`` is set, because a signature over other bytes is invalid."""
+        image = _Writer(self).write()
+        unchanged = image == self.orig_image
+        keep = unchanged if keep_trailer is None else keep_trailer
+        self.trailer_dropped = bool(self.trailer) and not keep
+        return image + self.trailer if keep else image
+
+    def write(self, path: str | os.PathLike, keep_trailer: bool | None = None) -> None:
+        write_atomic(path, self.to_bytes(keep_trailer))
+
+
+class _Writer:
+    """Turns the model back into bytes (one use per write)."""
+
+    def __init__(self, elf: ElfFile):
+        self.elf = elf
+        self.lay = elf.layout
+        self.path = elf.path
+
+    def _fail(self, message: str):
+        raise ElfError(message, path=self.path)
+
+    def write(self) -> bytes:
+        elf = self.elf
+        if not elf.sections:
+            return self._compose([], None)
+        self._decode_what_renumbering_invalidates()
+        self._ensure_shndx_sections()
+        self.index = {id(s): i for i, s in enumerate(elf.sections)}
+        self.builders: dict[int, StringTableBuilder] = {}
+        self._check_membership()
+        contents = {id(s): self._encode(s) for s in elf.sections[1:]}
+        headers = self._section_headers(contents)
+        for sec_id, builder in self.builders.items():
+            contents[sec_id] = bytes(builder.data)
+        # String tables may have grown: rebuild their sizes in the headers.
+        headers = self._section_headers(contents, names_done=headers)
+        return self._compose(headers, contents)
+
+    # -- what must be re-encoded --------------------------------------------
+    def _decode_what_renumbering_invalidates(self) -> None:
+        elf = self.elf
+        sections = elf.sections
+        renumbered = len([s for s in sections if s.orig_index is not None]) != \
+            len(elf.orig_sections) or any(
+                s.orig_index is not None and s.orig_index != i for i, s in enumerate(sections))
+        for sec in sections:
+            if isinstance(sec, SymbolTable) and (renumbered or sec.is_decoded()):
+                syms = sec.symbols
+                sec.sort_locals_first()
+                moved = len(syms) != len(sec.orig_symbols) or any(
+                    s.orig_index != i for i, s in enumerate(sec.symbols))
+                if moved or renumbered:
+                    for other in sections:
+                        if isinstance(other, RelocationSection) and other.link is sec:
+                            other.relocations  # noqa: B018 - decode before indexes change
+                        elif isinstance(other, GroupSection) and other.link is sec:
+                            other.decode()
+            elif isinstance(sec, GroupSection) and renumbered:
+                sec.decode()
+
+    def _ensure_shndx_sections(self) -> None:
+        """A file with >= SHN_LORESERVE sections needs SHT_SYMTAB_SHNDX for its symbols."""
+        elf = self.elf
+        if len(elf.sections) + 1 < C.SHN_LORESERVE:
+            return
+        for symtab in [s for s in elf.sections if isinstance(s, SymbolTable)]:
+            symtab.symbols  # noqa: B018 - shndx values must be recomputed
+            if symtab.shndx_section is None or symtab.shndx_section not in elf.sections:
+                shndx = Section(".symtab_shndx", C.SHT_SYMTAB_SHNDX, 0, addralign=4, entsize=4,
+                                link=symtab)
+                symtab.shndx_section = elf.add_section(shndx)
+
+    def _check_membership(self) -> None:
+        """Every section reference must point at a section still in the file."""
+        index = self.index
+        for sec in self.elf.sections[1:]:
+            for field in ("link", "info"):
+                ref = getattr(sec, field)
+                if isinstance(ref, Section) and id(ref) not in index:
+                    self._fail(f"section {sec.name}: sh_{field} refers to section {ref.name}, "
+                               "which is no longer in the file")
+
+    # -- contents -------------------------------------------------------------
+    def _builder(self, table: Section) -> StringTableBuilder:
+        builder = self.builders.get(id(table))
+        if builder is None:
+            builder = self.builders[id(table)] = StringTableBuilder(table.data)
+        return builder
+
+    def _encode(self, sec: Section) -> bytes:
+        if sec.type == C.SHT_NOBITS:
+            return b""
+        if isinstance(sec, SymbolTable) and sec.is_decoded():
+            return self._encode_symtab(sec)
+        if isinstance(sec, RelocationSection) and sec.is_decoded():
+            return self._encode_relocations(sec)
+        if isinstance(sec, GroupSection) and sec.is_decoded():
+            return self._encode_group(sec)
+        if sec.type == C.SHT_SYMTAB_SHNDX and isinstance(sec.link, SymbolTable) \
+                and sec.link.is_decoded():
+            return b""  # filled in by the symbol table's encoder
+        return sec.data
+
+    def _encode_symtab(self, symtab: SymbolTable) -> bytes:
+        lay = self.lay
+        strtab = symtab.strtab
+        index = self.index
+        out = bytearray()
+        xindex = bytearray()
+        need_x = symtab.shndx_section is not None and id(symtab.shndx_section) in index
+        for i, sym in enumerate(symtab.symbols):
+            if sym.name == sym.orig_name and sym.orig_name_offset is not None:
+                name_off = sym.orig_name_offset
+            else:
+                name_off = self._builder(strtab).offset_of(sym.name) if sym.name else 0
+            shndx = sym.shndx
+            x = 0
+            if isinstance(shndx, Section):
+                idx = index.get(id(shndx))
+                if idx is None:
+                    self._fail(f"symbol {i} ({sym.name}) is defined in section {shndx.name}, "
+                               "which is no longer in the file")
+                if idx >= C.SHN_LORESERVE:
+                    shndx, x = C.SHN_XINDEX, idx
+                else:
+                    shndx = idx
+            elif not 0 <= shndx <= 0xFFFF:
+                self._fail(f"symbol {i} ({sym.name}) has invalid st_shndx {shndx}")
+            out += lay.pack_sym(name_off, sym.value, sym.size, sym.info, sym.other, shndx)
+            xindex += lay.u32.pack(x)
+        if need_x:
+            self._shndx_contents = getattr(self, "_shndx_contents", {})
+            self._shndx_contents[id(symtab.shndx_section)] = bytes(xindex)
+        return bytes(out)
+
+    def _symbol_indexes(self, symtab: SymbolTable) -> dict[int, int]:
+        cache = getattr(self, "_symidx", None)
+        if cache is None:
+            cache = self._symidx = {}
+        if id(symtab) not in cache:
+            cache[id(symtab)] = {id(s): i for i, s in enumerate(symtab.symbols)}
+        return cache[id(symtab)]
+
+    def _encode_relocations(self, sec: RelocationSection) -> bytes:
+        lay = self.lay
+        relocs = sec.relocations
+        if not relocs:
+            return b""
+        symtab = sec.symtab
+        if symtab is None:
+            self._fail(f"section {sec.name}: relocations without a symbol table link")
+        symidx = self._symbol_indexes(symtab)
+        out = bytearray()
+        rela = sec.is_rela
+        pack = (lay.rela if rela else lay.rel).pack
+        for r in relocs:
+            if r.symbol is None:
+                s = 0
+            else:
+                s = symidx.get(id(r.symbol))
+                if s is None:
+                    self._fail(f"section {sec.name}: relocation at {r.offset:#x} uses symbol "
+                               f"{r.symbol.name}, which is not in {symtab.name}")
+            info = lay.r_info(s, r.type)
+            if rela:
+                out += pack(r.offset, info, r.addend or 0)
+            else:
+                if r.addend:
+                    self._fail(f"section {sec.name}: SHT_REL cannot hold the explicit addend "
+                               f"{r.addend} of the relocation at {r.offset:#x}")
+                out += pack(r.offset, info)
+        return bytes(out)
+
+    def _encode_group(self, sec: GroupSection) -> bytes:
+        u32 = self.lay.u32
+        out = bytearray(u32.pack(sec.group_flags))
+        for member in sec.members:
+            idx = self.index.get(id(member))
+            if idx is None:
+                self._fail(f"group {sec.name}: member {member.name} is no longer in the file")
+            out += u32.pack(idx)
+        return bytes(out)
+
+    # -- headers --------------------------------------------------------------
+    def _section_headers(self, contents, names_done=None) -> list[list]:
+        """One mutable header row per section (offset filled in by the layout)."""
+        elf = self.elf
+        index = self.index
+        shndx_contents = getattr(self, "_shndx_contents", {})
+        headers = []
+        for i, sec in enumerate(elf.sections):
+            if i == 0:
+                headers.append(self._null_header(sec))
+                continue
+            if names_done is not None:
+                name_off = names_done[i][0]
+            elif sec.name == sec.orig_name and sec.orig_name_offset is not None \
+                    and elf.shstrtab is not None and elf.shstrtab.orig_index is not None:
+                name_off = sec.orig_name_offset
+            else:
+                if elf.shstrtab is None or id(elf.shstrtab) not in index:
+                    self._fail(f"section {sec.name}: no section name table to hold its name")
+                name_off = self._builder(elf.shstrtab).offset_of(sec.name)
+            if id(sec) in shndx_contents:
+                contents[id(sec)] = shndx_contents[id(sec)]
+            size = sec.nobits_size if sec.type == C.SHT_NOBITS else len(contents[id(sec)])
+            link = index[id(sec.link)] if isinstance(sec.link, Section) else sec.link
+            if isinstance(sec, SymbolTable) and sec.is_decoded():
+                info = sec.first_nonlocal()
+            elif isinstance(sec, GroupSection) and sec.is_decoded():
+                info = self._symbol_indexes(sec.link).get(id(sec.signature))
+                if info is None:
+                    self._fail(f"group {sec.name}: signature symbol is not in the symbol table")
+            else:
+                info = index[id(sec.info)] if isinstance(sec.info, Section) else sec.info
+            headers.append([name_off, sec.type, sec.flags, sec.addr, 0, size, link, info,
+                            sec.addralign, sec.entsize])
+        return headers
+
+    def _null_header(self, sec: Section) -> list:
+        n = len(self.elf.sections)
+        shstr = self.index.get(id(self.elf.shstrtab), 0) if self.elf.shstrtab else 0
+        return [0, 0, 0, 0, 0, n if n >= C.SHN_LORESERVE else 0,
+                shstr if shstr >= C.SHN_LORESERVE else 0, 0, 0, 0]
+
+    # -- layout ---------------------------------------------------------------
+    def _compose(self, headers, contents) -> bytes:
+        elf = self.elf
+        lay = self.lay
+        orig = elf.orig_image
+        shdr_size = lay.shdr.size
+        table_align = lay.addr_size
+        # Items to place: (orig_offset, align, section|None for the header table).
+        existing = [s for s in elf.sections[1:] if s.orig_offset is not None]
+        new = [s for s in elf.sections[1:] if s.orig_offset is None]
+        items = sorted(((s.orig_offset, s) for s in existing), key=lambda t: t[0])
+        if headers:
+            table = (elf.orig_shoff, None)
+            if elf.orig_shoff is None or not items or elf.orig_shoff >= items[-1][0]:
+                items = items + [(None, s) for s in new] + [table]
+            else:
+                items = items + [table] + [(None, s) for s in new]
+        cursor = lay.ehdr.size
+        if elf.program_headers:
+            cursor = max(cursor, elf.phoff + len(elf.program_headers))
+        placed = []  # (offset, bytes, at_original_place)
+        shoff = 0
+        for orig_off, sec in items:
+            if sec is None:
+                data_len, align = len(headers) * shdr_size, table_align
+            elif sec.type == C.SHT_NOBITS:
+                off = orig_off if orig_off is not None and orig_off >= cursor \
+                    else _align_up(cursor, max(sec.addralign, 1))
+                headers[self.index[id(sec)]][4] = off
+                continue
+            else:
+                data_len, align = len(contents[id(sec)]), max(sec.addralign, 1)
+            if orig_off is not None and orig_off >= cursor and orig_off % align == 0:
+                off = orig_off
+            else:
+                off = _align_up(cursor, align)
+            if sec is None:
+                shoff = off
+            else:
+                headers[self.index[id(sec)]][4] = off
+            placed.append((off, data_len, sec, off == orig_off))
+            cursor = off + data_len
+        total = cursor
+        out = bytearray(total)
+        # Gaps between two items that both stayed in place keep their original bytes.
+        prev_end, prev_in_place = lay.ehdr.size, True
+        for off, data_len, sec, in_place in placed:
+            if in_place and prev_in_place and off > prev_end and off <= len(orig):
+                out[prev_end:off] = orig[prev_end:off]
+            if sec is None:
+                out[off:off + data_len] = b"".join(lay.shdr.pack(*h) for h in headers)
+            else:
+                out[off:off + data_len] = contents[id(sec)]
+            prev_end = off + data_len
+            prev_in_place = in_place and (sec is None or sec.orig_offset == off) and \
+                self._same_size(sec, data_len, headers)
+        shnum = len(headers)
+        shstrndx = self.index.get(id(elf.shstrtab), 0) if elf.shstrtab is not None else 0
+        out[0:lay.ehdr.size] = lay.ehdr.pack(
+            elf.ident, elf.type, elf.machine, elf.version, elf.entry, elf.phoff, shoff,
+            elf.flags, elf.ehsize, elf.phentsize, elf.phnum,
+            elf.shentsize if headers else elf.shentsize,
+            shnum if shnum < C.SHN_LORESERVE else 0,
+            shstrndx if shstrndx < C.SHN_LORESERVE else C.SHN_XINDEX)
+        if elf.program_headers:
+            out[elf.phoff:elf.phoff + len(elf.program_headers)] = elf.program_headers
+        return bytes(out)
+
+    def _same_size(self, sec, data_len, headers) -> bool:
+        if sec is None:
+            return len(headers) == len(self.elf.orig_sections)
+        orig_sec = sec.orig_index is not None
+        return orig_sec and data_len == len(sec._data) if sec.type != C.SHT_NOBITS else True
+
+
+__all__ = ["ElfFile", "Relocation", "Symbol"]

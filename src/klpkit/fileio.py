@@ -1,0 +1,50 @@
+"""Safe output: write to a temporary file in the target directory, then rename.
+
+A failed or interrupted run therefore never leaves a partial output file, and
+writing to the path of an input never modifies the input in place (the input
+is replaced only by a complete new file, and only when the user asked for it).
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+from klpkit.errors import InputError
+
+
+def read_input(path: str | os.PathLike) -> bytes:
+    """Read a whole input file, turning OS errors into one-line errors."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise InputError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, expected a file", path=path) from None
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", path=path) from None
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` via a temp file + rename (atomic on POSIX)."""
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except FileNotFoundError:
+        raise InputError("output directory does not exist", path=directory) from None
+    except OSError as e:
+        raise InputError(f"cannot create output: {e.strerror}", path=path) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise InputError(f"cannot write: {e.strerror}", path=path) from None
+        raise

@@ -1,0 +1,1 @@
+"""What the kernel defines: livepatch naming, modinfo, __versions, the module signature."""
