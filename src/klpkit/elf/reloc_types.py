@@ -10,7 +10,8 @@ spelling GNU readelf prints. Names that were renamed or are spelled differently 
 Layout notes:
 
 * AArch64 uses one number space for LP64 (257+, 512+, 1024+) and ILP32 (``R_AARCH64_P32_*``,
-  1..255). Type 0 is ``R_AARCH64_NONE``; the withdrawn 256 is also ``R_AARCH64_NONE``.
+  1..255). Type 0 is ``R_AARCH64_NONE``; 256, the withdrawn old number of NONE that must
+  still be treated as NONE, is ``R_AARCH64_NULL`` as readelf prints it.
 * ``EM_S390`` covers both 31-bit s390 and s390x; the table is shared.
 * ``EM_X86_64`` covers x32 (ILP32) objects too.
 """
@@ -218,8 +219,8 @@ _AARCH64: dict[int, str] = {
     122: "R_AARCH64_P32_TLSDESC_LD_PREL19",
     123: "R_AARCH64_P32_TLSDESC_ADR_PREL21",
     124: "R_AARCH64_P32_TLSDESC_ADR_PAGE21",
-    125: "R_AARCH64_P32_TLSDESC_LD32_LO12",
-    126: "R_AARCH64_P32_TLSDESC_ADD_LO12",
+    125: "R_AARCH64_P32_TLSDESC_LD32_LO12_NC",
+    126: "R_AARCH64_P32_TLSDESC_ADD_LO12_NC",
     127: "R_AARCH64_P32_TLSDESC_CALL",
     180: "R_AARCH64_P32_COPY",
     181: "R_AARCH64_P32_GLOB_DAT",
@@ -230,7 +231,7 @@ _AARCH64: dict[int, str] = {
     186: "R_AARCH64_P32_TLS_TPREL",
     187: "R_AARCH64_P32_TLSDESC",
     188: "R_AARCH64_P32_IRELATIVE",
-    256: "R_AARCH64_NONE",
+    256: "R_AARCH64_NULL",
     257: "R_AARCH64_ABS64",
     258: "R_AARCH64_ABS32",
     259: "R_AARCH64_ABS16",
@@ -369,9 +370,9 @@ _AARCH64: dict[int, str] = {
     1025: "R_AARCH64_GLOB_DAT",
     1026: "R_AARCH64_JUMP_SLOT",
     1027: "R_AARCH64_RELATIVE",
-    1028: "R_AARCH64_TLS_DTPMOD",
-    1029: "R_AARCH64_TLS_DTPREL",
-    1030: "R_AARCH64_TLS_TPREL",
+    1028: "R_AARCH64_TLS_DTPMOD64",
+    1029: "R_AARCH64_TLS_DTPREL64",
+    1030: "R_AARCH64_TLS_TPREL64",
     1031: "R_AARCH64_TLSDESC",
     1032: "R_AARCH64_IRELATIVE",
     1041: "R_AARCH64_AUTH_RELATIVE",
@@ -415,7 +416,7 @@ _PPC64: dict[int, str] = {
     34: "R_PPC64_SECTOFF_LO",
     35: "R_PPC64_SECTOFF_HI",
     36: "R_PPC64_SECTOFF_HA",
-    37: "R_PPC64_ADDR30",
+    37: "R_PPC64_REL30",
     38: "R_PPC64_ADDR64",
     39: "R_PPC64_ADDR16_HIGHER",
     40: "R_PPC64_ADDR16_HIGHERA",
@@ -785,12 +786,12 @@ _ARM: dict[int, str] = {
     29: "R_ARM_JUMP24",
     30: "R_ARM_THM_JUMP24",
     31: "R_ARM_BASE_ABS",
-    32: "R_ARM_ALU_PCREL_7_0",
-    33: "R_ARM_ALU_PCREL_15_8",
-    34: "R_ARM_ALU_PCREL_23_15",
-    35: "R_ARM_LDR_SBREL_11_0_NC",
-    36: "R_ARM_ALU_SBREL_19_12_NC",
-    37: "R_ARM_ALU_SBREL_27_20_CK",
+    32: "R_ARM_ALU_PCREL7_0",
+    33: "R_ARM_ALU_PCREL15_8",
+    34: "R_ARM_ALU_PCREL23_15",
+    35: "R_ARM_LDR_SBREL_11_0",
+    36: "R_ARM_ALU_SBREL_19_12",
+    37: "R_ARM_ALU_SBREL_27_20",
     38: "R_ARM_TARGET1",
     39: "R_ARM_SBREL31",
     40: "R_ARM_V4BX",
@@ -882,33 +883,24 @@ _ARM: dict[int, str] = {
     126: "R_ARM_PRIVATE_14",
     127: "R_ARM_PRIVATE_15",
     128: "R_ARM_ME_TOO",
-    129: "R_ARM_THM_TLS_DESCSEQ16",
+    129: "R_ARM_THM_TLS_DESCSEQ",
     130: "R_ARM_THM_TLS_DESCSEQ32",
     131: "R_ARM_THM_GOT_BREL12",
     132: "R_ARM_THM_ALU_ABS_G0_NC",
     133: "R_ARM_THM_ALU_ABS_G1_NC",
     134: "R_ARM_THM_ALU_ABS_G2_NC",
-    135: "R_ARM_THM_ALU_ABS_G3",
+    135: "R_ARM_THM_ALU_ABS_G3_NC",
     136: "R_ARM_THM_BF16",
     137: "R_ARM_THM_BF12",
     138: "R_ARM_THM_BF18",
     160: "R_ARM_IRELATIVE",
-    161: "R_ARM_PRIVATE_16",
-    162: "R_ARM_PRIVATE_17",
-    163: "R_ARM_PRIVATE_18",
-    164: "R_ARM_PRIVATE_19",
-    165: "R_ARM_PRIVATE_20",
-    166: "R_ARM_PRIVATE_21",
-    167: "R_ARM_PRIVATE_22",
-    168: "R_ARM_PRIVATE_23",
-    169: "R_ARM_PRIVATE_24",
-    170: "R_ARM_PRIVATE_25",
-    171: "R_ARM_PRIVATE_26",
-    172: "R_ARM_PRIVATE_27",
-    173: "R_ARM_PRIVATE_28",
-    174: "R_ARM_PRIVATE_29",
-    175: "R_ARM_PRIVATE_30",
-    176: "R_ARM_PRIVATE_31",
+    161: "R_ARM_GOTFUNCDESC",
+    162: "R_ARM_GOTOFFFUNCDESC",
+    163: "R_ARM_FUNCDESC",
+    164: "R_ARM_FUNCDESC_VALUE",
+    165: "R_ARM_TLS_GD32_FDPIC",
+    166: "R_ARM_TLS_LDM32_FDPIC",
+    167: "R_ARM_TLS_IE32_FDPIC",
     249: "R_ARM_RXPC25",
     250: "R_ARM_RSBREL32",
     251: "R_ARM_THM_RPC22",
@@ -958,7 +950,6 @@ _RISCV: dict[int, str] = {
     39: "R_RISCV_SUB32",
     40: "R_RISCV_SUB64",
     41: "R_RISCV_GOT32_PCREL",
-    42: "R_RISCV_GNU_VTENTRY",
     43: "R_RISCV_ALIGN",
     44: "R_RISCV_RVC_BRANCH",
     45: "R_RISCV_RVC_JUMP",
@@ -1006,15 +997,16 @@ RELOC_TYPE_ALIASES: dict[int, dict[str, int]] = {
         "R_386_JMP_SLOT": 7,  # glibc elf.h
     },
     EM_AARCH64: {
-        "R_AARCH64_NULL": 0,  # binutils' name for type 0
-        "R_AARCH64_TLS_IMPDEF1": 1028,
+        "R_AARCH64_P32_TLSDESC_LD32_LO12": 125,  # ABI and LLVM
+        "R_AARCH64_P32_TLSDESC_ADD_LO12": 126,
+        "R_AARCH64_TLS_IMPDEF1": 1028,  # current ABI names of the GNU choice
         "R_AARCH64_TLS_IMPDEF2": 1029,
-        "R_AARCH64_TLS_DTPMOD64": 1028,
-        "R_AARCH64_TLS_DTPREL64": 1029,
-        "R_AARCH64_TLS_TPREL64": 1030,
+        "R_AARCH64_TLS_DTPMOD": 1028,  # glibc elf.h
+        "R_AARCH64_TLS_DTPREL": 1029,
+        "R_AARCH64_TLS_TPREL": 1030,
     },
     EM_PPC64: {
-        "R_PPC64_REL30": 37,  # binutils' name for R_PPC64_ADDR30
+        "R_PPC64_ADDR30": 37,  # ABI and glibc name
     },
     EM_PPC: {},
     EM_S390: {
@@ -1028,12 +1020,16 @@ RELOC_TYPE_ALIASES: dict[int, dict[str, int]] = {
         "R_ARM_GOTOFF": 24,
         "R_ARM_GOTPC": 25,
         "R_ARM_GOT32": 26,
-        "R_ARM_LDR_SBREL_11_0": 35,
-        "R_ARM_ALU_SBREL_19_12": 36,
-        "R_ARM_ALU_SBREL_27_20": 37,
+        "R_ARM_ALU_PCREL_7_0": 32,  # ABI and glibc spellings
+        "R_ARM_ALU_PCREL_15_8": 33,
+        "R_ARM_ALU_PCREL_23_15": 34,
+        "R_ARM_LDR_SBREL_11_0_NC": 35,
+        "R_ARM_ALU_SBREL_19_12_NC": 36,
+        "R_ARM_ALU_SBREL_27_20_CK": 37,
         "R_ARM_THM_PC11": 102,
         "R_ARM_THM_PC9": 103,
-        "R_ARM_THM_TLS_DESCSEQ": 129,
+        "R_ARM_THM_TLS_DESCSEQ16": 129,
+        "R_ARM_THM_ALU_ABS_G3": 135,
         "R_ARM_RABS22": 253,  # glibc elf.h spelling of R_ARM_RABS32
     },
     EM_RISCV: {
@@ -1057,7 +1053,7 @@ MACHINE_NAMES: dict[int, str] = {
 
 def _reverse(names: dict[int, str]) -> dict[str, int]:
     out: dict[str, int] = {}
-    for number in sorted(names):  # the lowest number wins (R_AARCH64_NONE -> 0)
+    for number in sorted(names):  # should a name ever appear twice, the lowest number wins
         out.setdefault(names[number], number)
     return out
 
