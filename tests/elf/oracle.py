@@ -23,7 +23,13 @@ def model_view(elf: ElfFile) -> dict:
     """What our model says, as plain data (indexes computed as the writer does)."""
     index = {id(s): i for i, s in enumerate(elf.sections)}
     sections = []
+    n = len(elf.sections)
     for sec in elf.sections:
+        if sec is elf.sections[0]:  # the escapes the writer puts in section header 0
+            shstrndx = index.get(id(elf.shstrtab), 0)
+            sections.append(("", 0, 0, n if n >= 0xFF00 else 0,
+                             shstrndx if shstrndx >= 0xFF00 else 0, 0))
+            continue
         link = index[id(sec.link)] if isinstance(sec.link, Section) else sec.link
         info = index[id(sec.info)] if isinstance(sec.info, Section) else sec.info
         sections.append((sec.name, sec.type, sec.flags, sec.size, link,
@@ -62,14 +68,17 @@ def pyelftools_view(data: bytes) -> dict:
     relocs = {}
     for s in f.iter_sections():
         if isinstance(s, SymbolTableSection) and s.header.sh_type == "SHT_SYMTAB":
-            for sym in s.iter_symbols():
+            xindex = next((x for x in f.iter_sections()
+                           if x.header.sh_type == "SHT_SYMTAB_SHNDX"), None)
+            for n, sym in enumerate(s.iter_symbols()):
                 e = sym.entry
                 bind = e.st_info.bind
                 typ = e.st_info.type
                 syms.append((sym.name, e.st_value, e.st_size,
                              _BIND.get(bind, bind), _TYPE.get(typ, typ),
                              e.st_other.visibility and _vis(e.st_other.visibility) or 0,
-                             _shndx(e.st_shndx)))
+                             xindex.get_section_index(n) if e.st_shndx in ("SHN_XINDEX", 0xFFFF)
+                             else _shndx(e.st_shndx)))
         if isinstance(s, PyRelSection):
             relocs[s.name] = [(r["r_offset"], r["r_info_type"], r["r_info_sym"],
                                r["r_addend"] if s.is_RELA() else None)

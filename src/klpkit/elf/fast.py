@@ -155,22 +155,21 @@ def _symbols(src, headers, symtab_i, lay) -> tuple[list, ...]:
     name_offs, values, sizes, infos, others, shndxs = _columns(lay, raw)
     names = _names(strtab, name_offs, path, "symbol")
     nsec = count
-    special = {x for x in set(shndxs) if x >= nsec}
-    if special:
-        bad = [x for x in special if x < C.SHN_LORESERVE]
-        if bad:
-            i = shndxs.index(bad[0])
-            raise ElfError(f"symbol {i} ({names[i]}): section index {bad[0]} is out of range",
-                           path=path)
-        if C.SHN_XINDEX in special:
-            xindex = _xindex(src, lay, headers, symtab_i)
-            for i, x in enumerate(shndxs):
-                if x == C.SHN_XINDEX:
-                    real = xindex[i] if i < len(xindex) else 0
-                    if not 0 < real < nsec:
-                        raise ElfError(f"symbol {i} ({names[i]}): extended section index is "
-                                       "invalid", path=path)
-                    shndxs[i] = real
+    used = set(shndxs)
+    bad = [x for x in used if nsec <= x < C.SHN_LORESERVE]
+    if bad:
+        i = shndxs.index(bad[0])
+        raise ElfError(f"symbol {i} ({names[i]}): section index {bad[0]} is out of range",
+                       path=path)
+    if C.SHN_XINDEX in used:
+        xindex = _xindex(src, lay, headers, symtab_i)
+        for i, x in enumerate(shndxs):
+            if x == C.SHN_XINDEX:
+                real = xindex[i] if i < len(xindex) else 0
+                if not 0 < real < nsec:
+                    raise ElfError(f"symbol {i} ({names[i]}): extended section index is "
+                                   "invalid", path=path)
+                shndxs[i] = real
     return names, values, sizes, infos, others, shndxs
 
 

@@ -32,6 +32,11 @@ _SECTION_CLASSES = {
 }
 
 
+# Largest section alignment the writer pads to when it must move a section (1 MiB;
+# kernel modules use at most a page).
+MAX_ALIGN = 1 << 20
+
+
 def _align_up(value: int, align: int) -> int:
     return value if align <= 1 else (value + align - 1) // align * align
 
@@ -525,6 +530,10 @@ class _Writer:
                 data_len, align = len(contents[id(sec)]), max(sec.addralign, 1)
             if orig_off is not None and orig_off >= cursor and orig_off % align == 0:
                 off = orig_off
+            elif align > MAX_ALIGN:
+                self._fail(f"section {sec.name if sec else 'header table'}: alignment "
+                           f"{align:#x} is not plausible (more than {MAX_ALIGN:#x}); refusing "
+                           "to pad the file to it")
             else:
                 off = _align_up(cursor, align)
             if sec is None:
