@@ -288,6 +288,10 @@ class _Writer:
         self.elf = elf
         self.lay = elf.layout
         self.path = elf.path
+        self.index: dict[int, int] = {}  # id(section) -> index in the output
+        self.builders: dict[int, StringTableBuilder] = {}  # id(string table) -> builder
+        self.shndx_contents: dict[int, bytes] = {}  # id(SYMTAB_SHNDX section) -> bytes
+        self.symbol_index: dict[int, dict[int, int]] = {}  # id(symtab) -> id(sym) -> index
 
     def _fail(self, message: str):
         raise ElfError(message, path=self.path)
@@ -299,14 +303,14 @@ class _Writer:
         self._decode_what_renumbering_invalidates()
         self._ensure_shndx_sections()
         self.index = {id(s): i for i, s in enumerate(elf.sections)}
-        self.builders: dict[int, StringTableBuilder] = {}
         self._check_membership()
         contents = {id(s): self._encode(s) for s in elf.sections[1:]}
-        headers = self._section_headers(contents)
+        contents.update(self.shndx_contents)
+        name_offsets = [self._name_offset(sec) for sec in elf.sections]
+        # Encoding symbols and naming sections may have appended to string tables.
         for sec_id, builder in self.builders.items():
             contents[sec_id] = bytes(builder.data)
-        # String tables may have grown: rebuild their sizes in the headers.
-        headers = self._section_headers(contents, names_done=headers)
+        headers = self._section_headers(contents, name_offsets)
         return self._compose(headers, contents)
 
     # -- what must be re-encoded --------------------------------------------
@@ -402,17 +406,15 @@ class _Writer:
             out += lay.pack_sym(name_off, sym.value, sym.size, sym.info, sym.other, shndx)
             xindex += lay.u32.pack(x)
         if need_x:
-            self._shndx_contents = getattr(self, "_shndx_contents", {})
-            self._shndx_contents[id(symtab.shndx_section)] = bytes(xindex)
+            self.shndx_contents[id(symtab.shndx_section)] = bytes(xindex)
         return bytes(out)
 
     def _symbol_indexes(self, symtab: SymbolTable) -> dict[int, int]:
-        cache = getattr(self, "_symidx", None)
-        if cache is None:
-            cache = self._symidx = {}
-        if id(symtab) not in cache:
-            cache[id(symtab)] = {id(s): i for i, s in enumerate(symtab.symbols)}
-        return cache[id(symtab)]
+        indexes = self.symbol_index.get(id(symtab))
+        if indexes is None:
+            indexes = self.symbol_index[id(symtab)] = {
+                id(s): i for i, s in enumerate(symtab.symbols)}
+        return indexes
 
     def _encode_relocations(self, sec: RelocationSection) -> bytes:
         lay = self.lay
@@ -455,27 +457,25 @@ class _Writer:
         return bytes(out)
 
     # -- headers --------------------------------------------------------------
-    def _section_headers(self, contents, names_done=None) -> list[list]:
+    def _name_offset(self, sec: Section) -> int:
+        """Where the section's name is in .shstrtab: unchanged names keep their offset."""
+        elf = self.elf
+        if sec is elf.sections[0]:
+            return 0
+        if sec.name == sec.orig_name and sec.orig_name_offset is not None \
+                and elf.shstrtab is not None and elf.shstrtab.orig_index is not None:
+            return sec.orig_name_offset
+        if elf.shstrtab is None or id(elf.shstrtab) not in self.index:
+            self._fail(f"section {sec.name}: no section name table to hold its name")
+        return self._builder(elf.shstrtab).offset_of(sec.name)
+
+    def _section_headers(self, contents, name_offsets) -> list[list]:
         """One mutable header row per section (offset filled in by the layout)."""
         elf = self.elf
         index = self.index
-        shndx_contents = getattr(self, "_shndx_contents", {})
-        headers = []
-        for i, sec in enumerate(elf.sections):
-            if i == 0:
-                headers.append(self._null_header(sec))
-                continue
-            if names_done is not None:
-                name_off = names_done[i][0]
-            elif sec.name == sec.orig_name and sec.orig_name_offset is not None \
-                    and elf.shstrtab is not None and elf.shstrtab.orig_index is not None:
-                name_off = sec.orig_name_offset
-            else:
-                if elf.shstrtab is None or id(elf.shstrtab) not in index:
-                    self._fail(f"section {sec.name}: no section name table to hold its name")
-                name_off = self._builder(elf.shstrtab).offset_of(sec.name)
-            if id(sec) in shndx_contents:
-                contents[id(sec)] = shndx_contents[id(sec)]
+        headers = [self._null_header()]
+        for i, sec in enumerate(elf.sections[1:], 1):
+            name_off = name_offsets[i]
             size = sec.nobits_size if sec.type == C.SHT_NOBITS else len(contents[id(sec)])
             link = index[id(sec.link)] if isinstance(sec.link, Section) else sec.link
             if isinstance(sec, SymbolTable) and sec.is_decoded():
@@ -490,7 +490,7 @@ class _Writer:
                             sec.addralign, sec.entsize])
         return headers
 
-    def _null_header(self, sec: Section) -> list:
+    def _null_header(self) -> list:
         n = len(self.elf.sections)
         shstr = self.index.get(id(self.elf.shstrtab), 0) if self.elf.shstrtab else 0
         return [0, 0, 0, 0, 0, n if n >= C.SHN_LORESERVE else 0,
