@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 REL=${KLPKIT_KREL:-6.1.0-47-amd64}
 pkgs=(
   elfutils binutils gcc make kmod      # readelf, eu-elflint, modinfo; building modules
-  gcc-s390x-linux-gnu                   # big-endian ELF64 test objects
+  gcc-s390x-linux-gnu gcc-powerpc64-linux-gnu  # big-endian ELF64 test objects
   binutils-powerpc-linux-gnu            # big-endian ELF32 test objects (assembled)
   qemu-system-x86 busybox-static cpio   # klpkit vm
   graphviz                              # klpkit deps --graph (PNG/SVG)

@@ -1,0 +1,89 @@
+"""Benchmark the kernel symbol database on the real Debian kernel (issue 3).
+
+    python bench/bench_symbols.py [--release 6.1.0-47-amd64] [--db PATH] [--repeat N]
+
+Prints, from one run: build time for vmlinux + all modules (wall and CPU; goal
+<= 2 s on one core), open time (goal <= 5 ms), lookup latency (goal ~15 us) and
+the file size.  Inputs come from klpkit.debian (fetched and cached on first use).
+"""
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--release", default=None)
+    ap.add_argument("--db", help="where to write the database (default: a temp dir)")
+    ap.add_argument("--repeat", type=int, default=1, help="builds to time (best is reported)")
+    args = ap.parse_args(argv)
+
+    from klpkit import debian
+    from klpkit.symbols import SymbolDB, build_from_debian
+    from klpkit.symbols.build import find_modules
+
+    release = args.release or debian.DEFAULT_RELEASE
+    image, dbg = debian.ensure_image(release), debian.ensure_dbg(release)
+    symvers = debian.ensure_headers(release) / "Module.symvers"
+    nmods = len(find_modules(image / "lib" / "modules" / release))
+
+    tmp = tempfile.mkdtemp(prefix="klpkit-bench-")
+    dbpath = Path(args.db) if args.db else Path(tmp) / f"{release}.sqlite"
+    walls, cpus = [], []
+    for _ in range(max(1, args.repeat)):
+        if dbpath.exists():
+            dbpath.unlink()
+        w, c = time.perf_counter(), time.process_time()
+        db = build_from_debian(image, dbg, symvers, db=dbpath, progress=False)
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+        db.close()
+
+    opens = []
+    for _ in range(50):
+        t = time.perf_counter()
+        db = SymbolDB.open(dbpath)
+        opens.append(time.perf_counter() - t)
+        db.close()
+    db = SymbolDB.open(dbpath)
+    names = [r[0] for r in db._query("SELECT DISTINCT name FROM symbols LIMIT 200000")]
+    sample = random.Random(3).sample(names, 20000)
+    db.lookup(sample[0])  # warm the object-name map
+    t = time.perf_counter()
+    found = sum(len(db.lookup(n)) for n in sample)
+    per_lookup = (time.perf_counter() - t) / len(sample)
+    cdrom = db.lookup("cdrom_check_events")
+    t = time.perf_counter()
+    for _ in range(10000):
+        db.lookup("cdrom_check_events", "cdrom")
+    per_obj_lookup = (time.perf_counter() - t) / 10000
+    counts = db.counts()
+    size = os.path.getsize(dbpath)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+    print(f"kernel {release}: vmlinux + {nmods} modules -> {counts['objects']} objects, "
+          f"{counts['symbols']} symbols, {counts['exports']} exports")
+    print(f"build      : {min(walls):.2f} s wall, {min(cpus):.2f} s CPU (one process; "
+          f"goal <= 2 s){'' if len(walls) == 1 else f'  [best of {len(walls)}]'}")
+    print(f"open       : {statistics.median(opens) * 1e3:.2f} ms median of 50 (goal <= 5 ms)")
+    print(f"lookup     : {per_lookup * 1e6:.1f} us by name ({found} entries for 20000 "
+          f"names), {per_obj_lookup * 1e6:.1f} us by name+object (goal ~15 us)")
+    print(f"file size  : {size / 2**20:.1f} MiB")
+    print(f"load avg   : {load:.2f} (timings are inflated on a busy machine)")
+    assert cdrom and cdrom[0].object == "cdrom"
+    db.close()
+    if not args.db:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""``klpkit convert IN.ko -o OUT.ko --symbols DB``: klp-convert with klpkit's policy.
+
+Prints the plan (every relocation that changes, every kept dependency on a module,
+every error), then writes OUT.ko atomically.  Exit status: 0 converted (or planned,
+with --dry-run), 1 the plan has errors (nothing written), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+
+from klpkit.convert import PlanOptions, convert_file, parse_map_entry, parse_map_text
+from klpkit.errors import InputError
+from klpkit.fileio import read_input
+from klpkit.output import print_json, print_table
+
+SYMBOLS_LIST_HEADER = b"klp-convert-symbol-data.0.1"
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "convert", help="turn a livepatch module's foreign references into livepatch "
+                        "relocations (klp-convert)",
+        description="Rewrite the references of a livepatch module that the module loader "
+                    "must not resolve into .klp.rela.<obj>.<sec> relocations with "
+                    ".klp.sym.<obj>.<sym>,<pos> symbols, following the A/B/local/C-D policy; "
+                    "drop __versions entries and depends= of the patched modules.")
+    p.add_argument("input", metavar="IN.ko", help="the livepatch module, as built")
+    p.add_argument("-o", "--output", metavar="OUT.ko", help="converted module (atomic write)")
+    p.add_argument("--symbols", metavar="DB",
+                   help="symbol database (klpkit SQLite, or a klp-convert Symbols.list); "
+                        "default: $KLPKIT_SYMBOLS_DB or the cached database of the "
+                        "module's kernel release")
+    p.add_argument("--object", action="append", default=[], metavar="OBJ",
+                   help="an object the livepatch patches (default: its klp_object names)")
+    p.add_argument("--map", action="append", default=[], metavar="NAME=OBJ[,POS]",
+                   help="resolve NAME to the POS-th symbol of that name in OBJ")
+    p.add_argument("--map-file", metavar="FILE", help="NAME=OBJ[,POS] lines (# comments)")
+    p.add_argument("--keep-exports", action="store_true",
+                   help="keep exports of patched modules as normal references (case B)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable plan")
+    p.add_argument("--all", action="store_true",
+                   help="list every relocation, including unchanged ones")
+    p.set_defaults(func=run)
+
+
+def release_of(path) -> str | None:
+    """The kernel release a module was built for (vermagic), or None."""
+    from klpkit.convert.plan import read_modinfo
+    from klpkit.elf import ElfFile
+
+    try:
+        mi = read_modinfo(ElfFile.read(path))
+    except Exception:  # noqa: BLE001 - the real read reports the error
+        return None
+    return mi.release if mi is not None else None
+
+
+def open_symbols(path, module_path, stack: contextlib.ExitStack):
+    """A SymbolDB from a klpkit database or a Symbols.list (imported to a temp file)."""
+    from klpkit.symbols import SymbolDB, default_db_path, import_symbols_list
+
+    release = release_of(module_path)
+    if path is None:
+        path = default_db_path(release)
+    head = read_input(path)[:len(SYMBOLS_LIST_HEADER)] if os.path.isfile(path) else b""
+    if head == SYMBOLS_LIST_HEADER:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="klpkit-convert-"))
+        db = import_symbols_list(path, release=release, db=os.path.join(tmp, "symbols.sqlite"))
+    else:
+        db = SymbolDB.open(path)
+    stack.callback(db.close)
+    return db
+
+
+def choices_from_args(maps, map_file):
+    choices, errors = [], []
+    for text in maps:
+        got = parse_map_entry(text, "--map")
+        (errors if isinstance(got, str) else choices).append(got)
+    if map_file:
+        text = read_input(map_file).decode("utf-8", "surrogateescape")
+        c, e = parse_map_text(text, map_file)
+        choices.extend(c)
+        errors.extend(e)
+    if errors:
+        raise InputError(errors[0] if len(errors) == 1 else "; ".join(errors))
+    return choices
+
+
+def _print_plan(plan, show_all: bool, out=None) -> None:
+    out = out or sys.stdout
+    objs = ", ".join(plan.objects) or "nothing found"
+    out.write(f"{plan.module}: livepatch for {objs} (from {plan.objects_source}), "
+              f"kernel {plan.kernel_version[0]}.{plan.kernel_version[1]}\n")
+    rows = plan.relocations if show_all else plan.reported()
+    if rows:
+        print_table(["Site", "Old symbol", "New symbol", "Section", "Cat", "Why"],
+                    [(r.site, r.symbol, r.new_symbol or "", r.new_section or "", r.category,
+                      r.reason) for r in rows], stream=out)
+    counts = plan.counts()
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    out.write(f"{len(plan.relocations)} relocations: {summary}\n")
+
+
+def run(args) -> int:
+    if not args.dry_run and not args.output:
+        raise InputError("-o OUT.ko is required (or --dry-run)")
+    choices = choices_from_args(args.map, args.map_file)
+    options = PlanOptions(objects=args.object, choices=choices, keep_exports=args.keep_exports)
+    with contextlib.ExitStack() as stack:
+        read_input(args.input)  # one-line error for a missing input before the DB
+        db = open_symbols(args.symbols, args.input, stack)
+        plan, result, elf = convert_file(args.input, args.output, db, options,
+                                         dry_run=args.dry_run)
+    written = result is not None
+    if args.json:
+        doc = plan.to_json()
+        doc.update({"output": args.output if written else None, "written": written,
+                    "signature_dropped": bool(written and elf.trailer_dropped)})
+        if written:
+            doc["klp_sections"] = result.klp_sections
+            doc["removed_sections"] = result.removed_sections
+        print_json(doc)
+    else:
+        _print_plan(plan, args.all)
+    for w in plan.warnings:
+        print(f"klpkit: warning: {w}", file=sys.stderr)
+    for e in plan.errors:
+        print(f"klpkit: error: {e}", file=sys.stderr)
+    if not plan.ok:
+        print(f"klpkit: {len(plan.errors)} error(s): nothing written", file=sys.stderr)
+        return 1
+    if written and not args.json:
+        notes = []
+        if result.dropped_versions:
+            notes.append(f"__versions: dropped {', '.join(result.dropped_versions)}")
+        if result.dropped_depends:
+            notes.append(f"depends: removed {', '.join(result.dropped_depends)}")
+        if elf.trailer_dropped:
+            notes.append("module signature dropped (it signed the old contents; re-sign)")
+        print(f"wrote {args.output}: {len(result.klp_sections)} livepatch relocation "
+              f"section(s), {result.moved} relocation(s) converted"
+              + ("; " + "; ".join(notes) if notes else ""))
+    return 0

@@ -1,0 +1,99 @@
+"""``klpkit deps MODULE.ko... --symbols DB``: classify every dependency of a livepatch
+module or of a per-object livepatch set (A-D), find pins and load recursions, draw the
+graph.  Exit 0: no error verdict; 1: an error verdict (a build gate); 2: bad input."""
+
+import contextlib
+import sys
+
+from klpkit.deps import ERROR, analyze, parse_object_map, write_graph
+from klpkit.output import print_json, print_table
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "deps", help="classify the dependencies of livepatch modules (A-D), pins and cycles",
+        description="Every external reference of each module (undefined symbols and "
+                    "livepatch relocations) with its category (A, B, C, D, other-module, "
+                    "non-exported-unconverted, unresolved, klp-ok, klp-wrong-object), "
+                    "relocation sites and verdict; the module dependency graph the loader "
+                    "and depmod would build, pins of patched modules, and load recursions "
+                    "of per-object livepatch sets.  Exit 1 when any verdict is 'error'.")
+    p.add_argument("modules", nargs="+", metavar="MODULE.ko", help="livepatch module(s)")
+    p.add_argument("--symbols", metavar="DB", required=True,
+                   help="symbol database (klpkit SQLite, or a klp-convert Symbols.list)")
+    p.add_argument("--object", action="append", default=[], metavar="MOD=OBJ[,OBJ]",
+                   help="the objects module MOD patches (default: its klp_object names)")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--graph", metavar="FILE",
+                   help="write the graph: FILE.dot/.gv (Graphviz DOT), or FILE.png/.svg/.pdf "
+                        "(DOT beside it, rendered when Graphviz 'dot' is installed)")
+    p.add_argument("--all", action="store_true",
+                   help="also list the references whose verdict is ok")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from klpkit.commands.convert import open_symbols
+
+    objects = parse_object_map(args.object)
+    with contextlib.ExitStack() as stack:
+        db = open_symbols(args.symbols, args.modules[0], stack)
+        report = analyze(args.modules, db, objects)
+    if args.graph:
+        dot_path, picture, warning = write_graph(report, args.graph)
+        if warning:
+            print(f"klpkit: warning: {warning}", file=sys.stderr)
+    if args.json:
+        print_json(report.to_json())
+    else:
+        _print(report, args.all)
+        if args.graph:
+            print(f"graph: {dot_path}" + (f", {picture}" if picture else ""))
+    return 1 if report.verdict == ERROR else 0
+
+
+def _print(report, show_all: bool) -> None:
+    for m in report.modules:
+        objs = ", ".join(m.objects) or "none"
+        kind = "livepatch" if m.livepatch else "module"
+        print(f"{m.name} ({kind}, patches {objs} [{m.objects_source}]"
+              + (", per-object" if m.per_object else "")
+              + (f", exports {', '.join(m.exports)}" if m.exports else "")
+              + (f", depends={','.join(m.depends)}" if m.depends else "")
+              + f"): {m.verdict}")
+        for note in m.notes:
+            print(f"  note: {note}")
+        refs = [r for r in m.references if show_all or r.verdict != "ok"
+                or r.category not in ("A", "klp-ok")]
+        if refs:
+            print_table(["Category", "Object", "Symbol", "Sites", "Verdict", "Reason"],
+                        [(r.category, r.object or "", r.symbol, _sites(r.sites), r.verdict,
+                          r.reason) for r in refs])
+        hidden = len(m.references) - len(refs)
+        if hidden:
+            print(f"  ({hidden} ok reference(s) of category A / klp-ok not shown; --all)")
+        fixes: dict[str, list[str]] = {}
+        for r in refs:
+            if r.fix and r.verdict != "ok" and r.category not in fixes.setdefault(r.fix, []):
+                fixes[r.fix].append(r.category)
+        for fix, cats in fixes.items():
+            print(f"  fix ({', '.join(cats)}): {fix}")
+        print()
+    needs = [e for e in report.edges if e.kind == "needs"]
+    if needs:
+        print_table(["From", "To", "Category", "Via", "Verdict", "Symbols"],
+                    [(e.src, e.dst, e.category or "", "+".join(e.via), e.verdict,
+                      ", ".join(e.symbols)) for e in needs], title="Module dependencies")
+        print()
+    for p in report.pins:
+        print(f"pin: {p['livepatch']} pins {p['module']} ({', '.join(p['symbols']) or 'depends='})")
+    for c in report.cycles:
+        print(f"cycle: {' -> '.join(c['path'])}: {c['reason']}")
+    counts = report.counts()
+    print(f"verdict: {report.verdict} ({counts['error']} error(s), {counts['warn']} warning(s))")
+
+
+def _sites(sites: list[str]) -> str:
+    if len(sites) <= 2:
+        return ", ".join(sites)
+    return f"{sites[0]}, ... ({len(sites)})"

@@ -1,0 +1,46 @@
+"""``klp-convert``: drop-in for the kernel proposals' command lines.
+
+* ``klp-convert SYMBOLS.LIST IN.ko OUT.ko`` (full klp-convert, v3-v7): classify with the
+  symbol list (our format or the kernel Makefile's ``nm`` one) and klpkit's policy;
+* ``klp-convert IN.ko OUT.ko`` (minimal klp-convert): convert only the
+  ``.klp.sym.rela.*`` intermediate symbols and ``.klp.module_relocs`` annotations.
+
+Diagnostics go to stderr prefixed ``klp-convert: ``; a successful run prints nothing.
+Exit status: 0 done, 1 conversion errors (nothing written), 2 usage or bad input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from klpkit.convert import PlanOptions, convert_file
+from klpkit.errors import KlpkitError
+
+USAGE = "Usage: klp-convert <symbols.klp> <input.ko> <output.ko>"
+
+
+def main(argv) -> int:
+    argv = list(argv)
+    if len(argv) not in (2, 3) or any(a in ("-h", "--help") for a in argv):
+        print(f"klp-convert: {USAGE}", file=sys.stderr)
+        return 2
+    try:
+        with contextlib.ExitStack() as stack:
+            if len(argv) == 3:
+                from klpkit.commands.convert import open_symbols
+
+                symbols, src, dst = argv
+                db = open_symbols(symbols, src, stack)
+            else:
+                src, dst = argv
+                db = None
+            plan, _result, _elf = convert_file(src, dst, db, PlanOptions())
+    except KlpkitError as e:
+        print(f"klp-convert: {e}", file=sys.stderr)
+        return 2
+    for w in plan.warnings:
+        print(f"klp-convert: warning: {w}", file=sys.stderr)
+    for e in plan.errors:
+        print(f"klp-convert: {e}", file=sys.stderr)
+    return 0 if plan.ok else 1

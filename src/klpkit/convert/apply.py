@@ -1,0 +1,161 @@
+"""Carry out a :class:`~klpkit.convert.plan.Plan` on the ELF model (in memory).
+
+* every converted symbol is renamed once to ``.klp.sym.<obj>.<sym>,<pos>``, given
+  ``st_shndx = SHN_LIVEPATCH`` and the kernel symbol's type, and *all* its relocations
+  move to ``.klp.rela.<gate>.<section>`` (SHT_RELA, SHF_ALLOC | SHF_INFO_LINK |
+  SHF_RELA_LIVEPATCH, sh_link = .symtab, sh_info = the patched section), one section per
+  (gate, section) pair, created in the order of first use; a normal relocation section
+  left empty is removed (two RELA sections for one target confuse BFD tools, spec P8);
+* two intermediate symbols that name the same kernel symbol become one symbol;
+* annotation sections, their relocations and symbols are removed;
+* ``__versions`` loses the entries of converted symbols; ``.modinfo`` ``depends=`` loses
+  the patched modules no normal reference needs any more (edited in place, padded with
+  NULs, so no other offset into ``.modinfo`` moves).
+
+Nothing here decides: a plan with errors is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from klpkit.convert.plan import Action, Plan
+from klpkit.elf import ElfFile
+from klpkit.elf import constants as C
+from klpkit.errors import KlpkitError
+
+KLP_RELA_FLAGS = C.SHF_ALLOC | C.SHF_INFO_LINK | C.SHF_RELA_LIVEPATCH
+_STT = {"func": C.STT_FUNC, "object": C.STT_OBJECT, "tls": C.STT_TLS, "notype": C.STT_NOTYPE}
+
+
+class ConvertError(KlpkitError):
+    """A conversion that cannot be carried out (the plan has errors)."""
+
+    exit_code = 1
+
+
+@dataclass
+class ApplyResult:
+    klp_sections: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)     # old name -> klp name
+    removed_sections: list[str] = field(default_factory=list)
+    dropped_versions: list[str] = field(default_factory=list)
+    dropped_depends: list[str] = field(default_factory=list)
+    moved: int = 0
+
+
+def _edit_depends(data: bytes, drop: set[str]) -> bytes:
+    """Rewrite each ``depends=`` string without ``drop``, in place (NUL padded)."""
+    out = bytearray(data)
+    pos = 0
+    while True:
+        i = data.find(b"depends=", pos)
+        if i < 0:
+            break
+        if i and data[i - 1] != 0:
+            pos = i + 1
+            continue
+        end = data.find(b"\0", i)
+        end = len(data) if end < 0 else end
+        mods = [m for m in data[i + 8:end].decode("utf-8", "surrogateescape").split(",") if m]
+        kept = ",".join(m for m in mods if m not in drop).encode()
+        new = b"depends=" + kept
+        out[i:end] = new + b"\0" * (end - i - len(new))
+        pos = end
+    return bytes(out)
+
+
+def apply_plan(elf: ElfFile, plan: Plan) -> ApplyResult:
+    if not plan.ok:
+        raise ConvertError(f"the plan has {len(plan.errors)} error(s); nothing converted")
+    res = ApplyResult()
+    symtab = elf.symtab
+
+    # 1. symbols: rename once; merge symbols that end up with the same klp name
+    decisions = plan.symbols
+    by_klp = {}
+    for sym in symtab.symbols[1:]:
+        if sym.shndx == C.SHN_LIVEPATCH:
+            by_klp.setdefault(sym.name, sym)
+    replace = {}
+    for sym in symtab.symbols[1:]:
+        if sym.shndx != C.SHN_UNDEF:
+            continue
+        d = decisions.get(sym.name)
+        if d is None or d.action is not Action.CONVERT:
+            continue
+        klp = d.klp_symbol
+        res.renamed[sym.name] = klp
+        existing = by_klp.get(klp)
+        if existing is not None and existing is not sym:
+            replace[id(sym)] = existing
+            continue
+        sym.name = klp
+        sym.shndx = C.SHN_LIVEPATCH
+        if d.type in _STT:
+            sym.type = _STT[d.type]
+        if sym.bind == C.STB_LOCAL:
+            sym.bind = C.STB_GLOBAL
+        by_klp[klp] = sym
+
+    # 2. relocations: move every converted one, drop annotation records
+    moves: dict[int, list] = {}
+    for pr in plan.relocations:
+        if pr.action is Action.CONVERT or pr.action is Action.REMOVE:
+            moves.setdefault(id(pr.relsec), []).append(pr)
+    klp_secs = {}
+    for rs in list(elf.relocation_sections()):
+        prs = moves.get(id(rs))
+        if not prs:
+            continue
+        gone = set()
+        for pr in prs:
+            r = pr.reloc
+            gone.add(id(r))
+            if pr.action is Action.REMOVE:
+                continue
+            if id(r.symbol) in replace:
+                r.symbol = replace[id(r.symbol)]
+            ks = klp_secs.get(pr.new_section)
+            if ks is None:
+                ks = elf.new_relocation_section(pr.new_section, rs.target, rela=True,
+                                                flags=KLP_RELA_FLAGS)
+                klp_secs[pr.new_section] = ks
+                res.klp_sections.append(pr.new_section)
+            ks.relocations.append(r)
+            res.moved += 1
+        rs.relocations = [r for r in rs.relocations if id(r) not in gone]
+        if not rs.relocations and rs.name not in plan.annotation_sections:
+            elf.sections.remove(rs)
+            res.removed_sections.append(rs.name)
+    if replace:
+        symtab.symbols = [s for s in symtab.symbols if id(s) not in replace]
+
+    # 3. annotation sections and their symbols
+    if plan.annotation_sections:
+        names = set(plan.annotation_sections)
+        symtab.symbols = [s for s in symtab.symbols
+                          if not (s.section is not None and s.section.name in names
+                                  and s.type != C.STT_SECTION)]
+        for sec in [s for s in elf.sections if s.name in names]:
+            for rel in elf.relocations_for(sec):
+                res.removed_sections.append(rel.name)
+            elf.remove_section(sec)
+            res.removed_sections.append(sec.name)
+
+    # 4. __versions and .modinfo
+    if plan.drop_versions:
+        from klpkit.kernel.versions import remove_versions
+
+        vsec = elf.section("__versions")
+        vsec.data = remove_versions(vsec.data, plan.drop_versions, elf.elfclass,
+                                    elf.little_endian)
+        for sym in symtab.symbols:
+            if sym.section is vsec and sym.type != C.STT_SECTION:
+                sym.size = max(0, min(sym.size, len(vsec.data) - sym.value))
+        res.dropped_versions = list(plan.drop_versions)
+    if plan.drop_depends:
+        msec = elf.section(".modinfo")
+        msec.data = _edit_depends(msec.data, set(plan.drop_depends))
+        res.dropped_depends = list(plan.drop_depends)
+    return res

@@ -1,0 +1,766 @@
+"""The conversion plan: what happens to every relocation of a livepatch module, and why.
+
+This module *decides*; :mod:`klpkit.convert.apply` edits.  Deciding is pure: it reads
+the ELF model and asks a symbol source (``lookup(name, object=None) ->
+list[SymbolEntry]`` and ``module_depends(obj)``, which :class:`klpkit.symbols.SymbolDB`
+provides), it never writes anything.  ``klpkit deps`` and ``klpkit check`` reuse the
+same API instead of re-deriving the policy:
+
+    from klpkit.convert.plan import Classifier, make_plan, PlanOptions
+
+    clf = Classifier(db, patched=["cdrom"])          # one symbol at a time
+    d = clf.classify("cdrom_check_events")           # -> SymbolDecision
+    d.category, d.action, d.object, d.sympos, d.gate, d.klp_symbol, d.reason
+
+    plan = make_plan(elf, db, PlanOptions(objects=["cdrom"]))   # a whole module
+    plan.ok, plan.errors, plan.warnings
+    plan.relocations   # list[PlannedReloc], one per relocation of the input, file order
+    plan.symbols       # {undefined symbol name: SymbolDecision}
+    plan.to_json()
+
+Policy (issue 4; categories after Petr Mladek's A-D, spec §4):
+
+========  ==========================================================  ===========
+category  symbol                                                       action
+========  ==========================================================  ===========
+A         exported by vmlinux                                          keep
+B         exported by a module this livepatch patches                  convert
+                                                                       (keep with
+                                                                       keep_exports)
+local     not exported, in vmlinux or in a patched module              convert
+C-D       exported by a module the livepatch does not patch (or by     keep, reported
+          another livepatch): a normal reference makes a dependency
+error     found nowhere, or ambiguous with no way to choose            error
+========  ==========================================================  ===========
+
+plus the categories of relocations that are not foreign references: ``internal``
+(symbol defined in the livepatch, or none), ``klp`` (already a livepatch relocation),
+``annotation`` (an annotation record, removed with its section) and ``unchecked``
+(no symbol database: klp-convert's minimal mode leaves such references alone).
+
+Choosing among candidates: a :class:`~klpkit.convert.annotations.Choice` from ``--map``
+/ a map file (first), the v7 ``.klp.module_relocs.<obj>`` annotations, or the minimal
+``.klp.sym.rela.*`` intermediate names; else automatic resolution, restricted to the
+objects the livepatch patches (a static of a patched module wins over vmlinux: the
+livepatch's code is a copy of that module's code), then vmlinux.
+
+Gating object (``.klp.rela.<gate>.<section>``): ``vmlinux`` for every vmlinux symbol,
+even from code that patches a module (since 5.8 the kernel refuses vmlinux symbols in
+a module-gated section); the patched module for its own symbols; for a symbol of an
+unpatched module D (chosen explicitly) the patched module that depends on D.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from klpkit.convert.annotations import (
+    Choice,
+    parse_intermediate,
+    read_module_relocs,
+    valid_object_name,
+)
+from klpkit.convert.objects import find_patched_objects
+from klpkit.elf import ElfFile
+from klpkit.elf import constants as C
+from klpkit.elf.reloc_types import reloc_type_name
+from klpkit.kernel.livepatch import (
+    KLP_RELA_PREFIX,
+    klp_rela_section_name,
+    klp_symbol_name,
+    ksym_name_max,
+    module_name_from_path,
+)
+
+
+class Category(enum.StrEnum):
+    A = "A"
+    B = "B"
+    LOCAL = "local"
+    CD = "C-D"
+    ERROR = "error"
+    INTERNAL = "internal"
+    KLP = "klp"
+    ANNOTATION = "annotation"
+    UNCHECKED = "unchecked"
+
+
+class Action(enum.StrEnum):
+    CONVERT = "convert"   # moved to a .klp.rela section, symbol renamed .klp.sym...
+    KEEP = "keep"         # left as a normal relocation
+    REMOVE = "remove"     # removed (annotation records)
+    ERROR = "error"       # cannot be converted: the plan fails
+
+
+#: Sections the kernel processes when the *livepatch* module loads (module_finalize,
+#: jump-label/static-call/ftrace init...).  A livepatch relocation there is applied too
+#: late (module-gated) or into data the kernel already consumed; refused (spec P9).
+SPECIAL_SECTIONS: dict[str, str] = {
+    ".altinstructions": "apply_alternatives() consumes it in module_finalize() when the "
+                        "livepatch loads, before livepatch relocations are applied",
+    ".altinstr_replacement": "alternatives are copied in module_finalize() when the "
+                             "livepatch loads, before livepatch relocations are applied",
+    ".altinstr_aux": "alternatives are applied in module_finalize() when the livepatch loads",
+    ".parainstructions": "apply_paravirt() patches these sites in module_finalize() when "
+                         "the livepatch loads",
+    "__jump_table": "jump_label_add_module() reads the keys when the livepatch loads; only "
+                    "vmlinux-gated relocations (applied early, kernel >= 5.8) are there in time",
+    ".static_call_sites": "static_call_add_module() resolves the keys when the livepatch "
+                          "loads, before livepatch relocations are applied",
+    "__bug_table": "module_bug_finalize() uses the table from load time on; entries must "
+                   "point into the livepatch itself",
+    "__ex_table": "the exception table is sorted and searched from load time on; entries "
+                  "must point into the livepatch itself",
+    ".orc_unwind_ip": "unwind_module_init() sorts the ORC table when the livepatch loads",
+    ".orc_unwind": "unwind_module_init() sorts the ORC table when the livepatch loads",
+    ".retpoline_sites": "apply_retpolines() patches these sites in module_finalize() at load",
+    ".return_sites": "apply_returns() patches these sites in module_finalize() at load",
+    ".call_sites": "call thunks are patched in module_finalize() at load",
+    ".ibt_endbr_seal": "apply_ibt_endbr() patches these sites in module_finalize() at load",
+    "__mcount_loc": "ftrace_module_init() records these call sites when the livepatch loads",
+    "__patchable_function_entries": "ftrace_module_init() records these call sites at load",
+    ".smp_locks": "alternatives_smp_module_add() records these lock prefixes at load",
+    "__tracepoints_ptrs": "tracepoint_module_coming() reads them when the livepatch loads",
+    "__dyndbg": "ddebug_add_module() registers the descriptors when the livepatch loads",
+    "__param": "module parameters are parsed when the livepatch loads",
+    ".gnu.linkonce.this_module": "the loader reads struct module when the livepatch loads",
+    "__ksymtab": "an export of the livepatch must point to its own symbol",
+    "__ksymtab_gpl": "an export of the livepatch must point to its own symbol",
+    "__kcrctab": "an export of the livepatch must point to its own symbol",
+    "__kcrctab_gpl": "an export of the livepatch must point to its own symbol",
+    ".static_call.text": "static call trampolines are patched at load",
+    "_ftrace_events": "trace events are registered when the livepatch loads",
+    "__bpf_raw_tp_map": "BPF raw tracepoints are registered when the livepatch loads",
+}
+
+#: The one special case proven safe: vmlinux-gated relocations are applied by the
+#: module loader's apply_relocations() *before* module_finalize()/jump-label init (5.8+).
+VMLINUX_GATED_ALLOWED = {"__jump_table"}
+
+REASON_INIT = ("module-gated livepatch relocations are written when the patched module "
+               "loads, possibly after the livepatch's init code has run and been freed")
+REASON_NOALLOC = ("the section is not SHF_ALLOC: the module loader never applies livepatch "
+                  "relocations there")
+REASON_REL = ("SHT_REL: the kernel's livepatch core applies only SHT_RELA sections "
+              "(klp_apply_section_relocs -> apply_relocate_add); REL architectures have no "
+              "livepatch support, so klpkit does not invent RELA for them")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One occurrence of a name in the kernel, as offered in an ambiguity message."""
+
+    object: str
+    bind: str
+    sympos: int
+    count: int
+    exported: bool
+
+    def __str__(self) -> str:
+        exp = ", exported" if self.exported else ""
+        return f"{self.object} ({self.bind}{exp}, sympos {self.sympos})"
+
+    def as_dict(self) -> dict:
+        return {"object": self.object, "bind": self.bind, "sympos": self.sympos,
+                "count": self.count, "exported": self.exported}
+
+
+@dataclass
+class SymbolDecision:
+    """What happens to one undefined symbol of the livepatch (and all its relocations)."""
+
+    name: str                       # name in the livepatch (what the compiler emitted)
+    category: Category
+    action: Action
+    reason: str
+    object: str | None = None       # object defining the symbol, when known
+    symbol: str | None = None       # kernel symbol name (differs for intermediates)
+    sympos: int | None = None
+    gate: str | None = None         # object whose loading applies the klp relocations
+    type: str | None = None         # 'func' / 'object' ... for the renamed symbol
+    source: str = "database"        # database | --map ... | annotation | intermediate
+    exported_by: str | None = None  # the exporter, for kept normal references
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def klp_symbol(self) -> str | None:
+        if self.action is not Action.CONVERT:
+            return None
+        return klp_symbol_name(self.object, self.symbol, self.sympos)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "category": str(self.category), "action": str(self.action),
+                "object": self.object, "symbol": self.symbol, "sympos": self.sympos,
+                "gate": self.gate, "klp_symbol": self.klp_symbol, "type": self.type,
+                "source": self.source, "exported_by": self.exported_by,
+                "reason": self.reason, "candidates": [c.as_dict() for c in self.candidates]}
+
+
+@dataclass(slots=True, eq=False)
+class PlannedReloc:
+    """One relocation of the input and its fate."""
+
+    section: str            # relocation section it is in
+    target: str             # section it patches
+    offset: int
+    type: int
+    type_name: str
+    symbol: str             # symbol name in the input ('' for none)
+    category: Category
+    action: Action
+    reason: str
+    new_symbol: str | None = None
+    new_section: str | None = None
+    # handles for apply.py (not part of the serialised plan)
+    relsec: object = None
+    reloc: object = None
+
+    @property
+    def site(self) -> str:
+        return f"{self.target}+{self.offset:#x}"
+
+    def as_dict(self) -> dict:
+        return {"section": self.section, "target": self.target, "offset": self.offset,
+                "type": self.type_name, "symbol": self.symbol,
+                "category": str(self.category), "action": str(self.action),
+                "new_symbol": self.new_symbol, "new_section": self.new_section,
+                "reason": self.reason}
+
+
+@dataclass
+class PlanOptions:
+    objects: list[str] = field(default_factory=list)   # --object (else klp_object names)
+    choices: list[Choice] = field(default_factory=list)  # --map / --map-file, in priority order
+    keep_exports: bool = False
+    kernel_version: tuple[int, int] | None = None       # default: from vermagic, else (6, 1)
+
+
+@dataclass
+class Plan:
+    module: str
+    objects: list[str]
+    objects_source: str
+    kernel_version: tuple[int, int]
+    relocations: list[PlannedReloc]
+    symbols: dict[str, SymbolDecision]
+    errors: list[str]
+    warnings: list[str]
+    annotation_sections: list[str]
+    annotation_symbols: set[str]
+    drop_versions: list[str]
+    drop_depends: list[str]
+    depends: list[str]
+    is_livepatch: bool
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def changed(self) -> list[PlannedReloc]:
+        return [r for r in self.relocations if r.action in (Action.CONVERT, Action.REMOVE)]
+
+    def reported(self) -> list[PlannedReloc]:
+        """Relocations worth showing: changed, errors, and kept C-D dependencies."""
+        return [r for r in self.relocations
+                if r.action is not Action.KEEP or r.category in (Category.CD, Category.B)]
+
+    def converted_symbols(self) -> list[SymbolDecision]:
+        return [d for d in self.symbols.values() if d.action is Action.CONVERT]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.relocations:
+            key = f"{r.category}/{r.action}"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "module": self.module, "objects": self.objects,
+            "objects_source": self.objects_source,
+            "kernel_version": ".".join(map(str, self.kernel_version)),
+            "ok": self.ok, "errors": self.errors, "warnings": self.warnings,
+            "symbols": [d.as_dict() for d in self.symbols.values()],
+            "relocations": [r.as_dict() for r in self.relocations],
+            "annotation_sections": self.annotation_sections,
+            "drop_versions": self.drop_versions, "drop_depends": self.drop_depends,
+            "counts": self.counts(),
+        }
+
+
+# --------------------------------------------------------------------------- classifier
+_TYPES = {"func", "object", "tls", "notype"}
+
+
+def _cands(entries) -> list[Candidate]:
+    return [Candidate(e.object, e.bind, e.sympos, e.count, e.exported) for e in entries]
+
+
+def _how_to_choose(name: str) -> str:
+    return (f"choose with --map {name}=OBJ,POS (or a --map-file line), "
+            f"KLP_MODULE_RELOC(OBJ) {{ KLP_SYMPOS({name}, POS) }} or "
+            f"KLP_RELOC_SYMBOL_POS(PATCHED_OBJ, OBJ, {name}, POS)")
+
+
+class Classifier:
+    """The dependency policy for one livepatch, one symbol at a time.
+
+    ``db``: ``lookup(name, object=None) -> list[SymbolEntry]`` and
+    ``module_depends(obj) -> list[str]`` (a :class:`klpkit.symbols.SymbolDB`), or None
+    (no database: only explicit choices and intermediates are converted, the rest is
+    ``unchecked``).  ``patched``: the objects the livepatch patches.
+    ``choices``: explicit answers, first wins per name.
+    """
+
+    def __init__(self, db, patched: Iterable[str], *, keep_exports: bool = False,
+                 choices: Iterable[Choice] = ()):
+        self.db = db
+        self.patched = list(dict.fromkeys(patched))
+        self.patched_modules = [o for o in self.patched if o != "vmlinux"]
+        self.keep_exports = keep_exports
+        self.choices: dict[str, Choice] = {}
+        for c in choices:
+            self.choices.setdefault(c.name, c)
+
+    # -- public -------------------------------------------------------------
+    def classify(self, name: str, *, weak: bool = False) -> SymbolDecision:
+        inter = parse_intermediate(name)
+        if isinstance(inter, str):
+            return SymbolDecision(name, Category.ERROR, Action.ERROR, inter,
+                                  source="intermediate")
+        if inter is not None:
+            return self._intermediate(name, inter)
+        choice = self.choices.get(name)
+        if choice is not None:
+            return self._chosen(name, choice)
+        if self.db is None:
+            return SymbolDecision(name, Category.UNCHECKED, Action.KEEP,
+                                  "no symbol database: left as a normal reference")
+        return self._automatic(name, weak)
+
+    # -- helpers ------------------------------------------------------------
+    def _gate(self, obj: str) -> tuple[str | None, str | None]:
+        """(gate, problem) for a symbol defined in ``obj``."""
+        if obj == "vmlinux" or obj in self.patched_modules:
+            return obj, None
+        users = []
+        for pm in self.patched_modules:
+            try:
+                if obj in self.db.module_depends(pm):
+                    users.append(pm)
+            except Exception:  # noqa: BLE001 - an object missing from the DB: no dependency
+                pass
+        if users:
+            return users[0], None
+        if len(self.patched_modules) == 1:
+            return self.patched_modules[0], (
+                f"'{obj}' is not a dependency of '{self.patched_modules[0]}' in the symbol "
+                "database: the symbol may be missing when the relocation is applied")
+        return None, (f"no patched module depends on '{obj}', so nothing gates a livepatch "
+                      f"relocation to its symbols (patched: "
+                      f"{', '.join(self.patched) or 'none'})")
+
+    def _converted(self, name, entry, category, reason, source, sympos=None):
+        gate, problem = self._gate(entry.object)
+        if gate is None:
+            return SymbolDecision(name, Category.ERROR, Action.ERROR, f"{name}: {problem}",
+                                  object=entry.object, symbol=entry.name, source=source)
+        d = SymbolDecision(
+            name, category, Action.CONVERT, reason, object=entry.object, symbol=entry.name,
+            sympos=entry.klp_sympos if sympos is None else sympos, gate=gate,
+            type=entry.type if entry.type in _TYPES else None, source=source)
+        if problem:
+            d.reason += f" (warning: {problem})"
+        return d
+
+    def _by_entry(self, name, entry, source, sympos=None, via=""):
+        """Apply the policy to one chosen kernel symbol."""
+        if entry.exported:
+            if entry.object == "vmlinux":
+                return SymbolDecision(name, Category.A, Action.KEEP,
+                                      f"exported by vmlinux{via}: a normal reference",
+                                      object="vmlinux", symbol=entry.name, source=source,
+                                      exported_by="vmlinux")
+            if entry.object in self.patched_modules:
+                if self.keep_exports:
+                    return SymbolDecision(
+                        name, Category.B, Action.KEEP,
+                        f"exported by patched module {entry.object}{via}; kept normal by "
+                        f"--keep-exports: the livepatch depends on {entry.object}",
+                        object=entry.object, symbol=entry.name, source=source,
+                        exported_by=entry.object)
+                return self._converted(
+                    name, entry, Category.B,
+                    f"exported by patched module {entry.object}{via}: converted so the "
+                    f"livepatch takes no reference on {entry.object}", source, sympos)
+            return SymbolDecision(
+                name, Category.CD, Action.KEEP,
+                f"exported by {entry.object}{via}, which this livepatch does not patch: "
+                f"a normal reference; the livepatch depends on {entry.object}",
+                object=entry.object, symbol=entry.name, source=source,
+                exported_by=entry.object)
+        where = "vmlinux" if entry.object == "vmlinux" else (
+            f"patched module {entry.object}" if entry.object in self.patched_modules
+            else f"module {entry.object}")
+        pos = entry.klp_sympos if sympos is None else sympos
+        return self._converted(
+            name, entry, Category.LOCAL,
+            f"not exported ({entry.bind}) in {where}{via}, sympos {pos}", source, sympos)
+
+    def _pick(self, name, entries, obj, sympos, source) -> tuple[object, int] | str:
+        """Validate an explicit (object, pos) against the database."""
+        mine = [e for e in entries if e.object == obj]
+        if not mine:
+            others = "; candidates: " + ", ".join(map(str, _cands(entries))) if entries else ""
+            return f"{name}: {source} names object '{obj}', which has no symbol '{name}'{others}"
+        count = mine[0].count
+        if sympos is None:
+            if count > 1:
+                return (f"{name}: {source} names '{obj}' without a position, but '{obj}' has "
+                        f"{count}: " + ", ".join(map(str, _cands(mine)))
+                        + f"; add the position: {name}={obj},POS")
+            return mine[0], 0
+        if sympos == 0:
+            if count > 1:
+                return (f"{name}: {source} gives sympos 0, which needs a unique symbol, but "
+                        f"'{obj}' has {count}: " + ", ".join(map(str, _cands(mine))))
+            return mine[0], 0
+        if sympos > count:
+            return (f"{name}: {source} gives sympos {sympos}, but '{obj}' has only {count} "
+                    f"symbol(s) named '{name}': " + ", ".join(map(str, _cands(mine))))
+        return mine[sympos - 1], sympos
+
+    def _chosen(self, name: str, choice: Choice) -> SymbolDecision:
+        if self.db is None:
+            return self._unchecked_choice(name, name, choice.object, choice.sympos or 0,
+                                          choice.source)
+        entries = self.db.lookup(name)
+        got = self._pick(name, entries, choice.object, choice.sympos, choice.source)
+        if isinstance(got, str):
+            return SymbolDecision(name, Category.ERROR, Action.ERROR, got,
+                                  source=choice.source, candidates=_cands(entries))
+        entry, pos = got
+        return self._by_entry(name, entry, choice.source, pos, via=f", chosen by {choice.source}")
+
+    def _unchecked_choice(self, name, symbol, obj, pos, source, gate=None):
+        if gate is None:
+            if obj == "vmlinux" or obj in self.patched_modules:
+                gate = obj
+            elif len(self.patched_modules) == 1:
+                gate = self.patched_modules[0]
+            else:
+                return SymbolDecision(name, Category.ERROR, Action.ERROR,
+                                      f"{name}: cannot tell which patched object gates '{obj}' "
+                                      "without a symbol database", source=source)
+        cat = Category.LOCAL
+        return SymbolDecision(name, cat, Action.CONVERT,
+                              f"{source}: {obj} symbol {symbol}, sympos {pos} (not checked: "
+                              "no symbol database)", object=obj, symbol=symbol, sympos=pos,
+                              gate=gate, source=source)
+
+    def _intermediate(self, name, inter) -> SymbolDecision:
+        source = f"intermediate ({inter.form})"
+        gate = inter.lp_object
+        note = ""
+        if inter.object == "vmlinux" and gate != "vmlinux":
+            note = (f"; gated on vmlinux, not {gate}: since 5.8 the kernel refuses vmlinux "
+                    "symbols in a module-gated section")
+            gate = "vmlinux"
+        if self.db is None:
+            d = self._unchecked_choice(name, inter.name, inter.object, inter.sympos, source, gate)
+            d.reason += note
+            return d
+        entries = self.db.lookup(inter.name)
+        got = self._pick(inter.name, entries, inter.object, inter.sympos, f"'{name}'")
+        if isinstance(got, str):
+            return SymbolDecision(name, Category.ERROR, Action.ERROR, got, source=source,
+                                  candidates=_cands(entries))
+        entry, pos = got
+        cat = Category.B if entry.exported and entry.object != "vmlinux" else (
+            Category.A if entry.exported else Category.LOCAL)
+        return SymbolDecision(
+            name, cat, Action.CONVERT,
+            f"named by the source ({inter.object} {entry.bind} {inter.name}, sympos {pos})"
+            + note, object=inter.object, symbol=inter.name, sympos=pos, gate=gate,
+            type=entry.type if entry.type in _TYPES else None, source=source)
+
+    def _automatic(self, name: str, weak: bool) -> SymbolDecision:
+        entries = self.db.lookup(name)
+        exported = [e for e in entries if e.exported]
+        local_patched = [e for e in entries if not e.exported and e.object in self.patched_modules]
+        if exported:
+            if local_patched:
+                return SymbolDecision(
+                    name, Category.ERROR, Action.ERROR,
+                    f"{name}: ambiguous: exported by {exported[0].object}, and also a "
+                    f"non-exported symbol of patched module {local_patched[0].object}: "
+                    + ", ".join(map(str, _cands(exported + local_patched))) + "; "
+                    + _how_to_choose(name), candidates=_cands(entries))
+            return self._by_entry(name, exported[0], "database")
+        if not entries:
+            if weak:
+                return SymbolDecision(name, Category.INTERNAL, Action.KEEP,
+                                      "weak reference to a symbol found nowhere: resolves "
+                                      "to 0, left as it is")
+            return SymbolDecision(
+                name, Category.ERROR, Action.ERROR,
+                f"{name}: not found in any object of the symbol database; define it in the "
+                f"livepatch, or {_how_to_choose(name)}")
+        for tier, label in ((local_patched, "patched modules"),
+                            ([e for e in entries if e.object == "vmlinux"], "vmlinux")):
+            if not tier:
+                continue
+            if len(tier) == 1:
+                return self._by_entry(name, tier[0], "database")
+            return SymbolDecision(
+                name, Category.ERROR, Action.ERROR,
+                f"{name}: ambiguous: {len(tier)} candidates in {label}: "
+                + ", ".join(map(str, _cands(tier))) + "; " + _how_to_choose(name),
+                candidates=_cands(entries))
+        # only in modules this livepatch does not patch, not exported
+        return SymbolDecision(
+            name, Category.ERROR, Action.ERROR,
+            f"{name}: not exported, and found only in objects this livepatch does not patch "
+            f"(patched: {', '.join(self.patched) or 'none found'}): "
+            + ", ".join(map(str, _cands(entries)))
+            + f"; pass --object OBJ if the livepatch patches it, or {_how_to_choose(name)}",
+            candidates=_cands(entries))
+
+
+# ------------------------------------------------------------------------ whole module
+def _kernel_version(modinfo) -> tuple[int, int] | None:
+    rel = modinfo.release if modinfo is not None else None
+    if not rel:
+        return None
+    parts = rel.split(".")
+    try:
+        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    except (ValueError, IndexError):
+        return None
+
+
+def read_modinfo(elf: ElfFile):
+    from klpkit.kernel.modinfo import Modinfo
+
+    sec = elf.section(".modinfo")
+    return Modinfo.parse(sec.data) if sec is not None else None
+
+
+def _site_problem(relsec, target, gate: str, kver) -> str | None:
+    """Why a relocation in ``relsec`` cannot become a livepatch relocation gated on
+    ``gate`` (None when it can)."""
+    if relsec.type == C.SHT_REL:
+        return REASON_REL
+    if not target.is_alloc:
+        return REASON_NOALLOC
+    name = target.name
+    reason = SPECIAL_SECTIONS.get(name)
+    if reason is not None:
+        if name in VMLINUX_GATED_ALLOWED and gate == "vmlinux" and kver >= (5, 8):
+            return None
+        return f"special section: {reason}"
+    if gate != "vmlinux" and name.startswith((".init.", ".exit.")):
+        return REASON_INIT
+    return None
+
+
+def make_plan(elf: ElfFile, db, options: PlanOptions | None = None,
+              module_name: str | None = None) -> Plan:
+    """Decide the fate of every relocation of ``elf`` (a livepatch module).
+
+    ``db``: a symbol source (see :class:`Classifier`) or None for the minimal mode.
+    Never raises for policy problems: they are in ``plan.errors``.
+    """
+    options = options or PlanOptions()
+    errors: list[str] = []
+    warnings: list[str] = []
+    modinfo = read_modinfo(elf)
+    module = module_name or (modinfo.name if modinfo is not None and modinfo.name else
+                             module_name_from_path(elf.path or "livepatch.ko"))
+    kver = options.kernel_version or _kernel_version(modinfo) or (6, 1)
+    symtab = elf.symtab
+    if elf.type != C.ET_REL:
+        errors.append("not a relocatable object (a kernel module is ET_REL)")
+    if symtab is None:
+        errors.append("no symbol table")
+
+    # objects this livepatch patches
+    found = [o.name for o in find_patched_objects(elf)]
+    if options.objects:
+        objects, source = list(dict.fromkeys(options.objects)), "--object"
+        if found and set(found) != set(objects):
+            warnings.append(f"--object {', '.join(objects)} differs from the module's "
+                            f"klp_object names ({', '.join(found)})")
+    elif found:
+        objects, source = found, "klp_object"
+    else:
+        objects, source = [], "none"
+        warnings.append("no klp_object names found in the module: automatic resolution "
+                        "searches vmlinux only (pass --object OBJ)")
+    for obj in objects:
+        if not valid_object_name(obj):
+            errors.append(f"object name '{obj}' is not valid for the kernel "
+                          "(1-55 characters, no '.')")
+
+    # annotations
+    ann = read_module_relocs(elf)
+    errors.extend(ann.errors)
+    choices = list(options.choices)
+    by_name: dict[str, Choice] = {}
+    for c in ann.choices:
+        prev = by_name.get(c.name)
+        if prev is not None and (prev.object, prev.sympos) != (c.object, c.sympos):
+            errors.append(f"{c.name}: conflicting annotations: {prev.object},{prev.sympos} "
+                          f"({prev.source}) vs {c.object},{c.sympos} ({c.source})")
+        by_name.setdefault(c.name, c)
+    explicit = {c.name for c in choices}
+    for c in by_name.values():
+        if c.name in explicit:
+            warnings.append(f"{c.name}: the command line overrides {c.source}")
+    choices.extend(by_name.values())
+    clf = Classifier(db, objects, keep_exports=options.keep_exports, choices=choices)
+
+    symbols: dict[str, SymbolDecision] = {}
+    decision_of: dict[int, SymbolDecision] = {}
+    if symtab is not None:
+        for sym in symtab.symbols[1:]:
+            if sym.shndx != C.SHN_UNDEF or not sym.name:
+                continue
+            if sym.name in ann.symbol_names:
+                continue
+            d = symbols.get(sym.name)
+            if d is None:
+                d = symbols[sym.name] = clf.classify(sym.name, weak=sym.bind == C.STB_WEAK)
+                if d.action is Action.ERROR:
+                    errors.append(d.reason)
+            decision_of[id(sym)] = d
+
+    kmax = ksym_name_max(kver)
+    for d in symbols.values():
+        if d.action is Action.CONVERT:
+            if len(d.symbol) > kmax or "," in d.symbol:
+                errors.append(f"{d.name}: '{d.symbol}' cannot be a livepatch symbol name on "
+                              f"kernel {kver[0]}.{kver[1]} (at most {kmax} characters, no ',')")
+            if not valid_object_name(d.object) or not valid_object_name(d.gate):
+                errors.append(f"{d.name}: object '{d.object}' / '{d.gate}' is not a valid "
+                              "livepatch object name (1-55 characters, no '.')")
+
+    ann_secs = set(ann.sections)
+    relocations: list[PlannedReloc] = []
+    site_cache: dict[tuple[int, str], str | None] = {}
+    used_names: set[str] = set()
+    machine = elf.machine
+    type_names: dict[int, str] = {}
+    for rs in elf.relocation_sections():
+        target = rs.target
+        tname = target.name if target is not None else f"#{rs.info}"
+        is_klp = bool(rs.flags & C.SHF_RELA_LIVEPATCH) or rs.name.startswith(KLP_RELA_PREFIX)
+        removed = target is not None and tname in ann_secs
+        rsname = rs.name
+        for r in rs.relocations:
+            sym = r.symbol
+            tn = type_names.get(r.type)
+            if tn is None:
+                tn = type_names[r.type] = reloc_type_name(machine, r.type)
+            sname = sym.name if sym is not None else ""
+            if removed:
+                relocations.append(PlannedReloc(rsname, tname, r.offset, r.type, tn, sname,
+                                                Category.ANNOTATION, Action.REMOVE,
+                                                "annotation record: removed with its section",
+                                                relsec=rs, reloc=r))
+                continue
+            if is_klp:
+                ok = sym is not None and sym.shndx == C.SHN_LIVEPATCH
+                if not ok:
+                    errors.append(f"{rsname}+{r.offset:#x}: symbol {sname} is not marked as a "
+                                  "livepatch symbol (the kernel refuses the module)")
+                relocations.append(PlannedReloc(
+                    rsname, tname, r.offset, r.type, tn, sname, Category.KLP,
+                    Action.KEEP if ok else Action.ERROR,
+                    "already a livepatch relocation" if ok else "not an SHN_LIVEPATCH symbol",
+                    relsec=rs, reloc=r))
+                continue
+            d = decision_of.get(id(sym)) if sym is not None else None
+            if d is None:
+                if sym is not None and sym.shndx == C.SHN_LIVEPATCH:
+                    msg = (f"{tname}+{r.offset:#x}: normal relocation on livepatch symbol "
+                           f"{sname} (the loader would resolve it to 0)")
+                    errors.append(msg)
+                    relocations.append(PlannedReloc(rsname, tname, r.offset, r.type, tn, sname,
+                                                    Category.ERROR, Action.ERROR, msg,
+                                                    relsec=rs, reloc=r))
+                    continue
+                if sym is not None and sym.section is not None and \
+                        sym.section.name in ann_secs:
+                    if target is not None and not target.is_alloc:
+                        relocations.append(PlannedReloc(
+                            rsname, tname, r.offset, r.type, tn, sname, Category.ANNOTATION,
+                            Action.REMOVE, "refers to an annotation, which is removed "
+                            "(not allocated: the kernel never reads it)", relsec=rs, reloc=r))
+                        continue
+                    sname = sname or sym.section.name
+                    msg = (f"{tname}+{r.offset:#x}: uses annotation symbol {sname}, which is "
+                           "removed with its section")
+                    errors.append(msg)
+                    relocations.append(PlannedReloc(rsname, tname, r.offset, r.type, tn, sname,
+                                                    Category.ERROR, Action.ERROR, msg,
+                                                    relsec=rs, reloc=r))
+                    continue
+                relocations.append(PlannedReloc(rsname, tname, r.offset, r.type, tn, sname,
+                                                Category.INTERNAL, Action.KEEP,
+                                                "defined in the livepatch", relsec=rs, reloc=r))
+                continue
+            used_names.add(d.name)
+            if d.action is Action.CONVERT:
+                key = (id(rs), d.gate)
+                if key in site_cache:
+                    problem = site_cache[key]
+                else:
+                    problem = site_cache[key] = _site_problem(rs, target, d.gate, kver)
+                if problem is None:
+                    relocations.append(PlannedReloc(
+                        rsname, tname, r.offset, r.type, tn, sname, d.category, Action.CONVERT,
+                        d.reason, d.klp_symbol, klp_rela_section_name(d.gate, tname),
+                        relsec=rs, reloc=r))
+                    continue
+                msg = (f"{rsname}: {tname}+{r.offset:#x}: relocation to {sname} cannot be "
+                       f"converted: {problem}")
+                errors.append(msg)
+                relocations.append(PlannedReloc(rsname, tname, r.offset, r.type, tn, sname,
+                                                Category.ERROR, Action.ERROR, msg,
+                                                relsec=rs, reloc=r))
+                continue
+            relocations.append(PlannedReloc(rsname, tname, r.offset, r.type, tn, sname,
+                                            d.category, d.action, d.reason, relsec=rs, reloc=r))
+
+    for name in sorted(ann.referenced - used_names):
+        errors.append(f"{name}: annotated in .klp.module_relocs but no relocation uses it")
+
+    # clean-up: __versions, depends, livepatch tag
+    converted = {d.name for d in symbols.values() if d.action is Action.CONVERT}
+    drop_versions: list[str] = []
+    vsec = elf.section("__versions")
+    if vsec is not None and converted:
+        from klpkit.kernel.versions import parse_versions
+
+        try:
+            drop_versions = [v.name for v in parse_versions(vsec.data, elf.elfclass,
+                                                            elf.little_endian)
+                             if v.name in converted]
+        except Exception as e:  # noqa: BLE001 - a KlpkitError with its own text
+            errors.append(f"__versions: {e}")
+    depends = modinfo.depends if modinfo is not None else []
+    still = {d.exported_by for d in symbols.values()
+             if d.action is Action.KEEP and d.exported_by}
+    drop_depends = [m for m in depends if m in objects and m != "vmlinux" and m not in still]
+    is_lp = modinfo is not None and modinfo.is_livepatch
+    if not is_lp:
+        warnings.append("no livepatch=Y in .modinfo (MODULE_INFO(livepatch, \"Y\")): "
+                        "klp_enable_patch() will refuse the module")
+    for d in symbols.values():
+        if d.category is Category.CD and d.action is Action.KEEP:
+            warnings.append(f"{d.name}: {d.reason}")
+    return Plan(module, objects, source, kver, relocations, symbols, errors, warnings,
+                ann.sections, ann.symbol_names, drop_versions, drop_depends, depends, is_lp)

@@ -1,0 +1,266 @@
+"""Fetch and cache the Debian kernel packages klpkit proves livepatches against.
+
+Why Debian packages: they are a real, signed-but-not-enforcing distribution kernel
+with CONFIG_LIVEPATCH=y and MODVERSIONS, available to anyone with apt, so a test or
+a ``klpkit vm`` run is reproducible on any Debian-like machine without building a
+kernel.  Everything lands under one cache root (``$KLPKIT_CACHE`` or
+``~/.cache/klpkit``)::
+
+    <cache>/debs/<package>_<version>_amd64.deb     downloads, kept for reuse
+    <cache>/<release>/image/                        linux-image-<release>-unsigned, unpacked
+    <cache>/<release>/dbg/usr/lib/debug/boot/       vmlinux + System.map from the -dbg package
+
+Each tree is unpacked into a temporary directory and renamed into place, so an
+interrupted run never leaves a half tree that a later run would trust; an
+``fcntl`` lock per artefact keeps parallel pytest workers from racing.
+"""
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from klpkit.errors import KlpkitError
+
+DEFAULT_RELEASE = "6.1.0-47-amd64"
+DEFAULT_VERSION = "6.1.170-3"
+ARCH = "amd64"
+
+
+class DebianError(KlpkitError):
+    """A Debian package could not be fetched or unpacked."""
+
+
+def cache_root() -> Path:
+    """The cache root: ``$KLPKIT_CACHE`` if set, else ``~/.cache/klpkit``."""
+    env = os.environ.get("KLPKIT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "klpkit"
+
+
+def debs_dir() -> Path:
+    """Where downloaded ``.deb`` files are kept (reused by every later run)."""
+    return cache_root() / "debs"
+
+
+def release_dir(release: str = DEFAULT_RELEASE) -> Path:
+    return cache_root() / release
+
+
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """Hold an exclusive lock named ``name`` under the cache root.
+
+    Why a lock file and not just atomic renames: two workers would otherwise both
+    download the same 855 MB package; the loser of the lock waits and then finds
+    the winner's result.
+    """
+    locks = cache_root() / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{name}.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a tool, turning "not installed" into an actionable error."""
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise DebianError(f"{cmd[0]} not found; klpkit needs a Debian-like system with apt and dpkg") from None
+
+
+def find_deb(package: str) -> Path | None:
+    """A cached ``.deb`` of ``package`` (any version; the newest name sorts last)."""
+    found = sorted(debs_dir().glob(f"{package}_*_{ARCH}.deb"))
+    return found[-1] if found else None
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("E:", "dpkg-deb: error"))]
+    return (errors or lines or ["no output"])[-1]
+
+
+def _apt_download(package: str, dest: Path) -> subprocess.CompletedProcess:
+    # The sandbox option silences apt's "_apt cannot access" warning when run as root.
+    return _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", package], cwd=dest)
+
+
+def fetch_deb(package: str) -> Path:
+    """Return the cached ``.deb`` of ``package``, downloading it with apt if needed.
+
+    The download goes to a temporary directory first: ``apt-get download`` writes
+    straight to the final name, and a partial file must never look cached.  When
+    the download fails (typically: package lists never fetched in this container)
+    ``apt-get update`` runs once and the download is retried.
+    """
+    with _locked(f"deb-{package}"):
+        cached = find_deb(package)
+        if cached:
+            return cached
+        debs_dir().mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=debs_dir()))
+        try:
+            result = _apt_download(package, tmp)
+            if result.returncode != 0:
+                update = _run(["apt-get", "update", "-qq"])
+                if update.returncode != 0:
+                    raise DebianError(
+                        f"apt-get download {package} failed ({_last_line(result.stderr)}) and "
+                        f"apt-get update failed ({_last_line(update.stderr)}); run it as root or with network"
+                    )
+                result = _apt_download(package, tmp)
+            if result.returncode != 0:
+                raise DebianError(f"apt-get download {package} failed: {_last_line(result.stderr)}")
+            debs = list(tmp.glob("*.deb"))
+            if len(debs) != 1:
+                raise DebianError(f"apt-get download {package} produced no .deb in {tmp}")
+            final = debs_dir() / debs[0].name
+            os.replace(debs[0], final)
+            return final
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _install_tree(target: Path, fill) -> Path:
+    """Create ``target`` atomically: ``fill(tmpdir)`` populates a sibling temp dir, then rename.
+
+    Leftover temp dirs from interrupted runs are removed first (the caller holds
+    the lock, so nobody else is filling them).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        fill(tmp)
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the tree from other users
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def ensure_image(release: str = DEFAULT_RELEASE) -> Path:
+    """The unpacked ``linux-image-<release>-unsigned`` tree (fetched on first use).
+
+    Contains ``boot/vmlinuz-<release>`` and ``lib/modules/<release>/kernel/**.ko``.
+    """
+    target = release_dir(release) / "image"
+    marker = target / "boot" / f"vmlinuz-{release}"
+    with _locked(f"image-{release}"):
+        if marker.is_file():
+            return target
+        deb = fetch_deb(f"linux-image-{release}-unsigned")
+
+        def fill(tmp: Path) -> None:
+            result = _run(["dpkg-deb", "-x", str(deb), str(tmp)])
+            if result.returncode != 0:
+                raise DebianError(f"dpkg-deb -x failed: {_last_line(result.stderr)}", path=deb)
+            if not (tmp / "boot" / f"vmlinuz-{release}").is_file():
+                raise DebianError(f"package has no boot/vmlinuz-{release}", path=deb)
+
+        return _install_tree(target, fill)
+
+
+def _dbg_members(release: str) -> list[str]:
+    # Verified with `dpkg-deb -c`: both files sit under usr/lib/debug/boot/.
+    return [f"usr/lib/debug/boot/vmlinux-{release}", f"usr/lib/debug/boot/System.map-{release}"]
+
+
+def _extract_members(deb: Path, members: list[str], dest: Path) -> None:
+    """Stream ``deb``'s data tarball and extract only ``members``.
+
+    Why streaming through Python's tarfile: the -dbg package is ~855 MB of mostly
+    module debug info; reading stops as soon as the wanted files (near the start)
+    are out, instead of decompressing the whole archive.
+    """
+    wanted = set(members)
+    proc = subprocess.Popen(
+        ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for info in tar:
+                name = info.name.removeprefix("./")
+                if name in wanted and info.isfile():
+                    info.name = name
+                    tar.extract(info, dest, filter="data")
+                    wanted.discard(name)
+                    if not wanted:
+                        break
+    except tarfile.TarError as e:
+        raise DebianError(f"cannot read package data: {e}", path=deb) from None
+    finally:
+        proc.kill()
+        proc.wait()
+    if wanted:
+        raise DebianError(f"package lacks {', '.join(sorted(wanted))}", path=deb)
+
+
+def ensure_dbg(release: str = DEFAULT_RELEASE) -> Path:
+    """The ``linux-image-<release>-dbg`` extract: a root holding only
+    ``usr/lib/debug/boot/vmlinux-<release>`` (unstripped, with DWARF) and
+    ``usr/lib/debug/boot/System.map-<release>`` (the real one; the image
+    package's System.map is a placeholder).  Use :func:`vmlinux` and
+    :func:`system_map` for the file paths.
+    """
+    target = release_dir(release) / "dbg"
+    members = _dbg_members(release)
+    with _locked(f"dbg-{release}"):
+        if all((target / m).is_file() for m in members):
+            return target
+        deb = fetch_deb(f"linux-image-{release}-dbg")
+        return _install_tree(target, lambda tmp: _extract_members(deb, members, tmp))
+
+
+def ensure_headers(release: str = DEFAULT_RELEASE) -> Path:
+    """The installed kernel headers (for building test modules): ``/usr/src/linux-headers-<release>``."""
+    path = Path("/usr/src") / f"linux-headers-{release}"
+    if not (path / "Makefile").is_file():
+        raise DebianError(
+            f"kernel headers missing: {path} (run `bash scripts/setup.sh` or `klpkit setup --install`)"
+        )
+    return path
+
+
+def modules_dir(release: str = DEFAULT_RELEASE) -> Path:
+    """``lib/modules/<release>`` of the unpacked image (fetching it on first use)."""
+    return ensure_image(release) / "lib" / "modules" / release
+
+
+def vmlinuz(release: str = DEFAULT_RELEASE) -> Path:
+    """The bootable compressed kernel of the unpacked image (fetching it on first use)."""
+    return ensure_image(release) / "boot" / f"vmlinuz-{release}"
+
+
+def vmlinux(release: str = DEFAULT_RELEASE) -> Path:
+    """The unstripped vmlinux from the -dbg package (fetching it on first use)."""
+    return ensure_dbg(release) / _dbg_members(release)[0]
+
+
+def system_map(release: str = DEFAULT_RELEASE) -> Path:
+    """The real System.map from the -dbg package (fetching it on first use)."""
+    return ensure_dbg(release) / _dbg_members(release)[1]
+
+
+def find_module(name: str, release: str = DEFAULT_RELEASE, mods: Path | None = None) -> Path:
+    """The image's ``<name>.ko`` (``-`` and ``_`` are interchangeable, as for modprobe)."""
+    root = mods if mods is not None else modules_dir(release)
+    stem = name.removesuffix(".ko")
+    for candidate in {stem, stem.replace("-", "_"), stem.replace("_", "-")}:
+        hits = sorted(root.rglob(f"{candidate}.ko"))
+        if hits:
+            return hits[0]
+    raise DebianError(f"no module {stem}.ko under {root}")

@@ -1,0 +1,25 @@
+"""The kernel symbol database: every symbol of a target kernel with the livepatch
+core's sympos semantics, exports and module dependencies.
+
+    from klpkit.symbols import SymbolDB
+    db = SymbolDB.open(path)
+    db.lookup("cdrom_check_events", object="cdrom")  # -> [SymbolEntry(...)]
+
+Builders write one SQLite file per kernel release (see :func:`default_db_path`) and
+return the opened database.  The sympos rules and the kernel versions they hold
+for are documented in :mod:`klpkit.symbols.rules`.
+"""
+
+from klpkit.symbols.build import (
+    build_from_debian,
+    build_from_kallsyms,
+    build_from_tree,
+    cache_dir,
+    default_db_path,
+)
+from klpkit.symbols.db import SymbolDB, SymbolDBError, SymbolEntry
+from klpkit.symbols.symbols_list import export_symbols_list, import_symbols_list
+
+__all__ = ["SymbolDB", "SymbolDBError", "SymbolEntry", "build_from_debian",
+           "build_from_kallsyms", "build_from_tree", "cache_dir", "default_db_path",
+           "export_symbols_list", "import_symbols_list"]

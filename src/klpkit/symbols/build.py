@@ -1,0 +1,677 @@
+"""Build a symbol database from where users actually have a kernel's symbols.
+
+Sources: a kernel build tree, an installed/unpacked distribution kernel
+(Debian: image + ``-dbg`` package), a saved ``/proc/kallsyms`` (+ ``/proc/modules``)
+and klp-convert's ``Symbols.list``.  Every builder fills a :class:`SymbolSet`
+(objects with their symbols in kernel order, exports, provenance) and
+:func:`write_db` stores it; see :mod:`klpkit.symbols.rules` for which symbols
+and which order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import os
+import re
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from itertools import count
+from operator import itemgetter
+from pathlib import Path
+
+from klpkit import __version__
+from klpkit.elf import constants as C
+from klpkit.errors import ElfError, InputError, KlpkitError
+from klpkit.kernel.modinfo import Modinfo, module_name
+from klpkit.symbols import rules
+from klpkit.symbols.db import (
+    FORMAT,
+    NONCORE,
+    SCHEMA,
+    SCHEMA_SQL,
+    USER_VERSION,
+    SymbolDB,
+    SymbolDBError,
+)
+from klpkit.symbols.elfscan import ObjectScan, open_scan
+from klpkit.symbols.symvers import Export, read_symvers
+
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz")
+
+
+@dataclass
+class ObjectRecord:
+    name: str
+    kind: str                      # 'vmlinux' | 'module'
+    path: str | None
+    rows: list[tuple]    # (name, flags), or database rows (name, oid, pos, flags); kernel order
+    depends: list[str] = field(default_factory=list)
+    exports: list[Export] = field(default_factory=list)   # found in the object itself
+
+    def pairs(self) -> list[tuple[str, int]]:
+        """(name, flags) in kernel order, whichever form ``rows`` has."""
+        if self.rows and len(self.rows[0]) == 4:
+            return [(r[0], r[3]) for r in self.rows]
+        return self.rows
+
+
+@dataclass
+class SymbolSet:
+    release: str
+    source: str
+    build_id: str = ""
+    sources: list[str] = field(default_factory=list)
+    objects: list[ObjectRecord] = field(default_factory=list)
+    symvers: dict[str, Export] | None = None
+    symvers_path: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+# --- locations --------------------------------------------------------------------
+def cache_dir() -> Path:
+    base = os.environ.get("KLPKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "klpkit")
+    return Path(base) / "symbols"
+
+
+def default_db_path(release: str | None = None, db: str | os.PathLike | None = None) -> Path:
+    """``db`` if given, else ``$KLPKIT_SYMBOLS_DB``, else the cache file of ``release``."""
+    if db:
+        return Path(db)
+    env = os.environ.get("KLPKIT_SYMBOLS_DB")
+    if env:
+        return Path(env)
+    if not release:
+        raise InputError("no symbol database given: use --db PATH, KLPKIT_SYMBOLS_DB or "
+                         "--release R")
+    if "/" in release or release in (".", ".."):
+        raise InputError(f"bad kernel release {release!r}")
+    return cache_dir() / f"{release}.sqlite"
+
+
+# --- writing ----------------------------------------------------------------------
+def write_db(symset: SymbolSet, path: str | os.PathLike) -> Path:
+    """Store ``symset`` atomically at ``path`` (temp file + rename).
+
+    Refuses to replace a database of another kernel release.
+    """
+    path = Path(path)
+    if path.exists():
+        try:
+            old = SymbolDB.open(path)
+            old_release = old.release
+            old.close()
+        except SymbolDBError:
+            old_release = None   # unreadable: replace it
+        if old_release is not None and old_release != symset.release:
+            raise SymbolDBError(f"holds symbols of kernel {old_release}; refusing to mix in "
+                                f"{symset.release} (choose another --db or delete it)",
+                                path=path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        _write_sqlite(symset, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def _write_sqlite(symset: SymbolSet, tmp: str) -> None:
+    conn = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        conn.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; "
+                           "PRAGMA page_size=16384; PRAGMA cache_size=-262144; "
+                           "PRAGMA locking_mode=EXCLUSIVE; "
+                           f"PRAGMA user_version={USER_VERSION};")
+        conn.executescript(SCHEMA_SQL)
+        conn.execute("BEGIN")
+        ids = {}
+        objrows = []
+        for oid, obj in enumerate(symset.objects):
+            if obj.name in ids:
+                raise KlpkitError(f"two objects named '{obj.name}' ({obj.path} and "
+                                  f"{symset.objects[ids[obj.name]].path})")
+            ids[obj.name] = oid
+            objrows.append((oid, obj.name, obj.kind, obj.path, ",".join(obj.depends)))
+        conn.executemany("INSERT INTO objects VALUES (?,?,?,?,?)", objrows)
+        rows = []
+        ext = rows.extend
+        for oid, obj in enumerate(symset.objects):
+            r = obj.rows
+            if r and len(r[0]) == 4 and r[0][1] == oid:
+                ext(r)   # already database rows (read_module)
+            else:
+                ext([(name, oid, pos, flags) for pos, (name, flags) in enumerate(obj.pairs())])
+        # stable sort on the name alone: rows are already in (obj, pos) order, and a
+        # str key sorts ~2x faster than tuples; SQLite inserts in key order are cheapest
+        rows.sort(key=itemgetter(0))
+        conn.executemany("INSERT INTO symbols VALUES (?,?,?,?)", rows)
+        del rows
+        exports = []
+        if symset.symvers is not None:
+            for e in symset.symvers.values():
+                oid = ids.get(e.object)
+                if oid is not None:
+                    exports.append((e.name, oid, e.export_type, e.namespace, e.crc))
+        else:
+            for oid, obj in enumerate(symset.objects):
+                exports.extend((e.name, oid, e.export_type, e.namespace, e.crc)
+                               for e in obj.exports)
+        exports.sort()
+        conn.executemany("INSERT OR REPLACE INTO exports VALUES (?,?,?,?,?)", exports)
+        counts = {"objects": len(symset.objects),
+                  "symbols": sum(len(o.rows) for o in symset.objects),
+                  "exports": len(exports), "skipped": len(symset.skipped)}
+        meta = {"format": FORMAT, "schema": str(SCHEMA), "release": symset.release,
+                "build_id": symset.build_id, "source": symset.source,
+                "sources": json.dumps(symset.sources), "klpkit": __version__,
+                "symvers": symset.symvers_path, "counts": json.dumps(counts),
+                "skipped": json.dumps(symset.skipped)}
+        conn.executemany("INSERT INTO meta VALUES (?,?)", sorted(meta.items()))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+# --- reading objects --------------------------------------------------------------
+class _BytesScan(ObjectScan):
+    """An ObjectScan over bytes in memory (decompressed modules)."""
+
+    def __init__(self, path: str, data: bytes):
+        super().__init__(path, -1, len(data))
+        self._data = data
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        if offset + size > len(self._data):
+            self._fail(f"truncated: needs bytes {offset}..{offset + size}, "
+                       f"file has {len(self._data)}")
+        return self._data[offset:offset + size]
+
+
+class _scan_any:  # noqa: N801
+    def __init__(self, path: str):
+        self.path = path
+        self.inner = None
+
+    def __enter__(self) -> ObjectScan:
+        if self.path.endswith((".xz", ".gz")):
+            opener = lzma.open if self.path.endswith(".xz") else gzip.open
+            try:
+                with opener(self.path, "rb") as f:
+                    data = f.read()
+            except (OSError, lzma.LZMAError, EOFError) as e:
+                raise ElfError(f"cannot decompress: {e}", path=self.path) from None
+            scan = _BytesScan(self.path, data)
+            try:
+                scan._parse()
+                scan._parse_symtab()
+            except (ValueError, IndexError) as e:
+                raise ElfError(f"malformed ELF: {e}", path=self.path) from None
+            return scan
+        self.inner = open_scan(self.path)
+        return self.inner.__enter__()
+
+    def __exit__(self, *exc):
+        if self.inner is not None:
+            self.inner.__exit__(*exc)
+
+
+def _flags(info: int) -> int:
+    return (info >> 4) | ((info & 0xF) << 4)
+
+
+def _section_bytes_at(scan: ObjectScan, shndx: int, value: int, size: int, relocatable: bool):
+    if not 0 < shndx < len(scan.sections):
+        return b""
+    sec = scan.sections[shndx]
+    off = value if relocatable else value - sec.addr
+    if sec.type == C.SHT_NOBITS or off < 0 or off >= sec.size:
+        return b""
+    size = min(size, sec.size - off)
+    return scan._pread(size, sec.offset + off)
+
+
+def exports_from_object(scan: ObjectScan, obj: str) -> list[Export]:
+    """Exports found in the object itself: ``__ksymtab_<name>`` symbols and the section
+    they are in (``__ksymtab`` / ``__ksymtab_gpl``, or ``___ksymtab[_gpl]+<name>`` in a
+    ``.o``), the namespace string ``__kstrtabns_<name>`` points at, and the CRC at
+    ``__crc_<name>`` (v5.19..v6.4 layout; from v6.5 modpost generates the ksymtab and
+    a ``.o`` has none of these, so pass Module.symvers — spec P17)."""
+    relocatable = scan.type == C.ET_REL
+    secs = scan.sections
+    by_name = {}
+    for name, _info, shndx, value in scan.symbols:
+        if name.startswith(("__ksymtab_", "__kstrtabns_", "__crc_")) and shndx \
+                and shndx < len(secs):
+            by_name[name] = (shndx, value)
+    le = "little" if scan.little_endian else "big"
+    out = []
+    for sym, (shndx, _value) in by_name.items():
+        if not sym.startswith("__ksymtab_"):
+            continue
+        name = sym[len("__ksymtab_"):]
+        secname = secs[shndx].name
+        if secname.startswith("___ksymtab"):
+            secname = secname[1:].split("+", 1)[0]
+        if secname == "__ksymtab":
+            etype = "EXPORT_SYMBOL"
+        elif secname == "__ksymtab_gpl":
+            etype = "EXPORT_SYMBOL_GPL"
+        elif secname.startswith("__ksymtab_"):
+            etype = "EXPORT_SYMBOL_" + secname[len("__ksymtab_"):].upper()
+        else:
+            continue
+        ns = None
+        if f"__kstrtabns_{name}" in by_name:
+            x, v = by_name[f"__kstrtabns_{name}"]
+            raw = _section_bytes_at(scan, x, v, 256, relocatable)
+            ns = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape") or None
+        crc = None
+        if f"__crc_{name}" in by_name:
+            x, v = by_name[f"__crc_{name}"]
+            raw = _section_bytes_at(scan, x, v, 4, relocatable)
+            if len(raw) == 4:
+                crc = int.from_bytes(raw, le)
+        out.append(Export(name, obj, etype, ns, crc))
+    return out
+
+
+def _build_id(scan: ObjectScan) -> str:
+    """The GNU build id (NT_GNU_BUILD_ID note; vmlinux keeps it in ``.notes``)."""
+    le = "little" if scan.little_endian else "big"
+    for sec in scan.sections:
+        if sec.type != C.SHT_NOTE or sec.size > 1 << 20:
+            continue
+        data = scan.section_data(sec)
+        off = 0
+        while off + 12 <= len(data):
+            namesz = int.from_bytes(data[off:off + 4], le)
+            descsz = int.from_bytes(data[off + 4:off + 8], le)
+            ntype = int.from_bytes(data[off + 8:off + 12], le)
+            name_end = off + 12 + namesz
+            desc = name_end + (-namesz % 4)
+            if data[off + 12:name_end].rstrip(b"\0") == b"GNU" and ntype == 3:
+                return data[desc:desc + descsz].hex()
+            off = desc + descsz + (-descsz % 4)
+    return ""
+
+
+_BANNER = re.compile(rb"Linux version (\S+)")
+
+
+def _banner_release(scan: ObjectScan) -> str | None:
+    for name, _info, shndx, value in scan.symbols:
+        if name == "linux_banner":
+            raw = _section_bytes_at(scan, shndx, value, 512, scan.type == C.ET_REL)
+            m = _BANNER.match(raw)
+            return m.group(1).decode() if m else None
+    return None
+
+
+def read_vmlinux(path: str | os.PathLike, *, derive_exports: bool = True
+                 ) -> tuple[ObjectRecord, str, str | None, list[Export]]:
+    """(record, build id, release from linux_banner, exports found in it)."""
+    path = os.fspath(path)
+    with _scan_any(path) as scan:
+        if scan.type not in (C.ET_EXEC, C.ET_DYN):
+            raise ElfError("not a linked vmlinux (ELF type is not EXEC/DYN)", path=path)
+        table = rules.vmlinux_kallsyms(scan)
+        rows = [(name, _flags(info)) for name, info, _x, _v in table]
+        return (ObjectRecord("vmlinux", "vmlinux", path, rows), _build_id(scan),
+                _banner_release(scan),
+                exports_from_object(scan, "vmlinux") if derive_exports else [])
+
+
+# st_info -> stored flags (bind | type << 4); -1 for section and file symbols
+_INFO_FLAGS = [-1 if (i & 0xF) in (C.STT_SECTION, C.STT_FILE) else (i >> 4) | ((i & 0xF) << 4)
+               for i in range(256)]
+
+
+def read_module(path: str, *, derive_exports: bool = True, oid: int = -1
+                ) -> tuple[ObjectRecord, Modinfo]:
+    """One .ko: its kallsyms rows (core and init-only), .modinfo, exports.
+
+    With ``oid`` (the object's future id in the database) the rows are built as
+    database rows ``(name, oid, symbol index, flags)`` straight away.
+    """
+    with _scan_any(path) as scan:
+        if scan.type != C.ET_REL:
+            raise ElfError("not a kernel module (ELF type is not REL)", path=path)
+        noncore = [0 if c == 2 else NONCORE for c in rules.module_section_classes(scan)]
+        nsec = len(noncore)
+        text = scan.strtab_text
+        find = text.find
+        ft = _INFO_FLAGS
+        # hot loop (~1M symbols per kernel): one comprehension, no per-symbol calls
+        rows = [(text[o:find("\0", o)], oid, p, ft[i] | (noncore[x] if x < nsec else NONCORE))
+                for o, i, x, p in zip(scan.st_names, scan.st_infos, scan.st_shndxs, count())
+                if x and o and ft[i] >= 0]
+        if not scan._ascii:
+            rows = [(n.encode("latin-1").decode("utf-8", "surrogateescape"), o, p, f)
+                    for n, o, p, f in rows]
+        mi_sec = scan.section(".modinfo")
+        modinfo = Modinfo.parse(scan.section_data(mi_sec)) if mi_sec else Modinfo()
+        name = module_name(path, modinfo)
+        exports = exports_from_object(scan, name) if derive_exports else []
+    return ObjectRecord(name, "module", path, rows, modinfo.depends, exports), modinfo
+
+
+def find_modules(root: str | os.PathLike) -> list[str]:
+    """Every module file under ``root`` (sorted, so builds are reproducible)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for f in filenames:
+            if f.endswith(MODULE_SUFFIXES):
+                out.append(os.path.join(dirpath, f))
+    out.sort()
+    return out
+
+
+def scan_modules(paths: list[str], symset: SymbolSet, *, release: str | None,
+                 skip_bad: bool, derive_exports: bool, progress: bool = True) -> None:
+    """Read modules into ``symset``; bad ones are collected and either skipped
+    (``skip_bad``) or reported together as one error."""
+    from klpkit.output import progress as bar
+
+    seen: dict[str, str] = {o.name: o.path or "" for o in symset.objects}
+    bad: list[tuple[str, str]] = []
+    items = bar(paths, "scanning modules") if progress else paths
+    for path in items:
+        try:
+            rec, modinfo = read_module(path, derive_exports=derive_exports,
+                                       oid=len(symset.objects))
+        except ElfError as e:
+            bad.append((path, e.message))
+            continue
+        mrel = modinfo.release
+        if release and mrel and mrel != release:
+            bad.append((path, f"built for kernel {mrel}, not {release}"))
+            continue
+        if modinfo.is_livepatch:
+            # livepatch modules are patches, not targets (klp-convert's modules.livepatch)
+            continue
+        if rec.name in seen:
+            bad.append((path, f"second module named '{rec.name}' (first: {seen[rec.name]})"))
+            continue
+        seen[rec.name] = path
+        symset.objects.append(rec)
+    if bad:
+        if not skip_bad:
+            path, reason = bad[0]
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise KlpkitError(f"{path}: {reason}{more}; fix the input or pass --skip-bad "
+                              f"to leave such modules out")
+        symset.skipped.extend(bad)
+
+
+# --- builders ---------------------------------------------------------------------
+def _finish(symset: SymbolSet, symvers, db, open_db: bool):
+    if symvers is not None:
+        symset.symvers = read_symvers(symvers)
+        symset.symvers_path = os.path.abspath(symvers)
+        symset.sources.append(symset.symvers_path)
+    path = write_db(symset, default_db_path(symset.release, db))
+    return SymbolDB.open(path) if open_db else path
+
+
+def build_from_tree(tree: str | os.PathLike, *, symvers: str | os.PathLike | None = None,
+                    release: str | None = None, db=None, skip_bad: bool = False,
+                    progress: bool = True) -> SymbolDB:
+    """A kernel build tree: ``vmlinux``, every ``*.ko`` under it, ``Module.symvers``."""
+    tree = Path(tree)
+    vmlinux = tree / "vmlinux"
+    if not vmlinux.is_file():
+        raise InputError("no vmlinux in the build tree", path=tree)
+    if symvers is None and (tree / "Module.symvers").is_file():
+        symvers = tree / "Module.symvers"
+    rec, build_id, banner_rel, vexports = read_vmlinux(vmlinux, derive_exports=symvers is None)
+    rel_file = tree / "include" / "config" / "kernel.release"
+    tree_rel = rel_file.read_text().strip() if rel_file.is_file() else None
+    found = tree_rel or banner_rel
+    if release and found and release != found:
+        raise KlpkitError(f"{tree} is kernel {found}, not {release}")
+    release = release or found
+    if not release:
+        raise InputError("cannot tell the kernel release of the tree; pass --release",
+                         path=tree)
+    rec.exports = vexports
+    symset = SymbolSet(release, "tree", build_id, [str(vmlinux.resolve())], [rec])
+    mods = [p for p in find_modules(tree) if "/.tmp" not in p]
+    scan_modules(mods, symset, release=release, skip_bad=skip_bad,
+                 derive_exports=symvers is None, progress=progress)
+    symset.sources.append(str(tree.resolve()))
+    return _finish(symset, symvers, db, True)
+
+
+DEBIAN_PLACEHOLDER = b"The real System.map is in the linux-image-"
+
+
+def _find_release_dir(image_dir: Path, release: str | None = None) -> tuple[str, Path]:
+    mods = image_dir / "lib" / "modules"
+    if not mods.is_dir():
+        mods = image_dir / "usr" / "lib" / "modules"
+    if release:
+        if not (mods / release).is_dir():
+            raise InputError(f"no lib/modules/{release}/ here", path=image_dir)
+        return release, mods / release
+    rels = sorted(p for p in mods.iterdir() if p.is_dir()) if mods.is_dir() else []
+    if len(rels) != 1:
+        names = ", ".join(p.name for p in rels)
+        raise InputError(f"expected one lib/modules/<release>/ directory, found {len(rels)}"
+                         + (f" ({names}): pass --release" if rels else ""), path=image_dir)
+    return rels[0].name, rels[0]
+
+
+def apply_modules_dep(symset: SymbolSet, moddir: Path) -> None:
+    """Fill ``depends`` from depmod's ``modules.dep`` for modules whose .modinfo has
+    none (modules.dep lists every dependency, direct and indirect, in load order)."""
+    dep = moddir / "modules.dep"
+    if not dep.is_file():
+        return
+    by_path = {}
+    for line in dep.read_text(errors="replace").splitlines():
+        mod, sep, deps = line.partition(":")
+        if sep:
+            by_path[mod.strip()] = [module_name(d) for d in deps.split()]
+    for rec in symset.objects:
+        if rec.kind != "module" or rec.depends or not rec.path:
+            continue
+        try:
+            rel = os.path.relpath(rec.path, moddir)
+        except ValueError:
+            continue
+        if by_path.get(rel):
+            rec.depends = by_path[rel]
+
+
+def is_placeholder_system_map(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return DEBIAN_PLACEHOLDER in head and head.count(b"\n") <= 1
+
+
+def find_debug_vmlinux(dbg_dir: Path, release: str) -> tuple[Path | None, Path | None]:
+    """(vmlinux, System.map) in an unpacked -dbg package, a debug root, or a flat dir."""
+    vm_candidates = [dbg_dir / "usr/lib/debug/boot" / f"vmlinux-{release}",
+                     dbg_dir / "usr/lib/debug/lib/modules" / release / "vmlinux",
+                     dbg_dir / "boot" / f"vmlinux-{release}",
+                     dbg_dir / f"vmlinux-{release}", dbg_dir / "vmlinux"]
+    map_candidates = [dbg_dir / "usr/lib/debug/boot" / f"System.map-{release}",
+                      dbg_dir / "boot" / f"System.map-{release}",
+                      dbg_dir / f"System.map-{release}", dbg_dir / "System.map"]
+    vm = next((p for p in vm_candidates if p.is_file()), None)
+    sm = next((p for p in map_candidates if p.is_file() and
+               not is_placeholder_system_map(p)), None)
+    return vm, sm
+
+
+def _image_version(image_dir: Path, release: str) -> str:
+    """The version string in a bzImage (offset 0x20e points to it), for provenance."""
+    vmlinuz = image_dir / "boot" / f"vmlinuz-{release}"
+    try:
+        with open(vmlinuz, "rb") as f:
+            head = f.read(0x4000)
+        if head[0x202:0x206] == b"HdrS":
+            off = int.from_bytes(head[0x20E:0x210], "little") + 0x200
+            return head[off:off + 200].split(b"\0", 1)[0].decode("ascii", "replace")
+    except OSError:
+        pass
+    return ""
+
+
+def build_from_debian(image_dir: str | os.PathLike, dbg_dir: str | os.PathLike | None = None,
+                      symvers: str | os.PathLike | None = None, *, db=None,
+                      skip_bad: bool = False, progress: bool = True,
+                      release: str | None = None) -> SymbolDB:
+    """An unpacked Debian ``linux-image-<rel>[-unsigned]`` package (or an installed root)
+    plus the unpacked ``-dbg`` package for vmlinux / the real System.map."""
+    image_dir = Path(image_dir)
+    rel, moddir = _find_release_dir(image_dir, release)
+    vm = sm = None
+    if dbg_dir is not None:
+        vm, sm = find_debug_vmlinux(Path(dbg_dir), rel)
+        if vm is None and sm is None:
+            raise InputError(f"no vmlinux-{rel} or System.map-{rel} in the -dbg tree",
+                             path=dbg_dir)
+    else:
+        vm, sm = find_debug_vmlinux(image_dir, rel)
+    if vm is None and sm is None:
+        placeholder = image_dir / "boot" / f"System.map-{rel}"
+        hint = (f"{placeholder} is Debian's one-line placeholder; " if
+                is_placeholder_system_map(placeholder) else "")
+        raise InputError(f"{hint}vmlinux symbols are needed: the real System.map and vmlinux "
+                         f"are in the linux-image-{rel}-dbg package (pass --dbg DIR)")
+    sources = []
+    if vm is not None:
+        rec, build_id, _br, vexports = read_vmlinux(vm, derive_exports=symvers is None)
+        rec.exports = vexports
+        sources.append(str(vm))
+    else:
+        rec = system_map_record(sm)
+        build_id = ""
+        sources.append(str(sm))
+    build_id = build_id or _image_version(image_dir, rel)
+    symset = SymbolSet(rel, "debian", build_id, sources, [rec])
+    scan_modules(find_modules(moddir), symset, release=rel, skip_bad=skip_bad,
+                 derive_exports=symvers is None, progress=progress)
+    apply_modules_dep(symset, moddir)
+    symset.sources.append(str(moddir))
+    return _finish(symset, symvers, db, True)
+
+
+# --- System.map / kallsyms text -----------------------------------------------------
+_NM_TYPES = {"t": 2, "w": 0, "v": 1, "d": 1, "b": 1, "r": 1, "g": 1, "s": 1, "a": 0, "u": 1}
+
+
+def _nm_flags(letter: str) -> int:
+    lower = letter.lower()
+    if letter in "wWvV":
+        bind = 2
+    elif letter.isupper():
+        bind = 1
+    else:
+        bind = 0
+    typ = _NM_TYPES.get(lower, 0)
+    return bind | (typ << 4)
+
+
+def system_map_record(path) -> ObjectRecord:
+    """vmlinux from a real System.map (``nm -n`` output filtered by mksysmap): the
+    kallsyms input on v6.1+, so kallsyms' own sort applied to it gives kernel order."""
+    data = Path(path).read_bytes()
+    if is_placeholder_system_map(path):
+        raise InputError("Debian's placeholder System.map; the real one is in the "
+                         "linux-image-<release>-dbg package", path=path)
+    entries = []
+    for lineno, line in enumerate(data.decode("utf-8", "surrogateescape").splitlines(), 1):
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        try:
+            addr = int(parts[0], 16)
+        except ValueError:
+            raise InputError(f"line {lineno}: not 'ADDRESS TYPE NAME'", path=path) from None
+        letter, name = parts[1], parts[2]
+        if letter in "UuNnwv" or letter in "Aa" and name not in rules._KEEP_ABSOLUTE:
+            continue
+        if rules.vmlinux_name_ignored(name):
+            continue
+        weak = letter in "wWvV"
+        entries.append((addr, weak, rules.linker_provided(name),
+                        len(name) - len(name.lstrip("_")), lineno, name, letter))
+    entries.sort()
+    return ObjectRecord("vmlinux", "vmlinux", str(path),
+                        [(e[5], _nm_flags(e[6])) for e in entries])
+
+
+def build_from_kallsyms(kallsyms_text: str, modules_text: str | None = None, *,
+                        release: str | None = None, db=None, symvers=None,
+                        sources: list[str] | None = None) -> SymbolDB:
+    """A saved ``/proc/kallsyms`` (kernel order as printed; module symbols carry
+    ``[module]``) and optionally ``/proc/modules`` for dependencies.
+
+    In /proc/kallsyms a module symbol's letter case says *exported* (upper) rather
+    than binding, so module bindings are recorded as 'unknown'.
+    """
+    if not release:
+        release = os.uname().release
+    objs: dict[str, ObjectRecord] = {"vmlinux": ObjectRecord("vmlinux", "vmlinux", None, [])}
+    exported: dict[str, set] = {}
+    for lineno, line in enumerate(kallsyms_text.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 3:
+            raise InputError(f"/proc/kallsyms line {lineno}: expected 'ADDRESS TYPE NAME "
+                             f"[MODULE]'")
+        letter, name = parts[1], parts[2]
+        obj = "vmlinux"
+        if len(parts) > 3:
+            obj = parts[3].strip("[]")
+            if obj.startswith("__builtin") or obj == "bpf":
+                continue
+        if letter in "Uu":
+            continue
+        rec = objs.get(obj)
+        if rec is None:
+            rec = objs[obj] = ObjectRecord(obj, "module", None, [])
+        if obj == "vmlinux":
+            flags = _nm_flags(letter)
+        else:
+            typ = _NM_TYPES.get(letter.lower(), 0)
+            flags = 15 | (typ << 4)
+            if letter.isupper():
+                exported.setdefault(obj, set()).add(name)
+        rec.rows.append((name, flags))
+    for obj, rec in objs.items():
+        names = {n for n, _f in rec.rows}
+        ks = {n[len("__ksymtab_"):] for n in names if n.startswith("__ksymtab_")}
+        for n in sorted(ks | exported.get(obj, set())):
+            if n in names:
+                rec.exports.append(Export(n, obj, "", None, None))  # type unknown
+    if modules_text:
+        users: dict[str, list[str]] = {}
+        for line in modules_text.splitlines():
+            parts = line.split()
+            if len(parts) >= 4:
+                for user in parts[3].split(","):
+                    if user and user != "-":
+                        users.setdefault(user, []).append(parts[0])
+        for obj, rec in objs.items():
+            rec.depends = sorted(users.get(obj, []))
+    symset = SymbolSet(release, "kallsyms", "", list(sources or []), list(objs.values()))
+    return _finish(symset, symvers, db, True)

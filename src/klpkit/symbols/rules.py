@@ -1,0 +1,180 @@
+"""Which symbols the kernel's livepatch core sees, and in which order: sympos rules.
+
+The livepatch core resolves ``.klp.sym.<obj>.<name>,<sympos>`` with
+``klp_find_object_symbol()`` (kernel/livepatch/core.c): it counts the symbols
+called ``<name>`` in ``<obj>`` in the order it iterates them, and takes the
+``sympos``-th (1-based); ``sympos == 0`` means "must be unique".  What it
+iterates, and so what this module reproduces:
+
+vmlinux
+    The kallsyms table that ``scripts/kallsyms`` generated at build time.
+    * before v6.2: ``kallsyms_on_each_symbol()`` walks that table front to back;
+    * v6.2 and later: ``kallsyms_on_each_match_symbol()`` walks a name-sorted index
+      (``kallsyms_seqs_of_names``) in which equal names are ordered by address,
+      then by table position.
+    Both give the same order among same-named symbols: the table's order, which
+    ``scripts/kallsyms`` sorts by address.  Its tie-break (``compare_symbols()``,
+    v4.x..v6.1): non-weak before weak, then "linker-script provided" names
+    (``__start_*``, ``__stop_*``, ``*_end`` ...) last, then fewer leading
+    underscores first, then input order — the ``nm -n`` order of System.map
+    (ties there are by name).  For two symbols *with the same name* only the
+    address, the weakness and the input order can differ; we use
+    ``(address, weak, name, symbol-table index)``.
+    Which symbols are in the table (v6.1, ``KALLSYMS_ALL=y`` as livepatch needs):
+    what ``scripts/mksysmap`` keeps from ``nm -n vmlinux`` (since v6.1 kallsyms
+    reads that very file) minus what ``scripts/kallsyms.c`` ignores:
+      - nm omits section and file symbols; undefined (``U``/``w``/``v``),
+        debugging (``N``) and absolute (``a`` by mksysmap, ``A`` by kallsyms.c,
+        except four ia64 names) symbols are dropped;
+      - names starting ``$`` (ARM mapping symbols), ``.L``, ``__crc_``,
+        ``__kstrtab_``, ``__kstrtabns_``, and the name ``L0`` (mksysmap);
+      - the kallsyms tables themselves (``kallsyms_names`` ...), ``_SDA_BASE_``,
+        ``_SDA2_BASE_``, and the arch thunk/veneer/stub patterns of kallsyms.c.
+    Older kernels (< v6.1) fed ``nm -n`` to kallsyms directly, so ``__kstrtab_*``
+    and friends were in the table there; such names are unique, so sympos of
+    C symbols is unaffected.
+
+modules
+    ``module_kallsyms_on_each_symbol(objname, ...)`` walks ``mod->kallsyms->symtab``
+    in order, skipping ``SHN_UNDEF``.  After the module's init has run (the usual
+    case: the target is loaded before the livepatch) that is the *core* table
+    built by ``layout_symtab()``/``add_kallsyms()`` (kernel/module/kallsyms.c,
+    v2.6.x..v6.x): the .ko's ``.symtab`` order, keeping only symbols for which
+    ``is_core_symbol()`` holds — named, defined, ``st_shndx < e_shnum`` (so no
+    ``SHN_ABS``/``SHN_COMMON``), and either in the per-cpu section
+    (``.data..percpu``, with ``KALLSYMS_ALL``) or in a section that is
+    ``SHF_ALLOC`` at load time (the loader clears it on ``.modinfo`` and
+    ``__versions``) and not an init section (``.init*``; also ``.exit*`` when the
+    kernel lacks ``MODULE_UNLOAD``).
+    Caveat: when the target module loads *after* the livepatch,
+    ``klp_module_coming()`` resolves while ``mod->kallsyms`` still points to the
+    full init-time table (every symbol of ``.symtab``).  Same-named symbols in
+    init sections, ``.modinfo`` or absolute symbols then shift positions; we store
+    those symbols too (flag ``core=False``) so callers can see ``load_sympos`` /
+    ``load_count`` and refuse or warn (spec §1.5, P16).
+    Livepatch modules keep all their symbols.  A pending upstream series (2026,
+    "module/kallsyms: sort function symbols and use binary search") would move a
+    module's function symbols first, sorted by address: if it lands, the module
+    rule needs a version switch here.
+
+Verified on Debian 6.1.0-47-amd64 (6.1.170-3): the vmlinux table computed from the
+unstripped vmlinux equals the real System.map minus the 8 ``kallsyms_*`` tables
+(94,105 symbols, 1,120 duplicated names, each in ascending address order); that
+kernel already carries ``kallsyms_seqs_of_names`` (the v6.2 name index, backported),
+which orders duplicates the same way.  Module counts equal ``readelf -sW`` filtered
+by the rules above (tests/symbols/test_real.py).
+"""
+
+from __future__ import annotations
+
+import re
+from operator import itemgetter
+
+from klpkit.elf import constants as C
+
+# --- vmlinux: scripts/mksysmap + scripts/kallsyms.c (v6.1) --------------------
+_IGNORED_NAMES = frozenset({
+    "kallsyms_addresses", "kallsyms_offsets", "kallsyms_relative_base",
+    "kallsyms_num_syms", "kallsyms_names", "kallsyms_markers",
+    "kallsyms_token_table", "kallsyms_token_index", "kallsyms_seqs_of_names",
+    "_SDA_BASE_", "_SDA2_BASE_", "L0",
+})
+_IGNORED_PREFIXES = (
+    "$", ".L", "__crc_", "__kstrtab_", "__kstrtabns_",               # mksysmap
+    "__efistub_", "__kvm_nvhe_$", "__kvm_nvhe_.L", "__AArch64ADRPThunk_",
+    "__ARMV5PILongThunk_", "__ARMV7PILongThunk_", "__ThumbV7PILongThunk_",
+    "__LA25Thunk_", "__microLA25Thunk_", "__kcfi_typeid_",           # kallsyms.c
+)
+_IGNORED_SUFFIXES = ("_from_arm", "_from_thumb", "_veneer")
+_IGNORED_MATCHES = (".long_branch.", ".plt_branch.")
+_KEEP_ABSOLUTE = frozenset({"__kernel_syscall_via_break", "__kernel_syscall_via_epc",
+                            "__kernel_sigtramp", "__gp"})
+
+
+_IGNORED_RE = re.compile(
+    "|".join(["^(?:" + "|".join(re.escape(p) for p in _IGNORED_PREFIXES) + ")",
+              "(?:" + "|".join(re.escape(p) for p in _IGNORED_SUFFIXES) + ")$",
+              "|".join(re.escape(p) for p in _IGNORED_MATCHES)]))
+
+
+def vmlinux_name_ignored(name: str) -> bool:
+    """True when scripts/mksysmap or scripts/kallsyms drop a symbol by its name."""
+    return not name or name in _IGNORED_NAMES or _IGNORED_RE.search(name) is not None
+
+
+def linker_provided(name: str) -> bool:
+    """scripts/kallsyms' may_be_linker_script_provide_symbol()."""
+    if len(name) < 8 or not name.startswith("__"):
+        return False
+    return (name.startswith(("__start_", "__stop_", "__end_"))
+            or name.endswith(("_start", "_end")))
+
+
+def vmlinux_kallsyms(scan) -> list[tuple[str, int, int, int]]:
+    """The kallsyms table of a linked vmlinux, in kernel order.
+
+    Returns ``(name, info, shndx, value)`` tuples sorted as scripts/kallsyms sorts them.
+    """
+    secs = scan.sections
+    nsec = len(secs)
+    # nm shows 'N' for symbols in debugging sections and drops non-alloc ones from
+    # System.map the same way; absolute symbols are dropped (see module doc).
+    keep_sec = [False] * nsec
+    for i, s in enumerate(secs):
+        keep_sec[i] = bool(s.flags & C.SHF_ALLOC) and not s.name.startswith(".debug")
+    skip_types = (C.STT_SECTION, C.STT_FILE)
+    # columns first (cheap), names only for the candidates
+    cand = [i for i, (o, info, x) in enumerate(zip(scan.st_names, scan.st_infos,
+                                                     scan.st_shndxs, strict=True))
+            if o and x and (info & 0xF) not in skip_types
+            and (keep_sec[x] if x < nsec else x == C.SHN_ABS)]
+    name_at = scan.name_at
+    infos, shndxs, values = scan.st_infos, scan.st_shndxs, scan.st_values
+    syms = [(name_at(scan.st_names[i]), infos[i], shndxs[i], values[i]) for i in cand]
+    syms = [s for s in syms if not vmlinux_name_ignored(s[0])
+            and (s[2] != C.SHN_ABS or s[0] in _KEEP_ABSOLUTE)]
+    syms.sort(key=itemgetter(3))   # by address; stable: then symbol-table order
+    out = syms
+    vals = [s[3] for s in syms]
+    # scripts/kallsyms tie-break among equal addresses: non-weak first, linker-script
+    # symbols last, fewer leading underscores first, then input (nm -n: name) order.
+    i, n = 0, len(vals)
+    while i < n:
+        j = i + 1
+        while j < n and vals[j] == vals[i]:
+            j += 1
+        if j - i > 1:
+            out[i:j] = sorted(out[i:j], key=_tie_key)
+        i = j
+    return out
+
+
+def _tie_key(sym):
+    name, info = sym[0], sym[1]
+    return ((info >> 4) == C.STB_WEAK, linker_provided(name),
+            len(name) - len(name.lstrip("_")), name)
+
+
+# --- modules: kernel/module/kallsyms.c is_core_symbol() ------------------------
+PERCPU_SECTION = ".data..percpu"
+NOT_LOADED_SECTIONS = (".modinfo", "__versions")
+
+
+def module_section_classes(scan, *, module_unload: bool = True) -> list[int]:
+    """Per section index: 2 = its symbols are in the core kallsyms, 1 = only in the
+    init-time table, 0 = the null section (undefined).
+
+    A module's kallsyms rows are then its ``.symtab`` in order, keeping named symbols
+    that are neither undefined nor section/file symbols, flagged core when their
+    section is class 2 (``SHN_ABS`` and other reserved indexes: init-time only).
+    ``klpkit.symbols.build.read_module`` applies this in its hot loop.
+    """
+    init = ".init"
+    skip = NOT_LOADED_SECTIONS
+    out = [2 if name == PERCPU_SECTION
+           or (flags & C.SHF_ALLOC and not name.startswith(init) and name not in skip
+               and (module_unload or not name.startswith(".exit")))
+           else 1
+           for name, _t, flags, *_rest in scan.sections]
+    out[0] = 0
+    return out
