@@ -33,6 +33,9 @@ def register(sub) -> None:
                      "Module.symvers)")
     src.add_argument("--debian-image", metavar="DIR", help="unpacked linux-image package or "
                      "installed root (lib/modules/<release>/)")
+    src.add_argument("--debian", metavar="RELEASE", help="a Debian kernel release (e.g. "
+                     "6.1.0-47-amd64): fetch its image and -dbg packages with apt-get "
+                     "download (cached) and build from them")
     src.add_argument("--kallsyms", metavar="FILE", help="a saved /proc/kallsyms")
     src.add_argument("--symbols-list", metavar="FILE", help="klp-convert's Symbols.list")
     b.add_argument("--dbg", metavar="DIR", help="with --debian-image: the unpacked -dbg "
@@ -95,6 +98,12 @@ def run_build(args) -> int:
     if args.tree:
         db = S.build_from_tree(args.tree, symvers=args.symvers, release=args.release,
                                db=args.db, skip_bad=args.skip_bad, progress=progress)
+    elif args.debian:
+        from klpkit import debian
+
+        db = S.build_from_debian(debian.ensure_image(args.debian), debian.ensure_dbg(args.debian),
+                                 args.symvers, db=args.db, skip_bad=args.skip_bad,
+                                 progress=progress, release=args.release or args.debian)
     elif args.debian_image:
         db = S.build_from_debian(args.debian_image, args.dbg, args.symvers, db=args.db,
                                  skip_bad=args.skip_bad, progress=progress,
