@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 python3 -m ruff check src tests bench
-exec python3 -m pytest -q -n "${KLPKIT_TEST_JOBS:-auto}" "$@"
+exec python3 -m pytest -q -n "${KLPKIT_TEST_JOBS:-auto}" --dist loadgroup "$@"

@@ -133,3 +133,23 @@ def lp_modules(debian_headers, tmp_path_factory) -> dict:
                "lp_cdrom.c": example.read_text()}
     kbuild = "obj-m := " + " ".join(n.replace(".c", ".o") for n in sources) + "\n"
     return {k.stem: k for k in build_modules(tmp, sources, kbuild)}
+
+
+# --- vm boot times ---------------------------------------------------------------------------
+
+VM_BOOT_PROPERTY = "klpkit_vm_boot"  # user_properties entry: (name, boot-to-poweroff s, ok)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per qemu boot a test recorded (tests/e2e), also under pytest-xdist: the
+    entries come with the reports, not from a worker's memory."""
+    boots = [value for reports in terminalreporter.stats.values() for rep in reports
+             for key, value in getattr(rep, "user_properties", ()) if key == VM_BOOT_PROPERTY]
+    if not boots:
+        return
+    tr = terminalreporter
+    tr.section("klpkit vm boots (boot-to-poweroff)")
+    for name, seconds, ok in boots:
+        shown = f"{seconds:8.2f}" if seconds is not None else "       -"
+        tr.line(f"{name:32} {shown} s  {'ok' if ok else 'NOT OK'}")
+    tr.line(f"{'total':32} {sum(s or 0 for _n, s, _o in boots):8.2f} s")

@@ -2,6 +2,7 @@
 a hang or an unbounded allocation (mutations of a real module and of a small object)."""
 
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from klpkit.elf import ElfFile, GroupSection
-from klpkit.elf.fast import read_symbols
+from klpkit.elf.fast import open_scan, read_symbols
 from klpkit.errors import ElfError
 
 from .conftest import compile_object
@@ -40,6 +41,22 @@ def exercise(data: bytes) -> None:
         read_symbols(data, "fuzz.ko")
     except ElfError as e:
         assert str(e).startswith("fuzz.ko: ")
+    scan_everything(data, "fuzz.ko")
+
+
+def scan_everything(target, path) -> None:
+    """The unified fast reader, every path: headers, names, symbols, every section's
+    contents on demand (what the symbol database builder reads)."""
+    try:
+        with open_scan(target, path) as scan:
+            assert len(scan.names) == len(scan.shndxs) == len(scan.values)
+            assert len(scan.sections) == len(scan.sh_types)
+            for i in range(len(scan.sh_types)):
+                assert isinstance(scan.section_data(i), bytes)
+            for name in set(scan.sh_names):
+                scan.section_data(name)
+    except ElfError as e:
+        assert str(e).startswith(f"{path}: ") and "\n" not in str(e)
 
 
 def _shdr_fields(data):
@@ -107,6 +124,29 @@ def test_string_and_symbol_indexes_out_of_range(sample):
         with pytest.raises(ElfError, match="uses symbol index"):
             e = ElfFile.from_bytes(bytes(patched), "x.ko")
             [r.relocations for r in e.relocation_sections()]
+
+
+def test_section_data_past_the_end_from_a_path(sample, tmp_path):
+    """On a path the reader preads on demand: a section whose contents lie past the end
+    of the file is refused when read, naming the file."""
+    shoff, shnum = _shdr_fields(sample)
+    path = tmp_path / "m.ko"
+    for i in range(1, shnum):
+        patched = bytearray(sample)
+        struct.pack_into("<Q", patched, shoff + i * 64 + 24, len(sample) - 1)  # sh_offset
+        struct.pack_into("<Q", patched, shoff + i * 64 + 32, 2)                  # sh_size
+        path.write_bytes(bytes(patched))
+        scan_everything(str(path), str(path))
+        sh_type = struct.unpack_from("<I", patched, shoff + i * 64 + 4)[0]
+        if sh_type in (0, 8):  # SHT_NULL, SHT_NOBITS: no contents to read
+            continue
+        # (the section name table is read at open; any other section when asked for)
+        with pytest.raises(ElfError, match=f"^{re.escape(str(path))}: .*extends past the end"):
+            with open_scan(str(path), symbols=False) as scan:
+                scan.section_data(i)
+    for cut in range(0, len(sample), 97):
+        path.write_bytes(sample[:cut])
+        scan_everything(str(path), str(path))
 
 
 def test_random_bit_flips(sample):

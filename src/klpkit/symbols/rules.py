@@ -115,21 +115,19 @@ def vmlinux_kallsyms(scan) -> list[tuple[str, int, int, int]]:
 
     Returns ``(name, info, shndx, value)`` tuples sorted as scripts/kallsyms sorts them.
     """
-    secs = scan.sections
-    nsec = len(secs)
     # nm shows 'N' for symbols in debugging sections and drops non-alloc ones from
     # System.map the same way; absolute symbols are dropped (see module doc).
-    keep_sec = [False] * nsec
-    for i, s in enumerate(secs):
-        keep_sec[i] = bool(s.flags & C.SHF_ALLOC) and not s.name.startswith(".debug")
+    keep_sec = [bool(flags & C.SHF_ALLOC) and not name.startswith(".debug")
+                for name, flags in zip(scan.sh_names, scan.sh_flags, strict=True)]
+    nsec = len(keep_sec)
     skip_types = (C.STT_SECTION, C.STT_FILE)
     # columns first (cheap), names only for the candidates
-    cand = [i for i, (o, info, x) in enumerate(zip(scan.st_names, scan.st_infos,
-                                                     scan.st_shndxs, strict=True))
+    cand = [i for i, (o, info, x) in enumerate(zip(scan.st_names, scan.infos,
+                                                     scan.shndxs, strict=True))
             if o and x and (info & 0xF) not in skip_types
             and (keep_sec[x] if x < nsec else x == C.SHN_ABS)]
     name_at = scan.name_at
-    infos, shndxs, values = scan.st_infos, scan.st_shndxs, scan.st_values
+    infos, shndxs, values = scan.infos, scan.shndxs, scan.values
     syms = [(name_at(scan.st_names[i]), infos[i], shndxs[i], values[i]) for i in cand]
     syms = [s for s in syms if not vmlinux_name_ignored(s[0])
             and (s[2] != C.SHN_ABS or s[0] in _KEEP_ABSOLUTE)]
@@ -175,6 +173,6 @@ def module_section_classes(scan, *, module_unload: bool = True) -> list[int]:
            or (flags & C.SHF_ALLOC and not name.startswith(init) and name not in skip
                and (module_unload or not name.startswith(".exit")))
            else 1
-           for name, _t, flags, *_rest in scan.sections]
+           for name, flags in zip(scan.sh_names, scan.sh_flags, strict=True)]
     out[0] = 0
     return out

@@ -28,7 +28,7 @@ import os
 
 from klpkit.errors import InputError
 from klpkit.fileio import read_input, write_atomic
-from klpkit.symbols.build import ObjectRecord, SymbolSet, _finish
+from klpkit.symbols.build import ObjectRecord, SymbolSet, _finish, gc_paused
 from klpkit.symbols.db import NONCORE, SymbolDB
 from klpkit.symbols.symvers import Export
 
@@ -57,6 +57,7 @@ def _decode_codes(text: str) -> list[int]:
     return out
 
 
+@gc_paused
 def export_symbols_list(db: SymbolDB, path: str | os.PathLike) -> int:
     """Write ``db`` as a Symbols.list; returns the number of symbol lines written."""
     lines = [HEADER]
@@ -167,6 +168,7 @@ def read_symbols_list(path: str | os.PathLike) -> SymbolSet:
     return symset
 
 
+@gc_paused
 def import_symbols_list(path: str | os.PathLike, *, release: str | None = None, db=None,
                         symvers=None) -> SymbolDB:
     """Build a database from a Symbols.list (ours round-trips exactly)."""
@@ -181,6 +183,7 @@ def import_symbols_list(path: str | os.PathLike, *, release: str | None = None, 
     return _finish(symset, symvers, db, True)
 
 
+@gc_paused
 def dump(db: SymbolDB) -> dict:
     """A canonical, comparable view of a database's content (not its provenance)."""
     infos = {name: (kind, [d for d in depends.split(",") if d]) for name, kind, depends in
