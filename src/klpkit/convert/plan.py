@@ -573,194 +573,224 @@ def make_plan(elf: ElfFile, db, options: PlanOptions | None = None,
     ``db``: a symbol source (see :class:`Classifier`) or None for the minimal mode.
     Never raises for policy problems: they are in ``plan.errors``.
     """
-    options = options or PlanOptions()
-    errors: list[str] = []
-    warnings: list[str] = []
-    modinfo = read_modinfo(elf)
-    module = module_name or (modinfo.name if modinfo is not None and modinfo.name else
-                             module_name_from_path(elf.path or "livepatch.ko"))
-    kver = options.kernel_version or _kernel_version(modinfo) or (6, 1)
-    symtab = elf.symtab
-    if elf.type != C.ET_REL:
-        errors.append("not a relocatable object (a kernel module is ET_REL)")
-    if symtab is None:
-        errors.append("no symbol table")
+    return _Planner(elf, db, options or PlanOptions(), module_name).plan()
 
-    # objects this livepatch patches
-    found = [o.name for o in find_patched_objects(elf)]
-    if options.objects:
-        objects, source = list(dict.fromkeys(options.objects)), "--object"
-        if found and set(found) != set(objects):
-            warnings.append(f"--object {', '.join(objects)} differs from the module's "
-                            f"klp_object names ({', '.join(found)})")
-    elif found:
-        objects, source = found, "klp_object"
-    else:
-        objects, source = [], "none"
-        warnings.append("no klp_object names found in the module: automatic resolution "
-                        "searches vmlinux only (pass --object OBJ)")
-    for obj in objects:
-        if not valid_object_name(obj):
-            errors.append(f"object name '{obj}' is not valid for the kernel "
-                          "(1-55 characters, no '.')")
 
-    # annotations
-    ann = read_module_relocs(elf)
-    errors.extend(ann.errors)
-    choices = list(options.choices)
-    by_name: dict[str, Choice] = {}
-    for c in ann.choices:
-        prev = by_name.get(c.name)
-        if prev is not None and (prev.object, prev.sympos) != (c.object, c.sympos):
-            errors.append(f"{c.name}: conflicting annotations: {prev.object},{prev.sympos} "
-                          f"({prev.source}) vs {c.object},{c.sympos} ({c.source})")
-        by_name.setdefault(c.name, c)
-    explicit = {c.name for c in choices}
-    for c in by_name.values():
-        if c.name in explicit:
-            warnings.append(f"{c.name}: the command line overrides {c.source}")
-    choices.extend(by_name.values())
-    clf = Classifier(db, objects, keep_exports=options.keep_exports, choices=choices)
+class _Planner:
+    """One planning run: the steps of :func:`make_plan`, sharing the errors and
+    warnings they collect. Each step reads the model; none edits it."""
 
-    symbols: dict[str, SymbolDecision] = {}
-    decision_of: dict[int, SymbolDecision] = {}
-    if symtab is not None:
+    def __init__(self, elf: ElfFile, db, options: PlanOptions, module_name: str | None):
+        self.elf = elf
+        self.db = db
+        self.options = options
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+        self.modinfo = read_modinfo(elf)
+        mi = self.modinfo
+        self.module = module_name or (mi.name if mi is not None and mi.name else
+                                      module_name_from_path(elf.path or "livepatch.ko"))
+        self.kver = options.kernel_version or _kernel_version(mi) or (6, 1)
+        self.symbols: dict[str, SymbolDecision] = {}
+        self.decision_of: dict[int, SymbolDecision] = {}   # id(Symbol) -> decision
+        self.site_problems: dict[tuple[int, str], str | None] = {}
+        self.used_names: set[str] = set()
+        self.type_names: dict[int, str] = {}
+
+    def plan(self) -> Plan:
+        elf = self.elf
+        if elf.type != C.ET_REL:
+            self.errors.append("not a relocatable object (a kernel module is ET_REL)")
+        if elf.symtab is None:
+            self.errors.append("no symbol table")
+        self.objects, self.objects_source = self._patched_objects()
+        self.ann = read_module_relocs(elf)
+        self.errors.extend(self.ann.errors)
+        self.ann_secs = set(self.ann.sections)
+        clf = Classifier(self.db, self.objects, keep_exports=self.options.keep_exports,
+                         choices=self._choices())
+        self._classify_undefined(clf)
+        self._check_klp_names()
+        relocations = [self._plan_relocation(rs, r)
+                       for rs in elf.relocation_sections() for r in rs.relocations]
+        for name in sorted(self.ann.referenced - self.used_names):
+            self.errors.append(f"{name}: annotated in .klp.module_relocs but no relocation "
+                               "uses it")
+        drop_versions = self._versions_to_drop()
+        depends = self.modinfo.depends if self.modinfo is not None else []
+        still = {d.exported_by for d in self.symbols.values()
+                 if d.action is Action.KEEP and d.exported_by}
+        drop_depends = [m for m in depends
+                        if m in self.objects and m != "vmlinux" and m not in still]
+        is_lp = self.modinfo is not None and self.modinfo.is_livepatch
+        if not is_lp:
+            self.warnings.append("no livepatch=Y in .modinfo (MODULE_INFO(livepatch, \"Y\")): "
+                                 "klp_enable_patch() will refuse the module")
+        for d in self.symbols.values():
+            if d.category is Category.CD and d.action is Action.KEEP:
+                self.warnings.append(f"{d.name}: {d.reason}")
+        return Plan(self.module, self.objects, self.objects_source, self.kver, relocations,
+                    self.symbols, self.errors, self.warnings, self.ann.sections,
+                    self.ann.symbol_names, drop_versions, drop_depends, depends, is_lp)
+
+    # -- the objects this livepatch patches ---------------------------------------------
+    def _patched_objects(self) -> tuple[list[str], str]:
+        found = [o.name for o in find_patched_objects(self.elf)]
+        if self.options.objects:
+            objects, source = list(dict.fromkeys(self.options.objects)), "--object"
+            if found and set(found) != set(objects):
+                self.warnings.append(f"--object {', '.join(objects)} differs from the "
+                                     f"module's klp_object names ({', '.join(found)})")
+        elif found:
+            objects, source = found, "klp_object"
+        else:
+            objects, source = [], "none"
+            self.warnings.append("no klp_object names found in the module: automatic "
+                                 "resolution searches vmlinux only (pass --object OBJ)")
+        for obj in objects:
+            if not valid_object_name(obj):
+                self.errors.append(f"object name '{obj}' is not valid for the kernel "
+                                   "(1-55 characters, no '.')")
+        return objects, source
+
+    def _choices(self) -> list[Choice]:
+        """Command-line choices first, then annotations (conflicts are errors)."""
+        choices = list(self.options.choices)
+        by_name: dict[str, Choice] = {}
+        for c in self.ann.choices:
+            prev = by_name.get(c.name)
+            if prev is not None and (prev.object, prev.sympos) != (c.object, c.sympos):
+                self.errors.append(f"{c.name}: conflicting annotations: {prev.object},"
+                                   f"{prev.sympos} ({prev.source}) vs {c.object},{c.sympos} "
+                                   f"({c.source})")
+            by_name.setdefault(c.name, c)
+        explicit = {c.name for c in choices}
+        for c in by_name.values():
+            if c.name in explicit:
+                self.warnings.append(f"{c.name}: the command line overrides {c.source}")
+        return choices + list(by_name.values())
+
+    # -- every undefined symbol, once ---------------------------------------------------
+    def _classify_undefined(self, clf: Classifier) -> None:
+        symtab = self.elf.symtab
+        if symtab is None:
+            return
         for sym in symtab.symbols[1:]:
-            if sym.shndx != C.SHN_UNDEF or not sym.name:
+            if sym.shndx != C.SHN_UNDEF or not sym.name or sym.name in self.ann.symbol_names:
                 continue
-            if sym.name in ann.symbol_names:
-                continue
-            d = symbols.get(sym.name)
+            d = self.symbols.get(sym.name)
             if d is None:
-                d = symbols[sym.name] = clf.classify(sym.name, weak=sym.bind == C.STB_WEAK)
+                d = self.symbols[sym.name] = clf.classify(sym.name,
+                                                          weak=sym.bind == C.STB_WEAK)
                 if d.action is Action.ERROR:
-                    errors.append(d.reason)
-            decision_of[id(sym)] = d
+                    self.errors.append(d.reason)
+            self.decision_of[id(sym)] = d
 
-    kmax = ksym_name_max(kver)
-    for d in symbols.values():
-        if d.action is Action.CONVERT:
+    def _check_klp_names(self) -> None:
+        """The names the conversion will write must parse in the target kernel."""
+        kver = self.kver
+        kmax = ksym_name_max(kver)
+        for d in self.symbols.values():
+            if d.action is not Action.CONVERT:
+                continue
             if len(d.symbol) > kmax or "," in d.symbol:
-                errors.append(f"{d.name}: '{d.symbol}' cannot be a livepatch symbol name on "
-                              f"kernel {kver[0]}.{kver[1]} (at most {kmax} characters, no ',')")
+                self.errors.append(f"{d.name}: '{d.symbol}' cannot be a livepatch symbol name "
+                                   f"on kernel {kver[0]}.{kver[1]} (at most {kmax} characters, "
+                                   "no ',')")
             if not valid_object_name(d.object) or not valid_object_name(d.gate):
-                errors.append(f"{d.name}: object '{d.object}' / '{d.gate}' is not a valid "
-                              "livepatch object name (1-55 characters, no '.')")
+                self.errors.append(f"{d.name}: object '{d.object}' / '{d.gate}' is not a valid "
+                                   "livepatch object name (1-55 characters, no '.')")
 
-    ann_secs = set(ann.sections)
-    relocations: list[PlannedReloc] = []
-    site_cache: dict[tuple[int, str], str | None] = {}
-    used_names: set[str] = set()
-    machine = elf.machine
-    type_names: dict[int, str] = {}
-    for rs in elf.relocation_sections():
+    # -- every relocation ---------------------------------------------------------------
+    def _plan_relocation(self, rs, r) -> PlannedReloc:
         target = rs.target
         tname = target.name if target is not None else f"#{rs.info}"
-        is_klp = bool(rs.flags & C.SHF_RELA_LIVEPATCH) or rs.name.startswith(KLP_RELA_PREFIX)
-        removed = target is not None and tname in ann_secs
-        rsname = rs.name
-        for r in rs.relocations:
-            sym = r.symbol
-            tn = type_names.get(r.type)
-            if tn is None:
-                tn = type_names[r.type] = reloc_type_name(machine, r.type)
-            sname = sym.name if sym is not None else ""
-            if removed:
-                relocations.append(PlannedReloc(rsname, tname, r.offset, r.type, tn, sname,
-                                                Category.ANNOTATION, Action.REMOVE,
-                                                "annotation record: removed with its section",
-                                                relsec=rs, reloc=r))
-                continue
-            if is_klp:
-                ok = sym is not None and sym.shndx == C.SHN_LIVEPATCH
-                if not ok:
-                    errors.append(f"{rsname}+{r.offset:#x}: symbol {sname} is not marked as a "
-                                  "livepatch symbol (the kernel refuses the module)")
-                relocations.append(PlannedReloc(
-                    rsname, tname, r.offset, r.type, tn, sname, Category.KLP,
-                    Action.KEEP if ok else Action.ERROR,
-                    "already a livepatch relocation" if ok else "not an SHN_LIVEPATCH symbol",
-                    relsec=rs, reloc=r))
-                continue
-            d = decision_of.get(id(sym)) if sym is not None else None
-            if d is None:
-                if sym is not None and sym.shndx == C.SHN_LIVEPATCH:
-                    msg = (f"{tname}+{r.offset:#x}: normal relocation on livepatch symbol "
-                           f"{sname} (the loader would resolve it to 0)")
-                    errors.append(msg)
-                    relocations.append(PlannedReloc(rsname, tname, r.offset, r.type, tn, sname,
-                                                    Category.ERROR, Action.ERROR, msg,
-                                                    relsec=rs, reloc=r))
-                    continue
-                if sym is not None and sym.section is not None and \
-                        sym.section.name in ann_secs:
-                    if target is not None and not target.is_alloc:
-                        relocations.append(PlannedReloc(
-                            rsname, tname, r.offset, r.type, tn, sname, Category.ANNOTATION,
-                            Action.REMOVE, "refers to an annotation, which is removed "
-                            "(not allocated: the kernel never reads it)", relsec=rs, reloc=r))
-                        continue
-                    sname = sname or sym.section.name
-                    msg = (f"{tname}+{r.offset:#x}: uses annotation symbol {sname}, which is "
-                           "removed with its section")
-                    errors.append(msg)
-                    relocations.append(PlannedReloc(rsname, tname, r.offset, r.type, tn, sname,
-                                                    Category.ERROR, Action.ERROR, msg,
-                                                    relsec=rs, reloc=r))
-                    continue
-                relocations.append(PlannedReloc(rsname, tname, r.offset, r.type, tn, sname,
-                                                Category.INTERNAL, Action.KEEP,
-                                                "defined in the livepatch", relsec=rs, reloc=r))
-                continue
-            used_names.add(d.name)
-            if d.action is Action.CONVERT:
-                key = (id(rs), d.gate)
-                if key in site_cache:
-                    problem = site_cache[key]
-                else:
-                    problem = site_cache[key] = _site_problem(rs, target, d.gate, kver)
-                if problem is None:
-                    relocations.append(PlannedReloc(
-                        rsname, tname, r.offset, r.type, tn, sname, d.category, Action.CONVERT,
-                        d.reason, d.klp_symbol, klp_rela_section_name(d.gate, tname),
-                        relsec=rs, reloc=r))
-                    continue
-                msg = (f"{rsname}: {tname}+{r.offset:#x}: relocation to {sname} cannot be "
-                       f"converted: {problem}")
-                errors.append(msg)
-                relocations.append(PlannedReloc(rsname, tname, r.offset, r.type, tn, sname,
-                                                Category.ERROR, Action.ERROR, msg,
-                                                relsec=rs, reloc=r))
-                continue
-            relocations.append(PlannedReloc(rsname, tname, r.offset, r.type, tn, sname,
-                                            d.category, d.action, d.reason, relsec=rs, reloc=r))
+        tn = self.type_names.get(r.type)
+        if tn is None:
+            tn = self.type_names[r.type] = reloc_type_name(self.elf.machine, r.type)
+        sym = r.symbol
+        fate = self._fate(rs, target, tname, r)
+        sname = fate.symbol if fate.symbol is not None else (sym.name if sym else "")
+        return PlannedReloc(rs.name, tname, r.offset, r.type, tn, sname, fate.category,
+                            fate.action, fate.reason, fate.new_symbol, fate.new_section,
+                            relsec=rs, reloc=r)
 
-    for name in sorted(ann.referenced - used_names):
-        errors.append(f"{name}: annotated in .klp.module_relocs but no relocation uses it")
+    def _error(self, message: str) -> _Fate:
+        self.errors.append(message)
+        return _Fate(Category.ERROR, Action.ERROR, message)
 
-    # clean-up: __versions, depends, livepatch tag
-    converted = {d.name for d in symbols.values() if d.action is Action.CONVERT}
-    drop_versions: list[str] = []
-    vsec = elf.section("__versions")
-    if vsec is not None and converted:
+    def _fate(self, rs, target, tname: str, r) -> _Fate:
+        sym = r.symbol
+        sname = sym.name if sym is not None else ""
+        if target is not None and tname in self.ann_secs:
+            return _Fate(Category.ANNOTATION, Action.REMOVE,
+                         "annotation record: removed with its section")
+        if rs.flags & C.SHF_RELA_LIVEPATCH or rs.name.startswith(KLP_RELA_PREFIX):
+            if sym is not None and sym.shndx == C.SHN_LIVEPATCH:
+                return _Fate(Category.KLP, Action.KEEP, "already a livepatch relocation")
+            self.errors.append(f"{rs.name}+{r.offset:#x}: symbol {sname} is not marked as a "
+                               "livepatch symbol (the kernel refuses the module)")
+            return _Fate(Category.KLP, Action.ERROR, "not an SHN_LIVEPATCH symbol")
+        d = self.decision_of.get(id(sym)) if sym is not None else None
+        if d is None:
+            return self._fate_of_defined(sym, target, tname, r)
+        self.used_names.add(d.name)
+        if d.action is not Action.CONVERT:
+            return _Fate(d.category, d.action, d.reason)
+        key = (id(rs), d.gate)
+        if key not in self.site_problems:
+            self.site_problems[key] = _site_problem(rs, target, d.gate, self.kver)
+        problem = self.site_problems[key]
+        if problem is not None:
+            return self._error(f"{rs.name}: {tname}+{r.offset:#x}: relocation to {sname} "
+                               f"cannot be converted: {problem}")
+        return _Fate(d.category, Action.CONVERT, d.reason, d.klp_symbol,
+                     klp_rela_section_name(d.gate, tname))
+
+    def _fate_of_defined(self, sym, target, tname: str, r) -> _Fate:
+        """A relocation whose symbol is not a foreign reference."""
+        sname = sym.name if sym is not None else ""
+        if sym is not None and sym.shndx == C.SHN_LIVEPATCH:
+            return self._error(f"{tname}+{r.offset:#x}: normal relocation on livepatch symbol "
+                               f"{sname} (the loader would resolve it to 0)")
+        if sym is not None and sym.section is not None and sym.section.name in self.ann_secs:
+            if target is not None and not target.is_alloc:
+                return _Fate(Category.ANNOTATION, Action.REMOVE,
+                             "refers to an annotation, which is removed (not allocated: the "
+                             "kernel never reads it)")
+            sname = sname or sym.section.name
+            fate = self._error(f"{tname}+{r.offset:#x}: uses annotation symbol {sname}, which "
+                               "is removed with its section")
+            fate.symbol = sname
+            return fate
+        return _Fate(Category.INTERNAL, Action.KEEP, "defined in the livepatch")
+
+    # -- clean-up -----------------------------------------------------------------------
+    def _versions_to_drop(self) -> list[str]:
+        """``__versions`` entries of converted symbols (modpost wrote them for a normal
+        reference that no longer exists)."""
+        converted = {d.name for d in self.symbols.values() if d.action is Action.CONVERT}
+        vsec = self.elf.section("__versions")
+        if vsec is None or not converted:
+            return []
         from klpkit.kernel.versions import parse_versions
 
         try:
-            drop_versions = [v.name for v in parse_versions(vsec.data, elf.elfclass,
-                                                            elf.little_endian)
-                             if v.name in converted]
+            return [v.name for v in parse_versions(vsec.data, self.elf.elfclass,
+                                                   self.elf.little_endian)
+                    if v.name in converted]
         except Exception as e:  # noqa: BLE001 - a KlpkitError with its own text
-            errors.append(f"__versions: {e}")
-    depends = modinfo.depends if modinfo is not None else []
-    still = {d.exported_by for d in symbols.values()
-             if d.action is Action.KEEP and d.exported_by}
-    drop_depends = [m for m in depends if m in objects and m != "vmlinux" and m not in still]
-    is_lp = modinfo is not None and modinfo.is_livepatch
-    if not is_lp:
-        warnings.append("no livepatch=Y in .modinfo (MODULE_INFO(livepatch, \"Y\")): "
-                        "klp_enable_patch() will refuse the module")
-    for d in symbols.values():
-        if d.category is Category.CD and d.action is Action.KEEP:
-            warnings.append(f"{d.name}: {d.reason}")
-    return Plan(module, objects, source, kver, relocations, symbols, errors, warnings,
-                ann.sections, ann.symbol_names, drop_versions, drop_depends, depends, is_lp)
+            self.errors.append(f"__versions: {e}")
+            return []
+
+
+@dataclass(slots=True)
+class _Fate:
+    """What happens to one relocation (the variable part of a PlannedReloc)."""
+
+    category: Category
+    action: Action
+    reason: str
+    new_symbol: str | None = None
+    new_section: str | None = None
+    symbol: str | None = None  # overrides the symbol name shown (annotation sections)
