@@ -6,7 +6,7 @@ table renderer and ``--json``.
 
 from __future__ import annotations
 
-from klpkit.elf import ElfFile, RelocationSection, Section
+from klpkit.elf import ElfFile, Section
 from klpkit.elf import constants as C
 from klpkit.elf.reloc_types import MACHINE_NAMES, reloc_type_name
 from klpkit.kernel.livepatch import parse_klp_rela_object, parse_klp_symbol_name
@@ -106,7 +106,3 @@ def inspect(elf: ElfFile) -> dict:
                     enumerate(elf.symtab.symbols if elf.symtab else [])],
         "relocations": _relocations(elf),
     }
-
-
-def is_relocation_section(sec: Section) -> bool:
-    return isinstance(sec, RelocationSection)
