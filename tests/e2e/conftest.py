@@ -98,10 +98,11 @@ def e2e_build(debian_headers, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def e2e_db(debian_symdb, e2e_build, tmp_path_factory):
-    from tests.e2e.symdb import with_modules
+    """The Debian database plus the scenario's own (out-of-tree) target modules."""
+    from klpkit.symbols import add_modules
 
-    db = with_modules(debian_symdb, [e2e_build[t] for t in TARGET_DIRS],
-                      tmp_path_factory.mktemp("e2e-db") / "symbols.sqlite")
+    db = add_modules(debian_symdb, [e2e_build[t] for t in TARGET_DIRS],
+                     dest=tmp_path_factory.mktemp("e2e-db") / "symbols.sqlite")
     yield db
     db.close()
 

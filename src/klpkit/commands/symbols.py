@@ -62,6 +62,15 @@ def register(sub) -> None:
     common(inf)
     inf.set_defaults(func=run_info)
 
+    add = ssub.add_parser("add", help="add out-of-tree modules (targets you patch) to the "
+                          "database of their kernel")
+    add.add_argument("modules", nargs="+", metavar="MODULE.ko")
+    add.add_argument("-o", "--output", metavar="PATH", help="write a new database there "
+                     "instead of changing this one")
+    add.add_argument("--json", action="store_true", help="machine-readable summary")
+    common(add)
+    add.set_defaults(func=run_add)
+
     ex = ssub.add_parser("export-list", help="write a klp-convert Symbols.list")
     ex.add_argument("out", metavar="OUT")
     common(ex)
@@ -181,6 +190,19 @@ def run_info(args) -> int:
         ("objects", c.get("objects")), ("symbols", c.get("symbols")),
         ("exports", c.get("exports")), ("skipped modules", c.get("skipped", 0)),
         ("size", f"{info['size'] / 2**20:.1f} MiB")], title="Symbol database")
+    return 0
+
+
+def run_add(args) -> int:
+    from klpkit.symbols import add_modules
+
+    db = add_modules(_open(args), args.modules, dest=args.output)
+    summary = _info(db)
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"{db.path}: kernel {db.release}, added {', '.join(args.modules)}; "
+              f"{summary['counts']['objects']} objects")
     return 0
 
 

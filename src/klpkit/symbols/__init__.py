@@ -18,8 +18,9 @@ from klpkit.symbols.build import (
     default_db_path,
 )
 from klpkit.symbols.db import SymbolDB, SymbolDBError, SymbolEntry
+from klpkit.symbols.extend import add_modules
 from klpkit.symbols.symbols_list import export_symbols_list, import_symbols_list
 
-__all__ = ["SymbolDB", "SymbolDBError", "SymbolEntry", "build_from_debian",
+__all__ = ["SymbolDB", "SymbolDBError", "SymbolEntry", "add_modules", "build_from_debian",
            "build_from_kallsyms", "build_from_tree", "cache_dir", "default_db_path",
            "export_symbols_list", "import_symbols_list"]
