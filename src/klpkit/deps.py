@@ -7,7 +7,8 @@ re-derives it.  Pure: reads ELF models and a symbol database, writes nothing (ex
 :func:`write_graph`, which the command calls).
 
     from klpkit.deps import analyze, to_dot
-    report = analyze([Path("lp_cdrom.ko")], db, objects={"lp_cdrom": ["cdrom"]})
+    report = analyze([Path("lp_cdrom.ko")], db, objects={"lp_cdrom": ["cdrom"]},
+                     per_object=None)          # None: decide from the set
     report.verdict                    # 'ok' | 'warn' | 'error'
     report.modules[0].references      # list[Reference]
     report.edges, report.cycles, report.pins
@@ -47,6 +48,13 @@ Graph: nodes ``vmlinux``, patched modules, livepatch modules, other modules; edg
 (a patched object's own dependency, from the symbol database) and ``klp`` (livepatch
 relocations gated on an object: no load dependency).  A cycle through ``needs`` and
 ``triggers`` edges is a load recursion.
+
+Per-object: a livepatch module patching one module is *per-object* (loaded by that
+module's load, so it gets a ``triggers`` edge) when the set is a split livepatch
+(several livepatch modules each patching one object, e.g. a main one for vmlinux and one
+for cdrom), or when the caller says so (``per_object=True``, ``--per-object``).  A lone
+livepatch for one module is a normal livepatch: a B reference pins the module but makes
+no recursion.  ``ModuleInfo.per_object_reason`` says which rule decided.
 """
 
 from __future__ import annotations
@@ -163,6 +171,7 @@ class ModuleInfo:
     depends: list[str]
     references: list[Reference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    per_object_reason: str = ""   # why it is (not) per-object: the set, or the user's flag
 
     @property
     def verdict(self) -> str:
@@ -171,7 +180,8 @@ class ModuleInfo:
     def as_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "livepatch": self.livepatch,
                 "objects": self.objects, "objects_source": self.objects_source,
-                "per_object": self.per_object, "exports": self.exports,
+                "per_object": self.per_object, "per_object_reason": self.per_object_reason,
+                "exports": self.exports,
                 "depends": self.depends, "verdict": self.verdict, "notes": self.notes,
                 "references": [r.as_dict() for r in self.references]}
 
@@ -286,74 +296,232 @@ def parse_object_map(items: Iterable[str]) -> dict[str, list[str]]:
     return out
 
 
-def analyze(paths: Iterable[str | os.PathLike], db, objects: dict[str, list[str]] | None = None
-            ) -> Report:
-    """Analyse a set of modules (one livepatch, or a per-object livepatch set)."""
-    objects = dict(objects or {})
-    loaded: list[tuple[ModuleInfo, ElfFile]] = []
-    for p in paths:
-        elf = ElfFile.read(p)
+def analyze(paths: Iterable[str | os.PathLike], db, objects: dict[str, list[str]] | None = None,
+            per_object: bool | None = None) -> Report:
+    """Analyse a set of modules (one livepatch, or a per-object livepatch set).
+
+    ``per_object`` says whether the livepatch modules that patch one module are loaded by
+    that module's load (a split livepatch): ``None`` decides from the set (several
+    livepatch modules each patching one object), ``True``/``False`` is the user's word
+    (``--per-object``/``--no-per-object``).  It matters because only a per-object
+    livepatch turns a B pin into a load recursion."""
+    return _Analysis(db, objects, per_object).run(paths)
+
+
+class _Analysis:
+    """One run of :func:`analyze`: the steps share the modules, the edges found so far
+    (keyed by (src, dst, kind), so that the symbols and ``depends=`` of one dependency
+    merge into one edge) and the cache of the objects' dependency closures.
+
+    The steps run in this order because each needs the previous ones: the set's exports
+    need every module read; per-object needs every module's objects; the nodes need
+    every edge; the cycles need the whole graph."""
+
+    def __init__(self, db, objects: dict[str, list[str]] | None, per_object: bool | None):
+        self.db = db
+        self.object_map = dict(objects or {})     # --object; emptied as modules claim it
+        self.per_object = per_object
+        self.modules: list[ModuleInfo] = []
+        self.by_name: dict[str, ModuleInfo] = {}
+        self.elves: dict[str, ElfFile] = {}
+        self.set_exports: dict[str, str] = {}     # symbol -> module of the set exporting it
+        self.closures: dict[str, set[str]] = {}
+        self.edges: dict[tuple[str, str, str], Edge] = {}
+        self.nodes: dict[str, str] = {}
+
+    def run(self, paths: Iterable[str | os.PathLike]) -> Report:
+        self._load(paths)
+        self._decide_per_object()
+        for m in self.modules:
+            undef_sites, klp_relocs = _sites(self.elves[m.name])
+            self._undefined_references(m, undef_sites)
+            self._klp_references(m, klp_relocs)
+            self._depends(m)
+        self._add_nodes()
+        self._add_triggers()
+        self._add_object_deps()
+        edge_list = list(self.edges.values())
+        cycles = _cycles(edge_list)
+        self._mark_cycles(cycles)
+        pins = [{"livepatch": e.src, "module": e.dst, "symbols": e.symbols, "via": e.via}
+                for e in edge_list if e.kind == NEEDS and e.category == CAT_B]
+        release = getattr(self.db, "meta", {}).get("release") if self.db is not None else None
+        return Report(self.modules, self.nodes, edge_list, cycles, pins, release)
+
+    # ----------------------------------------------------------------------- loading
+    def _load(self, paths: Iterable[str | os.PathLike]) -> None:
+        """Read every module first: a module may use an export of one given after it."""
+        for p in paths:
+            self._load_one(p)
+        if self.object_map:
+            raise InputError("--object names module(s) not given: "
+                             f"{', '.join(sorted(self.object_map))}")
+        for m in self.modules:
+            for s in m.exports:
+                self.set_exports.setdefault(s, m.name)
+
+    def _load_one(self, path: str | os.PathLike) -> None:
+        elf = ElfFile.read(path)
         mi = read_modinfo(elf)
-        name = module_name(p, mi)
-        if any(m.name == name for m, _e in loaded):
-            raise InputError(f"module {name} given twice", path=p)
-        found = [o.name for o in find_patched_objects(elf)]
-        if name in objects:
-            objs, source = objects.pop(name), "--object"
-        else:
-            objs, source = found, "klp_object" if found else "none"
-        is_lp = bool(mi is not None and mi.is_livepatch) or bool(found) or source == "--object"
-        per_object = is_lp and len(objs) == 1 and objs[0] != "vmlinux"
-        info = ModuleInfo(name, str(p), is_lp, objs, source, per_object, _exports(elf),
+        name = module_name(path, mi)
+        if name in self.by_name:
+            raise InputError(f"module {name} given twice", path=path)
+        objs, source = self._patched_objects(name, elf)
+        # klp_object names or --object make it a livepatch even without livepatch=Y
+        is_lp = bool(mi is not None and mi.is_livepatch) or source != "none"
+        info = ModuleInfo(name, str(path), is_lp, objs, source, False, _exports(elf),
                           mi.depends if mi is not None else [])
         if is_lp and not objs:
             info.notes.append("no klp_object names found: pass --object MOD=OBJ")
-        loaded.append((info, elf))
-    if objects:
-        raise InputError(f"--object names module(s) not given: {', '.join(sorted(objects))}")
+        self.modules.append(info)
+        self.by_name[name] = info
+        self.elves[name] = elf
 
-    set_exports: dict[str, str] = {}
-    for m, _e in loaded:
-        for s in m.exports:
-            set_exports.setdefault(s, m.name)
-    by_name = {m.name: m for m, _e in loaded}
-    closure_cache: dict[str, set[str]] = {}
-    edges: dict[tuple[str, str, str], Edge] = {}
+    def _patched_objects(self, name: str, elf: ElfFile) -> tuple[list[str], str]:
+        """(objects, where from): ``--object`` wins over the klp_object names, which a
+        module may lack or which may be what the user wants to question."""
+        found = [o.name for o in find_patched_objects(elf)]
+        if name in self.object_map:
+            return self.object_map.pop(name), "--object"
+        return found, "klp_object" if found else "none"
 
-    def add_edge(src, dst, kind, category=None, verdict=OK, symbol=None, reason="", via=None):
-        e = edges.get((src, dst, kind))
-        if e is None:
-            e = edges[(src, dst, kind)] = Edge(src, dst, kind, category, verdict, [], reason)
-        elif _RANK[verdict] > _RANK[e.verdict]:
-            e.verdict, e.category, e.reason = verdict, category, reason
-        if symbol and symbol not in e.symbols:
-            e.symbols.append(symbol)
-        if via and via not in e.via:
-            e.via.append(via)
-        return e
+    # -------------------------------------------------------------------- per-object
+    def _decide_per_object(self) -> None:
+        """Mark the per-object livepatch modules: those the patched module's load loads.
+        Nothing in a module says so (a lone livepatch for cdrom and cdrom's part of a
+        split livepatch look alike), so the set or the user decides."""
+        single = [m.name for m in self.modules if m.livepatch and len(m.objects) == 1]
+        for m in self.modules:
+            m.per_object, m.per_object_reason = self._per_object(m, single)
 
-    def needed_by_objects(m: ModuleInfo, obj: str) -> bool:
-        """Does a patched object of ``m`` itself need ``obj`` (directly or not)?"""
-        return any(obj == "vmlinux" or obj in _closure(db, o, closure_cache)
-                   for o in m.objects if o != "vmlinux")
+    def _per_object(self, m: ModuleInfo, single: list[str]) -> tuple[bool, str]:
+        if not m.livepatch:
+            return False, "not a livepatch module"
+        if len(m.objects) != 1 or m.objects[0] == "vmlinux":
+            return False, (f"patches {', '.join(m.objects) or 'no object'}: a per-object "
+                           "livepatch patches exactly one module")
+        obj = m.objects[0]
+        if self.per_object is True:
+            return True, f"--per-object: loading {obj} loads {m.name}"
+        if self.per_object is False:
+            return False, f"--no-per-object: {m.name} is loaded on its own, not by {obj}"
+        if len(single) > 1:
+            return True, (f"split livepatch: {len(single)} livepatch modules of the set each "
+                          f"patch one object ({', '.join(single)}); loading {obj} loads "
+                          f"{m.name}")
+        return False, (f"the only livepatch module of the set patching one object: a "
+                       f"normal livepatch, not loaded by {obj}'s load (--per-object if it "
+                       "is one part of a split livepatch)")
 
-    def set_dep(m: ModuleInfo, other: ModuleInfo) -> tuple[str, str, str, str]:
-        """(category, verdict, reason, fix) for m needing module ``other`` of the set."""
+    # ------------------------------------------------------------ undefined symbols
+    def _undefined_references(self, m: ModuleInfo, undef_sites: dict[str, list[str]]) -> None:
+        """One reference per undefined symbol (all its sites), and a ``needs`` edge to
+        the module the loader must load to resolve it.  An export of another module of
+        the set comes first: modpost resolved it there, and C/D are about the set."""
+        clf = Classifier(self.db, m.objects)
+        for name, weak in _undefined(self.elves[m.name]):
+            sites = undef_sites.get(name, [])
+            owner = self.set_exports.get(name)
+            if owner is not None and owner != m.name:
+                ref, dst = self._set_export(m, name, owner, sites)
+            else:
+                d = clf.classify(name, weak=weak)
+                step = self._BY_POLICY.get(d.category, _Analysis._unresolved)
+                ref, dst = step(self, m, name, d, sites)
+                ref.policy = str(d.category)
+            m.references.append(ref)
+            if dst is not None:
+                self._add_edge(m.name, dst, NEEDS, ref.category, ref.verdict, name,
+                               ref.reason, "symbols")
+
+    # Each step below: (the reference, the module the loader loads for it or None).
+    def _set_export(self, m: ModuleInfo, name: str, owner: str, sites: list[str]
+                    ) -> tuple[Reference, str]:
+        cat, verdict, reason, fix = self._needs_set_module(m, self.by_name[owner])
+        return Reference(m.name, "undefined", name, cat, owner, verdict, reason, fix,
+                         sites=sites, policy="set-export"), owner
+
+    def _vmlinux_export(self, m: ModuleInfo, name: str, d, sites: list[str]):
+        """A: vmlinux is always there; nothing is pinned."""
+        return Reference(m.name, "undefined", name, CAT_A, "vmlinux", OK,
+                         "export of vmlinux: a normal reference", sites=sites), "vmlinux"
+
+    def _patched_export(self, m: ModuleInfo, name: str, d, sites: list[str]):
+        """B: the loader makes the livepatch depend on the module it patches (a pin);
+        a per-object livepatch is moreover loaded by that module: a recursion."""
+        obj = d.object
+        reason = (f"export of patched module {obj}: the loader makes {m.name} depend "
+                  f"on {obj}, which is pinned (cannot be unloaded) while the "
+                  "livepatch is loaded, and the livepatch cannot load before it")
+        if m.per_object:
+            reason += (f"; {obj}'s load triggers loading {m.name}, which needs {obj}: "
+                       "a recursion")
+        return Reference(m.name, "undefined", name, CAT_B, obj, ERROR, reason,
+                         FIX_CONVERT.format(path=m.path, obj=obj, sym=name), sites=sites), obj
+
+    def _other_export(self, m: ModuleInfo, name: str, d, sites: list[str]):
+        """Export of a module neither patched nor in the set: loading the livepatch
+        loads and pins it, harmless only when a patched object needs it anyway."""
+        obj = d.exported_by or d.object
+        if self._needed_by_objects(m, obj):
+            return Reference(m.name, "undefined", name, CAT_OTHER, obj, OK,
+                             f"export of {obj}, which a patched object needs anyway",
+                             sites=sites), obj
+        return Reference(m.name, "undefined", name, CAT_OTHER, obj, WARN,
+                         f"export of {obj}, which the livepatch does not patch and "
+                         "no patched object needs: loading the livepatch loads "
+                         f"and pins {obj}", FIX_OTHER.format(obj=obj), sites=sites), obj
+
+    def _unconverted_local(self, m: ModuleInfo, name: str, d, sites: list[str]):
+        """Not exported: only a livepatch relocation can reach it; as a plain undefined
+        symbol the module does not even load (no edge: it resolves nowhere)."""
+        return Reference(m.name, "undefined", name, CAT_LOCAL, d.object, ERROR,
+                         f"{d.reason}; still a plain undefined symbol: "
+                         f"the module loader refuses the module (Unknown symbol {name})",
+                         FIX_CONVERT.format(path=m.path, obj=d.object, sym=name),
+                         sites=sites), None
+
+    def _internal(self, m: ModuleInfo, name: str, d, sites: list[str]):
+        """The livepatch core's own symbols (klp_enable_patch...): always fine."""
+        return Reference(m.name, "undefined", name, CAT_A, None, OK, d.reason,
+                         sites=sites), None
+
+    def _unresolved(self, m: ModuleInfo, name: str, d, sites: list[str]):
+        return Reference(m.name, "undefined", name, CAT_UNRESOLVED, d.object, ERROR,
+                         d.reason, "define the symbol in the livepatch, or choose it "
+                         "with klpkit convert --map NAME=OBJ,POS", sites=sites), None
+
+    _BY_POLICY = {Category.A: _vmlinux_export, Category.B: _patched_export,
+                  Category.CD: _other_export, Category.LOCAL: _unconverted_local,
+                  Category.INTERNAL: _internal}
+
+    # ------------------------------------------------------------ modules of the set
+    def _needs_set_module(self, m: ModuleInfo, other: ModuleInfo) -> tuple[str, str, str, str]:
+        """(category, verdict, reason, fix) of ``m`` needing ``other``, given in the set."""
         if not other.livepatch:
-            needed = needed_by_objects(m, other.name)
-            return (CAT_OTHER, OK if needed else WARN,
-                    f"export of {other.name} (given in the set, not a livepatch)"
-                    + ("" if needed else ": no patched object needs it"),
-                    "" if needed else FIX_OTHER.format(obj=other.name))
+            return self._needs_given_module(m, other)
         if "vmlinux" in other.objects and "vmlinux" not in m.objects:
             return (CAT_C, WARN,
                     f"uses an export of {other.name}, the livepatch for vmlinux: works, but "
                     f"couples the set ({other.name} must stay loaded while {m.name} is)",
                     FIX_SHADOW)
+        return self._livepatch_to_livepatch(m, other)
+
+    def _needs_given_module(self, m: ModuleInfo, other: ModuleInfo
+                            ) -> tuple[str, str, str, str]:
+        needed = self._needed_by_objects(m, other.name)
+        return (CAT_OTHER, OK if needed else WARN,
+                f"export of {other.name} (given in the set, not a livepatch)"
+                + ("" if needed else ": no patched object needs it"),
+                "" if needed else FIX_OTHER.format(obj=other.name))
+
+    def _livepatch_to_livepatch(self, m: ModuleInfo, other: ModuleInfo
+                                ) -> tuple[str, str, str, str]:
+        """D: fine only where it mirrors the patched objects' own dependencies, which
+        the loader enforces anyway."""
         mods = [o for o in m.objects if o != "vmlinux"]
         theirs = [o for o in other.objects if o != "vmlinux"]
-        mirrored = [(x, y) for x in mods for y in theirs
-                    if y in _closure(db, x, closure_cache)]
+        mirrored = [(x, y) for x in mods for y in theirs if y in self._closure(x)]
         if mirrored and mods and theirs:
             x, y = mirrored[0]
             return (CAT_D, OK, f"livepatch-to-livepatch dependency mirrored by the patched "
@@ -363,246 +531,252 @@ def analyze(paths: Iterable[str | os.PathLike], db, objects: dict[str, list[str]
                 f"{', '.join(mods) or 'vmlinux'} does not depend on "
                 f"{', '.join(theirs) or 'vmlinux'}", FIX_D)
 
-    for m, elf in loaded:
-        undef_sites, klp_relocs = _sites(elf)
-        clf = Classifier(db, m.objects)
-        symtab = elf.symtab
-        undefined = []
-        for sym in symtab.symbols[1:] if symtab else []:
-            if sym.shndx == C.SHN_UNDEF and sym.name and sym.name not in undefined:
-                undefined.append((sym.name, sym.bind == C.STB_WEAK))
-        seen_names: set[str] = set()
-        for name, weak in undefined:
-            if name in seen_names:
-                continue
-            seen_names.add(name)
-            sites = undef_sites.get(name, [])
-            owner = set_exports.get(name)
-            if owner is not None and owner != m.name:
-                cat, verdict, reason, fix = set_dep(m, by_name[owner])
-                m.references.append(Reference(m.name, "undefined", name, cat, owner, verdict,
-                                              reason, fix, sites=sites, policy="set-export"))
-                add_edge(m.name, owner, NEEDS, cat, verdict, name, reason, "symbols")
-                continue
-            d = clf.classify(name, weak=weak)
-            pc = d.category
-            if pc is Category.A:
-                ref = Reference(m.name, "undefined", name, CAT_A, "vmlinux", OK,
-                                "export of vmlinux: a normal reference", sites=sites)
-                dst = "vmlinux"
-            elif pc is Category.B:
-                obj = d.object
-                reason = (f"export of patched module {obj}: the loader makes {m.name} depend "
-                          f"on {obj}, which is pinned (cannot be unloaded) while the "
-                          "livepatch is loaded, and the livepatch cannot load before it")
-                if m.per_object:
-                    reason += (f"; {obj}'s load triggers loading {m.name}, which needs {obj}: "
-                               "a recursion")
-                ref = Reference(m.name, "undefined", name, CAT_B, obj, ERROR, reason,
-                                FIX_CONVERT.format(path=m.path, obj=obj, sym=name),
-                                sites=sites)
-                dst = obj
-            elif pc is Category.CD:
-                obj = d.exported_by or d.object
-                if needed_by_objects(m, obj):
-                    ref = Reference(m.name, "undefined", name, CAT_OTHER, obj, OK,
-                                    f"export of {obj}, which a patched object needs anyway",
-                                    sites=sites)
-                else:
-                    ref = Reference(m.name, "undefined", name, CAT_OTHER, obj, WARN,
-                                    f"export of {obj}, which the livepatch does not patch and "
-                                    "no patched object needs: loading the livepatch loads "
-                                    f"and pins {obj}", FIX_OTHER.format(obj=obj), sites=sites)
-                dst = obj
-            elif pc is Category.LOCAL:
-                ref = Reference(m.name, "undefined", name, CAT_LOCAL, d.object, ERROR,
-                                f"{d.reason}; still a plain undefined symbol: "
-                                f"the module loader refuses the module (Unknown symbol {name})",
-                                FIX_CONVERT.format(path=m.path, obj=d.object, sym=name),
-                                sites=sites)
-                dst = None
-            elif pc is Category.INTERNAL:
-                ref = Reference(m.name, "undefined", name, CAT_A, None, OK, d.reason,
-                                sites=sites)
-                dst = None
-            else:
-                ref = Reference(m.name, "undefined", name, CAT_UNRESOLVED, d.object, ERROR,
-                                d.reason, "define the symbol in the livepatch, or choose it "
-                                "with klpkit convert --map NAME=OBJ,POS", sites=sites)
-                dst = None
-            ref.policy = str(pc)
-            m.references.append(ref)
-            if dst is not None:
-                add_edge(m.name, dst, NEEDS, ref.category, ref.verdict, name, ref.reason,
-                         "symbols")
+    def _needed_by_objects(self, m: ModuleInfo, obj: str) -> bool:
+        """Does a patched module of ``m`` itself need ``obj`` (directly or not)?  Then
+        the livepatch loading it costs nothing: it is loaded whenever it matters."""
+        return any(obj == "vmlinux" or obj in self._closure(o)
+                   for o in m.objects if o != "vmlinux")
 
-        # livepatch relocations, grouped per (gate, symbol)
+    def _closure(self, obj: str) -> set[str]:
+        return _closure(self.db, obj, self.closures)
+
+    # ---------------------------------------------------------- livepatch relocations
+    def _klp_references(self, m: ModuleInfo, klp_relocs: list[tuple[str, str, str, str]]
+                        ) -> None:
+        """One reference per (gate, symbol); a ``klp`` edge to the gate, drawn but no
+        load dependency (the livepatch core applies it when the gate loads)."""
         grouped: dict[tuple[str, str], list[str]] = {}
         for _sec, gate, site, sname in klp_relocs:
             grouped.setdefault((gate, sname), []).append(site)
         for (gate, sname), sites in grouped.items():
-            m.references.append(_klp_reference(m, gate, sname, sites, db, closure_cache))
-            ref = m.references[-1]
+            ref = self._klp_reference(m, gate, sname, sites)
+            m.references.append(ref)
             if gate:
-                add_edge(m.name, gate, KLP, ref.category, ref.verdict,
-                         ref.symbol, ref.reason)
+                self._add_edge(m.name, gate, KLP, ref.category, ref.verdict, ref.symbol,
+                               ref.reason)
 
-        # depends= (what modpost recorded): the loader's and depmod's view
+    def _klp_reference(self, m: ModuleInfo, gate: str, sname: str, sites: list[str]
+                       ) -> Reference:
+        """klp-ok, or klp-wrong-object with what the kernel would say."""
+        parsed = parse_klp_symbol_name(sname)
+        problem = self._klp_gate_problem(m, gate, parsed)
+        entries = []
+        if problem is None:
+            entries = (self.db.lookup(parsed.name, object=parsed.object)
+                       if self.db is not None else [])
+            problem = self._klp_symbol_problem(parsed, entries)
+        if problem is not None:
+            reason, obj = problem
+            return Reference(m.name, "klp", sname, CAT_KLP_WRONG, obj, ERROR, reason,
+                             FIX_WRONG, gate=gate or None, sites=sites)
+        exported = any(e.exported for e in entries)
+        obj = parsed.object
+        policy = ("B" if exported and obj != "vmlinux" and obj in m.objects else
+                  "A" if exported and obj == "vmlinux" else "local")
+        what = ("an export of the patched module, converted: no pin, no depends="
+                if policy == "B" else "resolved by the livepatch core")
+        return Reference(m.name, "klp", sname, CAT_KLP_OK, obj, OK,
+                         f"livepatch relocation gated on {gate}: {what}", gate=gate,
+                         sites=sites, policy=policy)
+
+    def _klp_gate_problem(self, m: ModuleInfo, gate: str, parsed
+                          ) -> tuple[str, str | None] | None:
+        """Why the kernel would never apply, or would refuse, the section's gate."""
+        if not gate:
+            return ("malformed livepatch relocation section name (the kernel cannot tell "
+                    "which object it belongs to)"), None
+        if parsed is None:
+            return ("not a well-formed .klp.sym.<obj>.<name>,<pos> symbol: the kernel "
+                    "refuses the module ('incorrectly formatted name')"), None
+        obj = parsed.object
+        if gate not in m.objects:
+            return (f"gated on {gate}, which this livepatch does not patch "
+                    f"({', '.join(m.objects) or 'none'}): the kernel never applies it and "
+                    "the site stays zero"), obj
+        if gate != "vmlinux" and obj == "vmlinux":
+            return (f"vmlinux symbol in a section gated on {gate}: refused since 5.8 "
+                    "('invalid access to vmlinux symbol')"), obj
+        if obj not in ("vmlinux", gate) and obj not in self._closure(gate):
+            return (f"symbol of {obj} in a section gated on {gate}, which does not depend "
+                    f"on {obj}: {obj} may be missing when the relocation is applied"), obj
+        return None
+
+    def _klp_symbol_problem(self, parsed, entries: list) -> tuple[str, str] | None:
+        """Why the kernel would not resolve the symbol (checked only with a database)."""
+        obj = parsed.object
+        if self.db is not None and not entries:
+            return (f"{obj} has no symbol {parsed.name} in the symbol database "
+                    "('symbol not found')"), obj
+        if not entries:
+            return None
+        count = entries[0].count
+        if parsed.sympos == 0 and count > 1:
+            return (f"sympos 0 but {obj} has {count} symbols named {parsed.name} "
+                    "('unresolvable ambiguity')"), obj
+        if parsed.sympos > count:
+            return (f"sympos {parsed.sympos} but {obj} has only {count} symbol(s) named "
+                    f"{parsed.name}"), obj
+        return None
+
+    # ---------------------------------------------------------------------- depends=
+    def _depends(self, m: ModuleInfo) -> None:
+        """``depends=`` (what modpost recorded) is the loader's and depmod's view: it
+        joins the edge the symbols made, or makes one of its own."""
         for dep in m.depends:
-            if dep in by_name and dep != m.name:
-                cat, verdict, reason, _fix = set_dep(m, by_name[dep])
-            elif dep in m.objects:
-                cat, verdict = CAT_B, ERROR
-                reason = (f"depends={dep} names a patched module: {dep} is pinned while "
-                          f"{m.name} is loaded")
-                if (m.name, dep, NEEDS) not in edges:
-                    m.references.append(Reference(
-                        m.name, "depends", f"depends={dep}", CAT_B, dep, ERROR, reason,
-                        FIX_CONVERT.format(path=m.path, obj=dep, sym="...")))
-            else:
-                cat = CAT_OTHER
-                verdict = OK if needed_by_objects(m, dep) else WARN
-                reason = f"depends={dep}"
-            e = edges.get((m.name, dep, NEEDS))
+            cat, verdict, reason = self._depends_verdict(m, dep)
+            e = self.edges.get((m.name, dep, NEEDS))
             if e is None:
-                add_edge(m.name, dep, NEEDS, cat, verdict, None, reason, "depends=")
+                self._add_edge(m.name, dep, NEEDS, cat, verdict, None, reason, "depends=")
             elif "depends=" not in e.via:
                 e.via.append("depends=")
 
-    # nodes
-    nodes: dict[str, str] = {}
-    patched_all = {o for m, _e in loaded for o in m.objects}
-    for m, _e in loaded:
-        nodes[m.name] = LIVEPATCH if m.livepatch else (PATCHED if m.name in patched_all
-                                                        else OTHER)
-    for m, _e in loaded:
-        for o in m.objects:
-            nodes.setdefault(o, VMLINUX if o == "vmlinux" else PATCHED)
-    for e in list(edges.values()):
-        nodes.setdefault(e.dst, VMLINUX if e.dst == "vmlinux" else (
-            PATCHED if e.dst in patched_all else OTHER))
+    def _depends_verdict(self, m: ModuleInfo, dep: str) -> tuple[str, str, str]:
+        if dep in self.by_name and dep != m.name:
+            cat, verdict, reason, _fix = self._needs_set_module(m, self.by_name[dep])
+            return cat, verdict, reason
+        if dep in m.objects:
+            return self._depends_on_patched(m, dep)
+        return CAT_OTHER, OK if self._needed_by_objects(m, dep) else WARN, f"depends={dep}"
 
-    # per-object livepatch: the patched module's load triggers the livepatch's load
-    for m, _e in loaded:
-        if m.per_object:
-            add_edge(m.objects[0], m.name, TRIGGERS, None, OK, None,
-                     f"loading {m.objects[0]} loads its livepatch {m.name}")
-    # the patched objects' own dependencies (what D-edges must mirror)
-    for obj in sorted(o for o in nodes if nodes[o] == PATCHED):
-        for d in _direct_deps(db, obj):
-            if d in nodes:
-                add_edge(obj, d, OBJECT_DEP, None, OK, None, f"{obj} depends on {d}")
+    def _depends_on_patched(self, m: ModuleInfo, dep: str) -> tuple[str, str, str]:
+        """B through ``depends=``: a pin even when no symbol explains it, so it gets a
+        reference of its own then."""
+        reason = (f"depends={dep} names a patched module: {dep} is pinned while "
+                  f"{m.name} is loaded")
+        if (m.name, dep, NEEDS) not in self.edges:
+            m.references.append(Reference(
+                m.name, "depends", f"depends={dep}", CAT_B, dep, ERROR, reason,
+                FIX_CONVERT.format(path=m.path, obj=dep, sym="...")))
+        return CAT_B, ERROR, reason
 
-    edge_list = list(edges.values())
-    cycles = _cycles(edge_list)
-    for cyc in cycles:
-        path = cyc["path"]
-        for a, b in zip(path, path[1:], strict=False):
-            for kind in (NEEDS, TRIGGERS, OBJECT_DEP):
-                e = edges.get((a, b, kind))
+    # ------------------------------------------------------------------------- graph
+    def _add_edge(self, src: str, dst: str, kind: str, category: str | None = None,
+                  verdict: str = OK, symbol: str | None = None, reason: str = "",
+                  via: str | None = None) -> Edge:
+        """Add or merge into the (src, dst, kind) edge; the worst verdict wins."""
+        e = self.edges.get((src, dst, kind))
+        if e is None:
+            e = self.edges[(src, dst, kind)] = Edge(src, dst, kind, category, verdict, [],
+                                                    reason)
+        elif _RANK[verdict] > _RANK[e.verdict]:
+            e.verdict, e.category, e.reason = verdict, category, reason
+        if symbol and symbol not in e.symbols:
+            e.symbols.append(symbol)
+        if via and via not in e.via:
+            e.via.append(via)
+        return e
+
+    def _add_nodes(self) -> None:
+        """The modules of the set, their patched objects, and whatever an edge reaches.
+        A non-livepatch module of the set that a livepatch patches is a patched node."""
+        patched = {o for m in self.modules for o in m.objects}
+        for m in self.modules:
+            self.nodes[m.name] = LIVEPATCH if m.livepatch else _node_kind(m.name, patched)
+        for m in self.modules:
+            for o in m.objects:
+                self.nodes.setdefault(o, _node_kind(o, patched))
+        for e in self.edges.values():
+            self.nodes.setdefault(e.dst, _node_kind(e.dst, patched))
+
+    def _add_triggers(self) -> None:
+        """A per-object livepatch is loaded by its patched module's load: the edge that
+        closes a B pin into a load recursion.  A normal livepatch has none."""
+        for m in self.modules:
+            if m.per_object:
+                self._add_edge(m.objects[0], m.name, TRIGGERS, None, OK, None,
+                               f"loading {m.objects[0]} loads its livepatch {m.name}")
+
+    def _add_object_deps(self) -> None:
+        """The patched objects' own dependencies (from the database): what a D edge
+        must mirror, and part of the load order a cycle may run through."""
+        for obj in sorted(o for o in self.nodes if self.nodes[o] == PATCHED):
+            for d in _direct_deps(self.db, obj):
+                if d in self.nodes:
+                    self._add_edge(obj, d, OBJECT_DEP, None, OK, None, f"{obj} depends on {d}")
+
+    def _mark_cycles(self, cycles: list[dict]) -> None:
+        """Every edge on a cycle is an error: any of them, removed, breaks it."""
+        for cyc in cycles:
+            path = cyc["path"]
+            for a, b in zip(path, path[1:], strict=False):
+                e = next((self.edges[(a, b, k)] for k in _LOAD_KINDS
+                          if (a, b, k) in self.edges), None)
                 if e is not None:
                     e.verdict = ERROR
                     if "cycle" not in e.reason:
                         e.reason += ("; " if e.reason else "") + "on a load cycle"
-                    break
-
-    pins = [{"livepatch": e.src, "module": e.dst, "symbols": e.symbols, "via": e.via}
-            for e in edge_list if e.kind == NEEDS and e.category == CAT_B]
-    release = getattr(db, "meta", {}).get("release") if db is not None else None
-    return Report([m for m, _e in loaded], nodes, edge_list, cycles, pins, release)
 
 
-def _klp_reference(m: ModuleInfo, gate: str, sname: str, sites: list[str], db,
-                   closure_cache) -> Reference:
-    parsed = parse_klp_symbol_name(sname)
+# edges the loader follows (in this order of preference when a cycle step has several)
+_LOAD_KINDS = (NEEDS, TRIGGERS, OBJECT_DEP)
 
-    def bad(reason, obj=None):
-        return Reference(m.name, "klp", sname, CAT_KLP_WRONG, obj, ERROR, reason, FIX_WRONG,
-                         gate=gate or None, sites=sites)
 
-    if not gate:
-        return bad("malformed livepatch relocation section name (the kernel cannot tell "
-                   "which object it belongs to)")
-    if parsed is None:
-        return bad("not a well-formed .klp.sym.<obj>.<name>,<pos> symbol: the kernel "
-                   "refuses the module ('incorrectly formatted name')")
-    obj = parsed.object
-    if gate not in m.objects:
-        return bad(f"gated on {gate}, which this livepatch does not patch "
-                   f"({', '.join(m.objects) or 'none'}): the kernel never applies it and the "
-                   "site stays zero", obj)
-    if gate != "vmlinux" and obj == "vmlinux":
-        return bad(f"vmlinux symbol in a section gated on {gate}: refused since 5.8 "
-                   "('invalid access to vmlinux symbol')", obj)
-    if obj not in ("vmlinux", gate) and obj not in _closure(db, gate, closure_cache):
-        return bad(f"symbol of {obj} in a section gated on {gate}, which does not depend on "
-                   f"{obj}: {obj} may be missing when the relocation is applied", obj)
-    entries = db.lookup(parsed.name, object=obj) if db is not None else []
-    if db is not None and not entries:
-        return bad(f"{obj} has no symbol {parsed.name} in the symbol database "
-                   "('symbol not found')", obj)
-    if entries:
-        count = entries[0].count
-        if parsed.sympos == 0 and count > 1:
-            return bad(f"sympos 0 but {obj} has {count} symbols named {parsed.name} "
-                       "('unresolvable ambiguity')", obj)
-        if parsed.sympos > count:
-            return bad(f"sympos {parsed.sympos} but {obj} has only {count} symbol(s) named "
-                       f"{parsed.name}", obj)
-    exported = any(e.exported for e in entries)
-    policy = ("B" if exported and obj != "vmlinux" and obj in m.objects else
-              "A" if exported and obj == "vmlinux" else "local")
-    what = ("an export of the patched module, converted: no pin, no depends="
-            if policy == "B" else "resolved by the livepatch core")
-    return Reference(m.name, "klp", sname, CAT_KLP_OK, obj, OK,
-                     f"livepatch relocation gated on {gate}: {what}", gate=gate, sites=sites,
-                     policy=policy)
+def _node_kind(name: str, patched: set[str]) -> str:
+    return VMLINUX if name == "vmlinux" else PATCHED if name in patched else OTHER
+
+
+def _undefined(elf: ElfFile) -> list[tuple[str, bool]]:
+    """(name, weak) of each undefined symbol, once, in symbol table order (the first
+    symbol of a name decides whether it is weak)."""
+    out: dict[str, bool] = {}
+    for sym in elf.symtab.symbols[1:] if elf.symtab else []:
+        if sym.shndx == C.SHN_UNDEF and sym.name and sym.name not in out:
+            out[sym.name] = sym.bind == C.STB_WEAK
+    return list(out.items())
 
 
 def _cycles(edges: list[Edge]) -> list[dict]:
-    """Elementary cycles through needs/triggers/object-dep edges (small graphs)."""
+    """Elementary cycles through needs/triggers/object-dep edges (small graphs), each
+    with its steps and why the loader cannot get out of it."""
     adj: dict[str, list[str]] = {}
     kinds: dict[tuple[str, str], str] = {}
     for e in edges:
-        if e.kind in (NEEDS, TRIGGERS, OBJECT_DEP):
+        if e.kind in _LOAD_KINDS:
             adj.setdefault(e.src, [])
             if e.dst not in adj[e.src]:
                 adj[e.src].append(e.dst)
             kinds.setdefault((e.src, e.dst), e.kind)
+    starts = {e.src for e in edges if e.kind == NEEDS}
+    return [_describe_cycle(cyc, kinds) for cyc in _elementary_cycles(adj, starts)]
+
+
+def _elementary_cycles(adj: dict[str, list[str]], starts: set[str]) -> list[list[str]]:
+    """Each cycle once (as a closed path), rotated to begin at a module with a 'needs'
+    edge: it reads best from the livepatch, lp -> target -> lp."""
     found: list[list[str]] = []
     seen: set[tuple[str, ...]] = set()
-    order = sorted(adj)
-    # a cycle reads best from a livepatch's 'needs' edge: lp -> target -> lp
-    starts = {e.src for e in edges if e.kind == NEEDS}
+    for s in sorted(adj):
+        for body in _closed_paths(adj, s, s, [s], {s}):
+            i = body.index(min(body, key=lambda n: (n not in starts, n)))
+            key = tuple(body[i:] + body[:i])
+            if key not in seen:
+                seen.add(key)
+                found.append([*key, key[0]])
+    return found
 
-    def dfs(start, node, path, on_path):
-        for nxt in adj.get(node, []):
-            if nxt == start:
-                cyc = path + [start]
-                body = cyc[:-1]
-                i = body.index(min(body, key=lambda n: (n not in starts, n)))
-                key = tuple(body[i:] + body[:i])
-                if key not in seen:
-                    seen.add(key)
-                    found.append(list(key) + [key[0]])
-            elif nxt not in on_path and nxt > start and len(path) < 12:
-                on_path.add(nxt)
-                dfs(start, nxt, path + [nxt], on_path)
-                on_path.discard(nxt)
 
-    for s in order:
-        dfs(s, s, [s], {s})
-    out = []
-    for cyc in found:
-        # start the path at a livepatch's 'needs' edge when there is one (readable)
-        steps = [f"{a} -{kinds[(a, b)]}-> {b}" for a, b in zip(cyc, cyc[1:], strict=False)]
-        if any(kinds[(a, b)] == TRIGGERS for a, b in zip(cyc, cyc[1:], strict=False)):
-            reason = ("load recursion: a patched module's load triggers its livepatch, which "
-                      "needs (directly or not) that module")
-        else:
-            reason = "dependency cycle: the module loader can load none of these first"
-        out.append({"path": cyc, "steps": steps, "reason": reason, "verdict": ERROR})
-    return out
+def _closed_paths(adj: dict[str, list[str]], start: str, node: str, path: list[str],
+                  on_path: set[str]):
+    """Paths from ``start`` back to it through nodes greater than ``start`` (each cycle
+    is found from its least node only), at most 12 long."""
+    for nxt in adj.get(node, []):
+        if nxt == start:
+            yield path
+        elif nxt not in on_path and nxt > start and len(path) < 12:
+            on_path.add(nxt)
+            yield from _closed_paths(adj, start, nxt, path + [nxt], on_path)
+            on_path.discard(nxt)
+
+
+def _describe_cycle(cyc: list[str], kinds: dict[tuple[str, str], str]) -> dict:
+    pairs = list(zip(cyc, cyc[1:], strict=False))
+    steps = [f"{a} -{kinds[(a, b)]}-> {b}" for a, b in pairs]
+    if any(kinds[p] == TRIGGERS for p in pairs):
+        reason = ("load recursion: a patched module's load triggers its livepatch, which "
+                  "needs (directly or not) that module")
+    else:
+        reason = "dependency cycle: the module loader can load none of these first"
+    return {"path": cyc, "steps": steps, "reason": reason, "verdict": ERROR}
 
 
 # --------------------------------------------------------------------------- graphviz

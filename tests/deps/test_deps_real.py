@@ -1,6 +1,7 @@
 """``klpkit deps`` on real modules built against the Debian 6.1.0-47 headers and the
-real symbol database: one test per category, the B recursion of a per-object set, and
-the picture of the cdrom example."""
+real symbol database: one test per category, the B recursion of a per-object set (a
+split set, or --per-object), the pin without recursion of a lone livepatch, and the
+picture of the cdrom example."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def test_category_a(deps_modules, debian_symdb):
 def test_category_b_before_conversion(deps_modules, debian_symdb):
     report = analyze([deps_modules["lp_cdrom"]], debian_symdb)
     m = report.modules[0]
-    assert m.objects == ["cdrom"] and m.per_object and "cdrom" in m.depends
+    assert m.objects == ["cdrom"] and not m.per_object and "cdrom" in m.depends
     r = one(report, "lp_cdrom", "B", "cdrom_check_events")
     assert r.object == "cdrom" and r.verdict == "error" and r.sites
     assert "pinned" in r.reason and "klpkit convert" in r.fix
@@ -119,8 +120,14 @@ def test_category_b_after_conversion(deps_modules, debian_symdb, tmp_path):
 
 # ------------------------------------------------------------------------- B recursion
 def test_b_recursion_on_per_object_set(deps_modules, debian_symdb, capsys):
+    """A split set (several livepatch modules each patching one object): lp_cdrom is
+    per-object without being told, so cdrom's load loads it: the recursion."""
     paths = [deps_modules[n] for n in ("lp_vm", "lp_cd", "lp_sr", "lp_cdrom")]
     report = analyze(paths, debian_symdb)
+    lp_cdrom = next(m for m in report.modules if m.name == "lp_cdrom")
+    assert lp_cdrom.per_object and "split livepatch" in lp_cdrom.per_object_reason
+    assert not next(m for m in report.modules if m.name == "lp_vm").per_object
+    assert "a recursion" in one(report, "lp_cdrom", "B", "cdrom_check_events").reason
     cyc = [c for c in report.cycles if "lp_cdrom" in c["path"]]
     assert len(cyc) == 1, report.cycles
     assert cyc[0]["path"] == ["lp_cdrom", "cdrom", "lp_cdrom"]
@@ -137,6 +144,57 @@ def test_b_recursion_on_per_object_set(deps_modules, debian_symdb, capsys):
     assert [c["path"] for c in data["cycles"]] == [["lp_cdrom", "cdrom", "lp_cdrom"]]
     assert {"livepatch": "lp_cdrom", "module": "cdrom", "symbols": ["cdrom_check_events"],
             "via": ["symbols", "depends="]} in data["pins"]
+    mod = next(m for m in data["modules"] if m["name"] == "lp_cdrom")
+    assert mod["per_object"] is True and "split livepatch" in mod["per_object_reason"]
+
+
+def test_b_recursion_with_per_object_flag(deps_modules, debian_symdb, capsys):
+    """--per-object on a lone module: the user says it is one part of a split
+    livepatch, so cdrom's load loads it: the recursion."""
+    path = str(deps_modules["lp_cdrom"])
+    report = analyze([path], debian_symdb, per_object=True)
+    assert report.modules[0].per_object
+    assert [c["path"] for c in report.cycles] == [["lp_cdrom", "cdrom", "lp_cdrom"]]
+    rc = main(["deps", path, "--symbols", str(debian_symdb.path), "--per-object", "--json"])
+    assert rc == 1
+    data = json.loads(capsys.readouterr().out)
+    assert [c["path"] for c in data["cycles"]] == [["lp_cdrom", "cdrom", "lp_cdrom"]]
+    assert data["modules"][0]["per_object"] is True
+    assert data["modules"][0]["per_object_reason"].startswith("--per-object")
+
+
+def test_no_per_object_flag_on_split_set(deps_modules, debian_symdb):
+    """--no-per-object overrides the split-set detection: pins stay, no recursion."""
+    paths = [deps_modules[n] for n in ("lp_vm", "lp_cd", "lp_sr", "lp_cdrom")]
+    report = analyze(paths, debian_symdb, per_object=False)
+    assert not any(m.per_object for m in report.modules)
+    assert not [e for e in report.edges if e.kind == "triggers"]
+    assert report.cycles == []
+    assert [p["module"] for p in report.pins] == ["cdrom"]
+    assert report.verdict == "error"
+
+
+def test_lone_livepatch_pins_without_recursion(deps_modules, debian_symdb, capsys):
+    """A normal (non-split) livepatch for cdrom is not loaded by cdrom's load: its
+    unconverted B reference pins cdrom (an error) but makes no load cycle."""
+    report = analyze([deps_modules["lp_cdrom"]], debian_symdb)
+    m = report.modules[0]
+    assert m.livepatch and m.objects == ["cdrom"] and not m.per_object
+    assert "normal livepatch" in m.per_object_reason
+    r = one(report, "lp_cdrom", "B", "cdrom_check_events")
+    assert r.verdict == "error" and "pinned" in r.reason and "recursion" not in r.reason
+    assert report.pins == [{"livepatch": "lp_cdrom", "module": "cdrom",
+                            "symbols": ["cdrom_check_events"], "via": ["symbols", "depends="]}]
+    assert report.cycles == []
+    assert report.edge("cdrom", "lp_cdrom", "triggers") is None
+    assert report.edge("lp_cdrom", "cdrom").verdict == "error"
+    assert report.verdict == "error"
+    assert ("cdrom", "lp_cdrom", "triggers") not in dot_edges(to_dot(report))
+    rc = main(["deps", str(deps_modules["lp_cdrom"]), "--symbols", str(debian_symdb.path)])
+    assert rc == 1
+    out = capsys.readouterr().out
+    assert "pin: lp_cdrom pins cdrom (cdrom_check_events)" in out
+    assert "per-object: no" in out and "cycle:" not in out
 
 
 # --------------------------------------------------------------------------------- C
@@ -187,10 +245,12 @@ def test_category_d_not_mirrored(deps_modules, debian_symdb):
 
 # ------------------------------------------------------------------------------ picture
 def test_cdrom_example_png(deps_modules, debian_symdb, tmp_path, capsys):
+    """The cdrom example drawn as the per-object part of a split livepatch: the pin and
+    the recursion."""
     require_tools("dot")
     png = tmp_path / "cdrom-deps.png"
     rc = main(["deps", str(deps_modules["lp_cdrom"]), "--symbols", str(debian_symdb.path),
-               "--graph", str(png)])
+               "--per-object", "--graph", str(png)])
     assert rc == 1
     out = capsys.readouterr().out
     assert "cycle: lp_cdrom -> cdrom -> lp_cdrom" in out

@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 
 from klpkit.cli import main
-from klpkit.deps import Edge, Report, _cycles, parse_object_map, to_dot, write_graph
+from klpkit.deps import (
+    Edge,
+    ModuleInfo,
+    Report,
+    _Analysis,
+    _cycles,
+    parse_object_map,
+    to_dot,
+    write_graph,
+)
 from klpkit.errors import InputError
 
 
@@ -16,6 +25,41 @@ def test_parse_object_map():
     for bad in ("lp_sr", "=sr_mod", "lp_sr=", "lp_sr=,"):
         with pytest.raises(InputError):
             parse_object_map([bad])
+
+
+def test_per_object_flags_parse():
+    from klpkit.cli import build_parser
+
+    parser = build_parser()
+    base = ["deps", "x.ko", "--symbols", "db"]
+    assert parser.parse_args(base).per_object is None
+    assert parser.parse_args([*base, "--per-object"]).per_object is True
+    assert parser.parse_args([*base, "--no-per-object"]).per_object is False
+
+
+def _per_object(specs, flag=None):
+    """{name: per_object} for modules given as (name, livepatch, objects)."""
+    run = _Analysis(None, None, flag)
+    run.modules = [ModuleInfo(n, f"{n}.ko", lp, objs, "klp_object", False, [], [])
+                   for n, lp, objs in specs]
+    run._decide_per_object()
+    return {m.name: m.per_object for m in run.modules}
+
+
+def test_per_object_decision():
+    lone = [("lp_cdrom", True, ["cdrom"])]
+    assert _per_object(lone) == {"lp_cdrom": False}
+    assert _per_object(lone, True) == {"lp_cdrom": True}
+    # a split livepatch: the main module for vmlinux plus one per patched module
+    split = [("lp_vm", True, ["vmlinux"]), ("lp_cd", True, ["cdrom"]),
+             ("lp_sr", True, ["sr_mod"])]
+    assert _per_object(split) == {"lp_vm": False, "lp_cd": True, "lp_sr": True}
+    assert _per_object(split, False) == {"lp_vm": False, "lp_cd": False, "lp_sr": False}
+    # never for vmlinux, several objects, or a plain module, whatever the flag says
+    odd = [("lp_multi", True, ["cdrom", "sr_mod"]), ("cdrom", False, [])]
+    assert _per_object(odd, True) == {"lp_multi": False, "cdrom": False}
+    assert _per_object([("lp_x", True, ["cdrom"]), ("cdrom", False, [])]) == {
+        "lp_x": False, "cdrom": False}
 
 
 def test_bad_input_exits_2(tmp_path, capsys):

@@ -2,6 +2,7 @@
 module or of a per-object livepatch set (A-D), find pins and load recursions, draw the
 graph.  Exit 0: no error verdict; 1: an error verdict (a build gate); 2: bad input."""
 
+import argparse
 import contextlib
 import sys
 
@@ -17,12 +18,23 @@ def register(sub) -> None:
                     "non-exported-unconverted, unresolved, klp-ok, klp-wrong-object), "
                     "relocation sites and verdict; the module dependency graph the loader "
                     "and depmod would build, pins of patched modules, and load recursions "
-                    "of per-object livepatch sets.  Exit 1 when any verdict is 'error'.")
+                    "of per-object livepatch sets.  A livepatch module patching one module "
+                    "is per-object (its module's load loads it, so a B reference is also a "
+                    "recursion) when the set is a split livepatch (several livepatch "
+                    "modules each patching one object) or with --per-object; a lone "
+                    "livepatch is a normal one (a B reference pins, no recursion).  "
+                    "Exit 1 when any verdict is 'error'.")
     p.add_argument("modules", nargs="+", metavar="MODULE.ko", help="livepatch module(s)")
     p.add_argument("--symbols", metavar="DB", required=True,
                    help="symbol database (klpkit SQLite, or a klp-convert Symbols.list)")
     p.add_argument("--object", action="append", default=[], metavar="MOD=OBJ[,OBJ]",
                    help="the objects module MOD patches (default: its klp_object names)")
+    p.add_argument("--per-object", action=argparse.BooleanOptionalAction, default=None,
+                   help="the livepatch modules patching one module are per-object (split "
+                        "livepatch: loading the patched module loads them); default: yes "
+                        "when several livepatch modules given each patch one object, no "
+                        "for a lone livepatch.  The JSON says which (per_object, "
+                        "per_object_reason)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--graph", metavar="FILE",
                    help="write the graph: FILE.dot/.gv (Graphviz DOT), or FILE.png/.svg/.pdf "
@@ -38,7 +50,7 @@ def run(args) -> int:
     objects = parse_object_map(args.object)
     with contextlib.ExitStack() as stack:
         db = open_symbols(args.symbols, args.modules[0], stack)
-        report = analyze(args.modules, db, objects)
+        report = analyze(args.modules, db, objects, per_object=args.per_object)
     if args.graph:
         dot_path, picture, warning = write_graph(report, args.graph)
         if warning:
@@ -54,31 +66,7 @@ def run(args) -> int:
 
 def _print(report, show_all: bool) -> None:
     for m in report.modules:
-        objs = ", ".join(m.objects) or "none"
-        kind = "livepatch" if m.livepatch else "module"
-        print(f"{m.name} ({kind}, patches {objs} [{m.objects_source}]"
-              + (", per-object" if m.per_object else "")
-              + (f", exports {', '.join(m.exports)}" if m.exports else "")
-              + (f", depends={','.join(m.depends)}" if m.depends else "")
-              + f"): {m.verdict}")
-        for note in m.notes:
-            print(f"  note: {note}")
-        refs = [r for r in m.references if show_all or r.verdict != "ok"
-                or r.category not in ("A", "klp-ok")]
-        if refs:
-            print_table(["Category", "Object", "Symbol", "Sites", "Verdict", "Reason"],
-                        [(r.category, r.object or "", r.symbol, _sites(r.sites), r.verdict,
-                          r.reason) for r in refs])
-        hidden = len(m.references) - len(refs)
-        if hidden:
-            print(f"  ({hidden} ok reference(s) of category A / klp-ok not shown; --all)")
-        fixes: dict[str, list[str]] = {}
-        for r in refs:
-            if r.fix and r.verdict != "ok" and r.category not in fixes.setdefault(r.fix, []):
-                fixes[r.fix].append(r.category)
-        for fix, cats in fixes.items():
-            print(f"  fix ({', '.join(cats)}): {fix}")
-        print()
+        _print_module(m, show_all)
     needs = [e for e in report.edges if e.kind == "needs"]
     if needs:
         print_table(["From", "To", "Category", "Via", "Verdict", "Symbols"],
@@ -91,6 +79,36 @@ def _print(report, show_all: bool) -> None:
         print(f"cycle: {' -> '.join(c['path'])}: {c['reason']}")
     counts = report.counts()
     print(f"verdict: {report.verdict} ({counts['error']} error(s), {counts['warn']} warning(s))")
+
+
+def _print_module(m, show_all: bool) -> None:
+    objs = ", ".join(m.objects) or "none"
+    kind = "livepatch" if m.livepatch else "module"
+    print(f"{m.name} ({kind}, patches {objs} [{m.objects_source}]"
+          + (", per-object" if m.per_object else "")
+          + (f", exports {', '.join(m.exports)}" if m.exports else "")
+          + (f", depends={','.join(m.depends)}" if m.depends else "")
+          + f"): {m.verdict}")
+    if m.livepatch:
+        print(f"  per-object: {'yes' if m.per_object else 'no'} ({m.per_object_reason})")
+    for note in m.notes:
+        print(f"  note: {note}")
+    refs = [r for r in m.references if show_all or r.verdict != "ok"
+            or r.category not in ("A", "klp-ok")]
+    if refs:
+        print_table(["Category", "Object", "Symbol", "Sites", "Verdict", "Reason"],
+                    [(r.category, r.object or "", r.symbol, _sites(r.sites), r.verdict,
+                      r.reason) for r in refs])
+    hidden = len(m.references) - len(refs)
+    if hidden:
+        print(f"  ({hidden} ok reference(s) of category A / klp-ok not shown; --all)")
+    fixes: dict[str, list[str]] = {}
+    for r in refs:
+        if r.fix and r.verdict != "ok" and r.category not in fixes.setdefault(r.fix, []):
+            fixes[r.fix].append(r.category)
+    for fix, cats in fixes.items():
+        print(f"  fix ({', '.join(cats)}): {fix}")
+    print()
 
 
 def _sites(sites: list[str]) -> str:
