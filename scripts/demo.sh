@@ -34,7 +34,7 @@ klpkit deps "$out/lp_cdrom.ko" --symbols "$db" --graph "$out/cdrom-deps.png"
 echo "== check against the kernel's rules"
 klpkit check "$out/lp_cdrom.ko" --symbols "$db" || true
 
-if [ "${KLPKIT_DEMO_VM:-1}" != 0 ] && [ -x scripts/scenario4.sh ]; then
+if [ "${KLPKIT_DEMO_VM:-1}" != 0 ] && [ -f scripts/scenario4.sh ]; then
   echo "== load it into the real kernel under qemu (scenario 4)"
-  bash scripts/scenario4.sh "$out/lp_cdrom.ko"
+  bash scripts/scenario4.sh
 fi
