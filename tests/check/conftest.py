@@ -2,12 +2,20 @@
 
 The real Debian symbol database and the seed's cdrom livepatch come from the convert
 tests' session fixtures (``debian_symdb``, ``lp_modules``): reused, not rebuilt here.
-``good_cdrom`` is that livepatch converted with the klpkit.convert API.
+``good_cdrom`` is that livepatch converted with the klpkit.convert API; ``cc`` is the
+convert tests' compiler of C snippets.
 """
 
 from pathlib import Path
 
 import pytest
+
+from tests.convert.conftest import Compiler
+
+
+@pytest.fixture
+def cc(tmp_path) -> Compiler:
+    return Compiler(tmp_path)
 
 
 @pytest.fixture(scope="session")

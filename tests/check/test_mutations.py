@@ -12,6 +12,7 @@ from klpkit.elf import ElfFile
 from klpkit.elf import constants as C
 from klpkit.kernel.modinfo import Modinfo
 from klpkit.kernel.versions import parse_versions, serialize_versions
+from tests.klp_edit import set_old_name, set_old_sympos
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +95,7 @@ def _vmlinux_gated_ambiguous(elf):
 
 
 VM = "6.1.0-47-amd64 SMP preempt mod_unload modversions "
+PATCHED = "cdrom_ioctl_media_changed"   # the seed livepatch's klp_func (cdrom, unique)
 
 MUTATIONS = [
     ("wrong-sympos", _rename(".klp.sym.cdrom.debug,0", ".klp.sym.cdrom.debug,2"),
@@ -141,6 +143,18 @@ MUTATIONS = [
     ("nonzero-relocation-target", _nonzero_target, "elf.reloc-nonzero", NONZERO_61),
     ("unsupported-relocation-type", _reloc_type, "elf.reloc-type",
      f"{MOD}: Unknown rela relocation: 3"),
+    # the replaced function (struct klp_func): resolved by klp_init_object_loaded()
+    ("old-name-typo", lambda elf: set_old_name(elf, PATCHED, "cdrom_ioctl_media_changd"),
+     "klp.func.not-found",
+     "livepatch: symbol 'cdrom_ioctl_media_changd' not found in symbol table"),
+    ("old-name-inlined", lambda elf: set_old_name(elf, PATCHED, "cdrom_get_track_info"),
+     "klp.func.inlined", "livepatch: symbol 'cdrom_get_track_info' not found in symbol table"),
+    ("old-sympos-beyond-count", lambda elf: set_old_sympos(elf, PATCHED, 3),
+     "klp.func.position",
+     f"livepatch: symbol position 3 for symbol '{PATCHED}' in object 'cdrom' not found"),
+    ("old-name-is-data", lambda elf: set_old_name(elf, PATCHED, "debug"),
+     "klp.func.not-function", "livepatch: failed to find location for function 'debug'\n"
+     f"livepatch: failed to patch object 'cdrom'\nlivepatch: failed to enable patch '{MOD}'"),
 ]
 
 

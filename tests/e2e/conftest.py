@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VM_BOOT_PROPERTY, require, require_tools
+from tests.klp_edit import set_old_name
 
 HERE = Path(__file__).parent
 MODULES = HERE / "modules"
@@ -26,6 +27,10 @@ REPO = HERE.parents[1]
 EXAMPLE_CDROM = REPO / "examples" / "cdrom"
 TARGET_DIRS = ("e2e_target", "e2e_dup")
 LIVEPATCH_DIRS = ("lp_vmlinux", "lp_target", "lp_dup")
+
+#: A vmlinux function of Debian 6.1.0-47 that exists only as a GCC clone
+#: (___gnet_stats_copy_basic.isra.0): a klp_func naming it is refused at enable time.
+INLINED = "___gnet_stats_copy_basic"
 
 BOOTS: list[tuple[str, float | None, bool]] = []  # (name, boot-to-poweroff seconds, ok)
 _reported = 0
@@ -174,6 +179,8 @@ def e2e_mods(e2e_build, e2e_db, tmp_path_factory) -> dict[str, Path]:
                                             rename_symbol("seq_printf", "klpkit_e2e_missing"))
     m["lp_vmlinux.crc"] = mutate(m["lp_vmlinux"], out / "lp_vmlinux.crc.klp.ko",
                                  bad_crc("seq_printf"))
+    m["lp_vmlinux.inlined"] = mutate(m["lp_vmlinux"], out / "lp_vmlinux.inlined.klp.ko",
+                                     lambda elf: set_old_name(elf, "cmdline_proc_show", INLINED))
     return m
 
 

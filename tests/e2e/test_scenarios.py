@@ -7,7 +7,9 @@ Three boots (each prints its boot-to-poweroff time; the session summary lists th
 
 * ``vmlinux+dup``: scenario 1 (non-exported vmlinux function + static vmlinux variable),
   scenario 3 (two statics named dup_name in e2e_dup, chosen by sympos), and the broken
-  variants: unconverted, missing export, CRC mismatch, wrong sympos, ambiguous sympos;
+  variants: unconverted, missing export, CRC mismatch, replaced function absent (its
+  klp_func names a function the build only has as a GCC clone), wrong sympos, ambiguous
+  sympos;
 * ``case-B``: scenario 2 (late module patching, no pin, the 6.1.170 reload failure), the
   same pair unconverted (Unknown symbol before the target, pinned after it), and a
   vmlinux symbol in a module-specific section;
@@ -28,6 +30,7 @@ import pytest
 
 from klpkit.check import Severity, check_module, first_error
 from klpkit.vm import Step, VmSpec
+from tests.e2e.conftest import INLINED
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -124,6 +127,7 @@ def boot_vmlinux_dup(boot, e2e_mods):
     s.load_livepatch("s1.raw", m["lp_vmlinux.raw"], expect="fail")
     s.load_livepatch("s1.missing-export", m["lp_vmlinux.missing-export"], expect="fail")
     s.load_livepatch("s1.crc", m["lp_vmlinux.crc"], expect="fail")
+    s.load_livepatch("s1.inlined", m["lp_vmlinux.inlined"], expect="fail")
     s.add("s1.before", "run", "cat /proc/cmdline")
     s.load_livepatch("s1.load", m["lp_vmlinux"])
     s.add("s1.wait", "wait-transition", "lp_vmlinux")
@@ -221,6 +225,23 @@ def test_broken_exports_are_rejected(boot_vmlinux_dup):
 
 
 @pytest.mark.xdist_group("e2e-vmlinux-dup")
+def test_replaced_function_absent_is_rejected(boot_vmlinux_dup, e2e_db, e2e_mods):
+    """The klp_func names a function the target build has only as a GCC clone: the module
+    loads (relocations resolve), klp_enable_patch() does not find the function, and
+    the livepatch's insmod fails without leaving a patch behind."""
+    assert e2e_db.lookup(INLINED, object="vmlinux") == []
+    assert e2e_db.lookup(f"{INLINED}.isra.0", object="vmlinux")
+    sr = boot_vmlinux_dup["s1.inlined"]
+    assert_ran(sr, ok=False)
+    assert any(f"livepatch: symbol '{INLINED}' not found in symbol table" in ln
+               for ln in sr.dmesg), _show(sr)
+    assert "lp_vmlinux" not in sr.livepatch
+    assert not any(mod.split()[0] == "lp_vmlinux" for mod in sr.modules), _show(sr)
+    err = first_error(check_module(e2e_mods["lp_vmlinux.inlined"], e2e_db, "6.1"))
+    assert err.rule == "klp.func.inlined" and f"{INLINED}.isra.0" in err.message
+
+
+@pytest.mark.xdist_group("e2e-vmlinux-dup")
 def test_check_predicts_boot_vmlinux_dup(boot_vmlinux_dup, e2e_db, capsys):
     report = cross_check(boot_vmlinux_dup, e2e_db)
     with capsys.disabled():
@@ -231,6 +252,7 @@ def test_check_predicts_boot_vmlinux_dup(boot_vmlinux_dup, e2e_db, capsys):
     assert rules["s1.raw"] == {"undef.unexported"}
     assert rules["s1.missing-export"] == {"undef.missing"}
     assert rules["s1.crc"] == {"undef.crc"}
+    assert rules["s1.inlined"] == {"klp.func.inlined"}
     assert rules["s3.pos3"] == {"klp.sym.position"}
     assert rules["s3.pos0"] == {"klp.sym.ambiguous"}
     assert rules["s1.load"] == rules["s3.pos1.load"] == rules["s3.pos2.load"] == set()

@@ -11,7 +11,8 @@ Rule families (one module each): :mod:`.elf_rules` (ELF sanity, relocation types
 target bytes), :mod:`.modinfo_rules` (vermagic, module_layout, livepatch tag,
 klp_object names), :mod:`.symbol_rules` (normal undefined symbols: exports, GPL,
 namespaces, CRCs), :mod:`.klp_rules` (``.klp.rela`` sections and ``.klp.sym``
-symbols).  :data:`RULES` lists every rule with the kernel version it starts in.
+symbols), :mod:`.func_rules` (the replaced functions: each ``struct klp_func``'s
+``old_name``/``old_sympos`` resolved as klp_init_object_loaded() does).  :data:`RULES` lists every rule with the kernel version it starts in.
 """
 
 from klpkit.check.engine import (

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import os
 
-from klpkit.check import deps_rules, elf_rules, klp_rules, modinfo_rules, symbol_rules
+from klpkit.check import (
+    deps_rules,
+    elf_rules,
+    func_rules,
+    klp_rules,
+    modinfo_rules,
+    symbol_rules,
+)
 from klpkit.check.context import Context
 from klpkit.check.findings import Finding, Place, Severity
 from klpkit.errors import InputError, KlpkitError
 from klpkit.fileio import read_input
 
-FAMILIES = (elf_rules, modinfo_rules, symbol_rules, klp_rules, deps_rules)
+FAMILIES = (elf_rules, modinfo_rules, symbol_rules, klp_rules, func_rules, deps_rules)
 
 
 def parse_kernel_version(text) -> tuple[int, int]:

@@ -76,7 +76,8 @@ def resolve(ctx: Context, obj: str, name: str, pos: int, place: Place, stage: St
         f.stage = stage
 
 
-def _late_load(ctx: Context, obj, name, pos, core_entry, place) -> None:
+def _late_load(ctx: Context, obj, name, pos, core_entry, place,
+               rule: str = "klp.sym.late-load") -> None:
     """A target module loaded after the livepatch is resolved against its init-time
     symbol table (init sections included): the answer may differ."""
     full = ctx.db.lookup(name, object=obj, include_init=True)
@@ -90,7 +91,7 @@ def _late_load(ctx: Context, obj, name, pos, core_entry, place) -> None:
         problem = ("" if hit is not None and hit.core and hit.sympos == core_entry.sympos
                    else f"position {pos} is another symbol then")
     if problem:
-        ctx.add("klp.sym.late-load", place, f"if {obj} loads after the livepatch, "
+        ctx.add(rule, place, f"if {obj} loads after the livepatch, "
                 f"klp_module_coming() counts init-section symbols too: {problem}")
 
 

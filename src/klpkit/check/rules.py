@@ -10,7 +10,9 @@ elf_validity_check, setup_load_info, check_modinfo, simplify_symbols, resolve_sy
 verify_namespace_is_imported, apply_relocations; kernel/module/version.c: check_version,
 same_magic, check_modstruct_version; arch/x86/kernel/module.c: __apply_relocate_add;
 kernel/livepatch/core.c: klp_find_object_symbol, klp_resolve_symbols,
-klp_write_section_relocs / klp_write_object_relocations, klp_enable_patch.
+klp_write_section_relocs / klp_write_object_relocations, klp_enable_patch,
+klp_init_func, klp_init_object_loaded, klp_module_coming; kernel/livepatch/patch.c:
+klp_patch_func.
 """
 
 from __future__ import annotations
@@ -160,6 +162,49 @@ _RULES = [
          "the symbol's object is vmlinux or a module of the target kernel"),
     Rule("klp.sym.resolved", "klp.sym", N, Stage.RELOCATIONS, (4, 7),
          "what the symbol resolves to (object, name, position, binding, type)"),
+    # --- struct klp_func: the replaced functions ------------------------------------------
+    # klp_init_object_loaded() resolves each old_name with klp_find_object_symbol():
+    # vmlinux's in klp_enable_patch() (the livepatch's insmod fails), a module's when the
+    # patch is enabled with it loaded, else in klp_module_coming() (the module's insmod
+    # fails).  old_sympos arrived in 4.5 (before it: old_addr).
+    Rule("klp.func.not-found", "klp.func", E, Stage.ENABLE, (4, 5),
+         "a klp_func's old_name is in its object's kallsyms (a typo, a function the "
+         "target build does not have)", "livepatch: symbol '%s' not found in symbol table"),
+    Rule("klp.func.inlined", "klp.func", E, Stage.ENABLE, (4, 5),
+         "old_name is not in kallsyms but compiler clones of it are (.isra./.constprop./"
+         ".part./...): GCC inlined or specialised the function in the target build",
+         "livepatch: symbol '%s' not found in symbol table"),
+    Rule("klp.func.ambiguous", "klp.func", E, Stage.ENABLE, (4, 5),
+         "old_sympos 0 needs exactly one function of that name in the object",
+         "livepatch: unresolvable ambiguity for symbol '%s' in object '%s'"),
+    Rule("klp.func.position", "klp.func", E, Stage.ENABLE, (4, 5),
+         "old_sympos N needs at least N symbols of that name in the object, kernel order",
+         "livepatch: symbol position %lu for symbol '%s' in object '%s' not found"),
+    Rule("klp.func.not-function", "klp.func", E, Stage.ENABLE, (4, 5),
+         "the symbol old_name resolves to is a function: the livepatch core does not check "
+         "the type, ftrace finds no __fentry__ site in data (before 5.18: 'failed to set "
+         "ftrace filter for function '%s' (-22)'); a notype symbol is a warning",
+         "livepatch: failed to find location for function '%s'\n"
+         "livepatch: failed to patch object '%s'\nlivepatch: failed to enable patch '%s'",
+         uncertain=True),
+    Rule("klp.func.format", "klp.func", E, Stage.ENABLE, (4, 5),
+         "strlen(old_name) < KSYM_NAME_LEN (128, 512 from 6.1) (klp_init_func: -EINVAL, "
+         "nothing printed)"),
+    Rule("klp.func.duplicate", "klp.func", E, Stage.ENABLE, (4, 5),
+         "no two klp_funcs of one object share old_name and position (sympos 0 counts as "
+         "1): their sysfs directories <function,sympos> collide",
+         "sysfs: cannot create duplicate filename '%s'\n"
+         "kobject_add_internal failed for %s with -EEXIST, don't try to register things "
+         "with the same name in the same directory.", uncertain=True),
+    Rule("klp.func.clones", "klp.func", W, Stage.ENABLE, (4, 5),
+         "old_name resolves, but the object also has compiler clones of it (.isra., "
+         ".constprop., .part., ...): callers GCC redirected to a clone keep running the "
+         "old code"),
+    Rule("klp.func.late-load", "klp.func", W, Stage.OBJECT, (4, 5),
+         "a target loaded after the livepatch counts init-section symbols too: old_sympos "
+         "resolves differently"),
+    Rule("klp.func.resolved", "klp.func", N, Stage.ENABLE, (4, 5),
+         "the function a klp_func replaces (object, name, position, binding, type)"),
     # --- .klp.rela -----------------------------------------------------------------------
     Rule("klp.rela.name", "klp.rela", E, Stage.RELOCATIONS, (4, 7),
          ".klp.rela.<obj>.<section> parses with sscanf(\".klp.rela.%55[^.]\")",

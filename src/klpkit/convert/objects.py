@@ -15,6 +15,14 @@ the kernel version and config): a *klp_object entry* is a slot ``o`` such that
 * slot ``o`` (``name``) points to a string — the object's name — or holds no
   relocation at all, which is ``NULL``: the kernel image, ``vmlinux``.
 
+The ``struct klp_func`` array an entry's ``funcs`` points to is read the same way
+(include/linux/livepatch.h, v4.5 .. v6.x: ``old_name``, ``new_func``, ``old_sympos``
+first, then internal fields the initializer leaves zero): an entry is a slot pair
+(string, code); ``old_sympos`` is the plain word after them (no relocation), read with
+the file's class and byte order; the array ends with an empty entry, so its entries are
+the pairs inside the array's own symbol (``st_size`` covers entries + terminator) or,
+for a stripped module, the run of pairs at a constant stride up to the next array.
+
 Pure: reads the model, never edits it.
 """
 
@@ -33,6 +41,21 @@ class PatchedObject:
     name: str           # "vmlinux" or the module name
     section: str        # where the klp_object entry is
     offset: int         # offset of its .name field
+
+
+@dataclass(frozen=True)
+class PatchedFunction:
+    """One ``struct klp_func`` entry: the function of ``object`` it replaces."""
+
+    object: str             # "vmlinux" (klp_object .name NULL) or the module name
+    old_name: str
+    old_sympos: int
+    new_func: str           # the replacement's symbol ("" when it cannot be named)
+    section: str            # where the klp_func entry is (e.g. ".data")
+    offset: int             # offset of its .old_name field
+    name_section: str       # where the old_name string is (e.g. ".rodata.str1.1") ...
+    name_offset: int        # ... and its offset there
+    index: int = 0          # position in its klp_func array
 
 
 def _is_string_section(sec: Section) -> bool:
@@ -100,12 +123,10 @@ def _is_klp_func(ptrs: _Pointers, sec: Section, off: int) -> bool:
             and func is not None and bool(func[0].flags & C.SHF_EXECINSTR))
 
 
-def find_patched_objects(elf: ElfFile) -> list[PatchedObject]:
-    """The objects named by the module's ``klp_object`` entries, in file order,
-    without duplicates.  Empty when no entry is recognised."""
-    ptrs = _Pointers(elf)
-    found: list[PatchedObject] = []
-    seen: set[str] = set()
+def _object_entries(ptrs: _Pointers):
+    """(name, section, offset of .name, (funcs section, funcs offset)) of every
+    recognised klp_object entry, in file order (duplicates kept)."""
+    elf = ptrs.elf
     for sec in elf.sections:
         table = ptrs.by_section.get(id(sec))
         if not table:
@@ -133,7 +154,90 @@ def find_patched_objects(elf: ElfFile) -> list[PatchedObject]:
                 name = _string_at(*target)
                 if not name:
                     continue
-            if name not in seen:
-                seen.add(name)
-                found.append(PatchedObject(name, sec.name, name_off))
+            yield name, sec, name_off, dest
+
+
+def find_patched_objects(elf: ElfFile) -> list[PatchedObject]:
+    """The objects named by the module's ``klp_object`` entries, in file order,
+    without duplicates.  Empty when no entry is recognised."""
+    ptrs = _Pointers(elf)
+    found: list[PatchedObject] = []
+    seen: set[str] = set()
+    for name, sec, name_off, _funcs in _object_entries(ptrs):
+        if name not in seen:
+            seen.add(name)
+            found.append(PatchedObject(name, sec.name, name_off))
     return found
+
+
+def _array_size(elf: ElfFile, sec: Section, off: int) -> int | None:
+    """st_size of the symbol that starts at (sec, off) -- the klp_func array itself."""
+    symtab = elf.symtab
+    if symtab is None:
+        return None
+    best = None
+    for sym in symtab.symbols[1:]:
+        if sym.shndx is sec and sym.value == off and sym.size > 0 \
+                and sym.type in (C.STT_OBJECT, C.STT_NOTYPE):
+            best = max(best or 0, sym.size)
+    return best
+
+
+def _func_entries(ptrs: _Pointers, sec: Section, head: int, heads: set[int]) -> list[int]:
+    """Offsets of the klp_func entries of the array at (sec, head)."""
+    table = ptrs.by_section.get(id(sec), {})
+    pairs = [o for o in sorted(table) if o >= head and _is_klp_func(ptrs, sec, o)]
+    size = _array_size(ptrs.elf, sec, head)
+    if size is not None:
+        return [o for o in pairs if o < head + size]
+    # stripped: a run at one stride from the head, up to another array's head
+    run = [head] if pairs and pairs[0] == head else []
+    for o in pairs[1:]:
+        if o in heads:
+            break
+        if len(run) >= 2 and o - run[-1] != run[1] - run[0]:
+            break
+        run.append(o)
+    return run
+
+
+def _function_symbol(sec: Section, off: int, sym) -> str:
+    """The name a new_func pointer designates: its symbol, or the function symbol at
+    that address when the relocation names a section symbol."""
+    if sym is not None and sym.type != C.STT_SECTION and sym.name:
+        return sym.name
+    elf = sec.elf
+    if elf is None or elf.symtab is None:
+        return ""
+    for s in elf.symtab.symbols[1:]:
+        if s.shndx is sec and s.value == off and s.type == C.STT_FUNC:
+            return s.name
+    return ""
+
+
+def find_patched_functions(elf: ElfFile) -> list[PatchedFunction]:
+    """Every ``struct klp_func`` entry of every recognised ``klp_object``, in the
+    order the kernel walks them (objects in array order, then their functions)."""
+    ptrs = _Pointers(elf)
+    objects = list(_object_entries(ptrs))
+    heads: dict[int, set[int]] = {}
+    for _n, _s, _o, (fsec, foff) in objects:
+        heads.setdefault(id(fsec), set()).add(foff)
+    order = "little" if elf.little_endian else "big"
+    out: list[PatchedFunction] = []
+    for name, _sec, _off, (fsec, foff) in objects:
+        data = fsec.data
+        for i, entry in enumerate(_func_entries(ptrs, fsec, foff, heads[id(fsec)])):
+            nsec, noff = ptrs.points_to(ptrs.at(fsec, entry))
+            old_name = _string_at(nsec, noff)
+            if old_name is None:
+                continue
+            code = ptrs.at(fsec, entry + ptrs.ptr)
+            csec, coff = ptrs.points_to(code)
+            pos_at = entry + 2 * ptrs.ptr
+            raw = data[pos_at:pos_at + ptrs.ptr]
+            sympos = int.from_bytes(raw, order) if len(raw) == ptrs.ptr else 0
+            out.append(PatchedFunction(name, old_name, sympos,
+                                       _function_symbol(csec, coff, code[0].symbol),
+                                       fsec.name, entry, nsec.name, noff, i))
+    return out

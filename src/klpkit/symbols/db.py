@@ -248,6 +248,21 @@ class SymbolDB:
             out[objs[key >> 32]].append((name, flags))
         return out
 
+    def names_with_prefix(self, prefix: str, object: str) -> list[str]:  # noqa: A002
+        """Distinct names of ``object``'s symbols that start with ``prefix``, sorted: one
+        range of the (name, obj, pos) key. Used to find compiler clones of a function
+        (``name.isra.0``, ``name.constprop.0``...)."""
+        if not prefix:
+            raise ValueError("empty prefix")
+        self._objects()
+        oid = self._objids.get(object)
+        if oid is None:
+            return []
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        rows = self._query("SELECT DISTINCT name FROM symbols WHERE name >= ? AND name < ? "
+                           "AND obj = ? ORDER BY name", (prefix, upper, oid))
+        return [r[0] for r in rows]
+
     def symbols_of(self, object: str):  # noqa: A002
         """(name, flags) of every stored symbol of an object, in kernel order
         (scans the table: the key is the name)."""
