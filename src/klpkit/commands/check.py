@@ -53,7 +53,7 @@ def _rules(args) -> int:
 def run(args) -> int:
     if args.rules:
         return _rules(args)
-    from klpkit.commands.convert import open_symbols
+    from klpkit.symbols.source import open_symbols
 
     read_input(args.module)
     with contextlib.ExitStack() as stack:

@@ -8,16 +8,13 @@ with --dry-run), 1 the plan has errors (nothing written), 2 bad input.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-import tempfile
 
 from klpkit.convert import PlanOptions, convert_file, parse_map_entry, parse_map_text
 from klpkit.errors import InputError
 from klpkit.fileio import read_input
 from klpkit.output import print_json, print_table
-
-SYMBOLS_LIST_HEADER = b"klp-convert-symbol-data.0.1"
+from klpkit.symbols.source import open_symbols
 
 
 def register(sub) -> None:
@@ -46,35 +43,6 @@ def register(sub) -> None:
     p.add_argument("--all", action="store_true",
                    help="list every relocation, including unchanged ones")
     p.set_defaults(func=run)
-
-
-def release_of(path) -> str | None:
-    """The kernel release a module was built for (vermagic), or None."""
-    from klpkit.convert.plan import read_modinfo
-    from klpkit.elf import ElfFile
-
-    try:
-        mi = read_modinfo(ElfFile.read(path))
-    except Exception:  # noqa: BLE001 - the real read reports the error
-        return None
-    return mi.release if mi is not None else None
-
-
-def open_symbols(path, module_path, stack: contextlib.ExitStack):
-    """A SymbolDB from a klpkit database or a Symbols.list (imported to a temp file)."""
-    from klpkit.symbols import SymbolDB, default_db_path, import_symbols_list
-
-    release = release_of(module_path)
-    if path is None:
-        path = default_db_path(release)
-    head = read_input(path)[:len(SYMBOLS_LIST_HEADER)] if os.path.isfile(path) else b""
-    if head == SYMBOLS_LIST_HEADER:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="klpkit-convert-"))
-        db = import_symbols_list(path, release=release, db=os.path.join(tmp, "symbols.sqlite"))
-    else:
-        db = SymbolDB.open(path)
-    stack.callback(db.close)
-    return db
 
 
 def choices_from_args(maps, map_file):

@@ -45,7 +45,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from klpkit.commands.convert import open_symbols
+    from klpkit.symbols.source import open_symbols
 
     objects = parse_object_map(args.object)
     with contextlib.ExitStack() as stack:

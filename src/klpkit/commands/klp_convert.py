@@ -28,7 +28,7 @@ def main(argv) -> int:
     try:
         with contextlib.ExitStack() as stack:
             if len(argv) == 3:
-                from klpkit.commands.convert import open_symbols
+                from klpkit.symbols.source import open_symbols
 
                 symbols, src, dst = argv
                 db = open_symbols(symbols, src, stack)

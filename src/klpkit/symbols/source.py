@@ -1,0 +1,51 @@
+"""Opening the symbol source a command is given: a klpkit database, or klp-convert's
+Symbols.list (imported into a temporary database for the duration of the command), so
+every command accepts the file a kernel build's klp-convert uses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+from klpkit.errors import InputError
+from klpkit.symbols.build import default_db_path
+from klpkit.symbols.db import SymbolDB
+from klpkit.symbols.symbols_list import HEADER, import_symbols_list
+
+
+def module_release(path) -> str | None:
+    """The kernel release a module was built for (vermagic), or None if unreadable."""
+    from klpkit.convert.plan import read_modinfo
+    from klpkit.elf import ElfFile
+
+    try:
+        mi = read_modinfo(ElfFile.read(path))
+    except Exception:  # noqa: BLE001 - the command's own read reports the error
+        return None
+    return mi.release if mi is not None else None
+
+
+def _starts_with_header(path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(HEADER)) == HEADER.encode()
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", path=path) from None
+
+
+def open_symbols(path, module_path, stack: contextlib.ExitStack) -> SymbolDB:
+    """The symbol database for ``module_path``: ``path`` (a database or a Symbols.list),
+    else the cached database of the module's release. Closed when ``stack`` closes."""
+    release = module_release(module_path)
+    if path is None:
+        path = default_db_path(release)
+    if os.path.isfile(path) and _starts_with_header(path):
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="klpkit-symbols-"))
+        db = import_symbols_list(path, release=release, db=os.path.join(tmp, "symbols.sqlite"))
+    else:
+        db = SymbolDB.open(path)
+    stack.callback(db.close)
+    return db
