@@ -222,3 +222,17 @@ def test_klp_convert_dropin_with_a_symbols_list(lp_modules, debian_symdb, tmp_pa
     names = {s.name for s in ElfFile.read(out).symtab.symbols}
     assert {".klp.sym.cdrom.cdrom_check_events,0", ".klp.sym.cdrom.debug,0",
             ".klp.sym.cdrom.cdrom_read_mech_status,0"} <= names
+
+
+def test_module_of_another_architecture_is_refused(cc, debian_symdb, tmp_path):
+    """The database knows its kernel's architecture (from vmlinux): an i386 object
+    converted against the x86_64 kernel is refused, and nothing is written."""
+    assert debian_symdb.machine == 62  # EM_X86_64
+    obj = cc("extern int printk(const char *, ...);\n"
+             "int f(void) { return printk(\"x\"); }\n", arch="i386")
+    out = tmp_path / "out.ko"
+    plan = make_plan(ElfFile.read(obj), debian_symdb, PlanOptions(objects=["vmlinux"]))
+    assert ("the module is for i386, the symbol database's kernel 6.1.0-47-amd64 is for "
+            "x86_64") in plan.errors
+    rc = main(["convert", str(obj), "-o", str(out), "--symbols", str(debian_symdb.path)])
+    assert rc == 1 and not out.exists()

@@ -169,7 +169,10 @@ def run_lookup(args) -> int:
 
 
 def _info(db) -> dict:
+    from klpkit.elf.reloc_types import machine_name
+
     return {"path": str(db.path), "release": db.release, "build_id": db.build_id,
+            "machine": machine_name(db.machine) if db.machine else None,
             "source": db.meta.get("source"), "sources": db.sources,
             "symvers": db.meta.get("symvers") or None, "klpkit": db.meta.get("klpkit"),
             "counts": db.counts(), "size": Path(db.path).stat().st_size,
@@ -185,6 +188,7 @@ def run_info(args) -> int:
     c = info["counts"]
     print_table(["Key", "Value"], [
         ("database", info["path"]), ("release", info["release"]),
+        ("architecture", info["machine"] or "-"),
         ("build id", info["build_id"] or "-"), ("built from", info["source"]),
         ("sources", ", ".join(info["sources"])), ("symvers", info["symvers"] or "-"),
         ("objects", c.get("objects")), ("symbols", c.get("symbols")),

@@ -65,7 +65,7 @@ from klpkit.convert.annotations import (
 from klpkit.convert.objects import find_patched_objects
 from klpkit.elf import ElfFile
 from klpkit.elf import constants as C
-from klpkit.elf.reloc_types import reloc_type_name
+from klpkit.elf.reloc_types import machine_name, reloc_type_name
 from klpkit.kernel.livepatch import (
     KLP_RELA_PREFIX,
     klp_rela_section_name,
@@ -603,6 +603,11 @@ class _Planner:
             self.errors.append("not a relocatable object (a kernel module is ET_REL)")
         if elf.symtab is None:
             self.errors.append("no symbol table")
+        kernel_machine = getattr(self.db, "machine", None)
+        if kernel_machine and elf.machine != kernel_machine:
+            self.errors.append(f"the module is for {machine_name(elf.machine)}, the symbol "
+                               f"database's kernel {self.db.release} is for "
+                               f"{machine_name(kernel_machine)}")
         self.objects, self.objects_source = self._patched_objects()
         self.ann = read_module_relocs(elf)
         self.errors.extend(self.ann.errors)

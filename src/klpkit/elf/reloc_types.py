@@ -1098,3 +1098,8 @@ def reloc_type_number(machine: int, name: str) -> int | None:
     if number is None:
         number = numbers.get(key.upper())
     return number
+
+
+def machine_name(machine: int) -> str:
+    """A short architecture name for e_machine (``x86_64``), or ``EM <n>``."""
+    return MACHINE_NAMES.get(machine, f"EM {machine}")

@@ -52,6 +52,7 @@ class ObjectRecord:
     rows: list[tuple]    # (name, flags), or database rows (name, oid, pos, flags); kernel order
     depends: list[str] = field(default_factory=list)
     exports: list[Export] = field(default_factory=list)   # found in the object itself
+    machine: int = 0               # e_machine of the ELF object (0: not read from an ELF)
 
     def pairs(self) -> list[tuple[str, int]]:
         """(name, flags) in kernel order, whichever form ``rows`` has."""
@@ -195,7 +196,10 @@ def _write_sqlite(symset: SymbolSet, tmp: str) -> None:
                 "build_id": symset.build_id, "source": symset.source,
                 "sources": json.dumps(symset.sources), "klpkit": __version__,
                 "symvers": symset.symvers_path, "counts": json.dumps(counts),
-                "skipped": json.dumps(symset.skipped)}
+                "skipped": json.dumps(symset.skipped),
+                # the architecture, from the first object read from an ELF file (absent
+                # for kallsyms/System.map/Symbols.list sources)
+                "machine": str(next((o.machine for o in symset.objects if o.machine), 0))}
         conn.executemany("INSERT INTO meta VALUES (?,?)", sorted(meta.items()))
         conn.execute("COMMIT")
     finally:
@@ -351,7 +355,8 @@ def read_vmlinux(path: str | os.PathLike, *, derive_exports: bool = True
             raise ElfError("not a linked vmlinux (ELF type is not EXEC/DYN)", path=path)
         table = rules.vmlinux_kallsyms(scan)
         rows = [(name, _flags(info)) for name, info, _x, _v in table]
-        return (ObjectRecord("vmlinux", "vmlinux", path, rows), _build_id(scan),
+        return (ObjectRecord("vmlinux", "vmlinux", path, rows, machine=scan.machine),
+                _build_id(scan),
                 _banner_release(scan),
                 exports_from_object(scan, "vmlinux") if derive_exports else [])
 
@@ -388,7 +393,8 @@ def read_module(path: str, *, derive_exports: bool = True, oid: int = -1
         modinfo = Modinfo.parse(scan.section_data(mi)) if mi else Modinfo()
         name = module_name(path, modinfo)
         exports = exports_from_object(scan, name) if derive_exports else []
-    return ObjectRecord(name, "module", path, rows, modinfo.depends, exports), modinfo
+    return (ObjectRecord(name, "module", path, rows, modinfo.depends, exports,
+                         machine=scan.machine), modinfo)
 
 
 def find_modules(root: str | os.PathLike) -> list[str]:

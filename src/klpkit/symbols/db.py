@@ -172,6 +172,11 @@ class SymbolDB:
         return self.meta["release"]
 
     @property
+    def machine(self) -> int | None:
+        """The kernel's ELF e_machine, when the database was built from ELF objects."""
+        return int(self.meta.get("machine") or 0) or None
+
+    @property
     def build_id(self) -> str | None:
         return self.meta.get("build_id") or None
 
