@@ -6,8 +6,9 @@ every relocation readelf -rW lists must have, by its number (from r_info), the n
 readelf prints. The native x86_64 and i386 (gcc -m32) builds and the s390x and ppc64
 cross compilers (installed by scripts/setup.sh) are skipped here when missing, but fail
 under CI=true; other cross compilers are used when present and not collected otherwise.
-A second readelf check feeds it synthetic objects holding one relocation of every number (0..1099, or 0..255 for ELF32) for each
-machine, so every name readelf knows is compared without needing cross compilers.
+A second readelf check feeds it synthetic objects holding one relocation of every
+number (0..1099, or 0..255 for ELF32) for each machine, so every name readelf knows is
+compared without needing cross compilers.
 pyelftools: its ENUM_RELOC_TYPE_* tables must agree wherever both define a number.
 """
 
