@@ -262,6 +262,27 @@ def _section_bytes_at(scan: ElfScan, shndx: int, value: int, size: int, relocata
     return scan.read(scan.sh_offsets[shndx] + off, size, f"section {shndx} contents")
 
 
+# Where an export's symbols start in a string table (strings start after a NUL).
+_EXPORT_SYMBOL_RE = re.compile("\0(?:__ksymtab_|__kstrtabns_|__crc_)")
+
+
+def _export_symbols(scan: ElfScan) -> dict[str, tuple[int, int]]:
+    """name -> (shndx, value) of the defined ``__ksymtab_*``, ``__kstrtabns_*`` and
+    ``__crc_*`` symbols. Found through their names' offsets in the string table (a
+    C-level search) rather than by decoding every symbol name: a module has ~200
+    symbols per export symbol."""
+    text = scan.strtab.decode("latin-1")
+    starts = {m.start() + 1 for m in _EXPORT_SYMBOL_RE.finditer(text)}
+    if not starts:
+        return {}
+    find = text.find
+    nsec = len(scan.sh_names)
+    shndxs, values = scan.shndxs, scan.values
+    return {text[o:find("\0", o)]: (shndxs[i], values[i])
+            for i, o in enumerate(scan.st_names)
+            if o in starts and 0 < shndxs[i] < nsec}
+
+
 def exports_from_object(scan: ElfScan, obj: str) -> list[Export]:
     """Exports found in the object itself: ``__ksymtab_<name>`` symbols and the section
     they are in (``__ksymtab`` / ``__ksymtab_gpl``, or ``___ksymtab[_gpl]+<name>`` in a
@@ -270,42 +291,48 @@ def exports_from_object(scan: ElfScan, obj: str) -> list[Export]:
     a ``.o`` has none of these, so pass Module.symvers — spec P17)."""
     relocatable = scan.type == C.ET_REL
     secnames = scan.sh_names
-    nsec = len(secnames)
-    by_name = {}
-    for name, shndx, value in zip(scan.names, scan.shndxs, scan.values, strict=True):
-        if name.startswith(("__ksymtab_", "__kstrtabns_", "__crc_")) and shndx \
-                and shndx < nsec:
-            by_name[name] = (shndx, value)
+    by_name = _export_symbols(scan)
+    contents: dict[int, bytes] = {}  # each section read once, not once per export
+
+    def data_at(shndx: int, value: int, size: int) -> bytes:
+        if shndx not in contents:
+            contents[shndx] = scan.section_data(shndx)
+        off = value if relocatable else value - scan.sh_addrs[shndx]
+        return contents[shndx][off:off + size] if off >= 0 else b""
+
     le = "little" if scan.little_endian else "big"
     out = []
     for sym, (shndx, _value) in by_name.items():
         if not sym.startswith("__ksymtab_"):
             continue
-        name = sym[len("__ksymtab_"):]
-        secname = secnames[shndx]
-        if secname.startswith("___ksymtab"):
-            secname = secname[1:].split("+", 1)[0]
-        if secname == "__ksymtab":
-            etype = "EXPORT_SYMBOL"
-        elif secname == "__ksymtab_gpl":
-            etype = "EXPORT_SYMBOL_GPL"
-        elif secname.startswith("__ksymtab_"):
-            etype = "EXPORT_SYMBOL_" + secname[len("__ksymtab_"):].upper()
-        else:
+        etype = _export_type(secnames[shndx])
+        if etype is None:
             continue
+        name = sym[len("__ksymtab_"):]
         ns = None
         if f"__kstrtabns_{name}" in by_name:
-            x, v = by_name[f"__kstrtabns_{name}"]
-            raw = _section_bytes_at(scan, x, v, 256, relocatable)
+            raw = data_at(*by_name[f"__kstrtabns_{name}"], 256)
             ns = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape") or None
         crc = None
         if f"__crc_{name}" in by_name:
-            x, v = by_name[f"__crc_{name}"]
-            raw = _section_bytes_at(scan, x, v, 4, relocatable)
+            raw = data_at(*by_name[f"__crc_{name}"], 4)
             if len(raw) == 4:
                 crc = int.from_bytes(raw, le)
         out.append(Export(name, obj, etype, ns, crc))
     return out
+
+
+def _export_type(secname: str) -> str | None:
+    """EXPORT_SYMBOL flavour from the section a ``__ksymtab_`` symbol is in."""
+    if secname.startswith("___ksymtab"):
+        secname = secname[1:].split("+", 1)[0]
+    if secname == "__ksymtab":
+        return "EXPORT_SYMBOL"
+    if secname == "__ksymtab_gpl":
+        return "EXPORT_SYMBOL_GPL"
+    if secname.startswith("__ksymtab_"):
+        return "EXPORT_SYMBOL_" + secname[len("__ksymtab_"):].upper()
+    return None
 
 
 def _build_id(scan: ElfScan) -> str:
