@@ -8,22 +8,25 @@ import contextlib
 import os
 import tempfile
 
-from klpkit.errors import InputError
+from klpkit.errors import InputError, KlpkitError
 from klpkit.symbols.build import default_db_path
 from klpkit.symbols.db import SymbolDB
 from klpkit.symbols.symbols_list import HEADER, import_symbols_list
 
 
 def module_release(path) -> str | None:
-    """The kernel release a module was built for (vermagic), or None if unreadable."""
-    from klpkit.convert.plan import read_modinfo
-    from klpkit.elf import ElfFile
+    """The kernel release a module was built for (vermagic), or None if unreadable.
+
+    Reads only the section headers and .modinfo: the command reads the whole module
+    itself afterwards (and reports it if it is unreadable)."""
+    from klpkit.elf.fast import open_scan
+    from klpkit.kernel.modinfo import Modinfo
 
     try:
-        mi = read_modinfo(ElfFile.read(path))
-    except Exception:  # noqa: BLE001 - the command's own read reports the error
+        with open_scan(path, symbols=False) as scan:
+            return Modinfo.parse(scan.section_data(".modinfo")).release
+    except KlpkitError:
         return None
-    return mi.release if mi is not None else None
 
 
 def _starts_with_header(path) -> bool:
