@@ -73,6 +73,14 @@ def _show(sr) -> str:
     return f"step {sr.index} {sr.step.describe()}: status={sr.status} out={sr.output} dmesg={sr.dmesg}"
 
 
+def assert_boot_clean(r) -> None:
+    """The boot ran to the end with no panic, no kernel WARNING, every step as expected."""
+    assert r.done, r.failure
+    assert r.failure is None or r.failure.kind != "panic", r.failure
+    assert r.warnings == [], r.warnings
+    assert all(sr.passed for sr in r.steps), [_show(sr) for sr in r.steps if not sr.passed]
+
+
 def assert_ran(sr, ok: bool = True) -> None:
     assert sr.status not in ("skipped", "incomplete"), _show(sr)
     assert (sr.exit_status == 0) is ok, _show(sr)
@@ -151,11 +159,7 @@ def boot_vmlinux_dup(boot, e2e_mods):
 
 @pytest.mark.xdist_group("e2e-vmlinux-dup")
 def test_boot_vmlinux_dup_clean(boot_vmlinux_dup):
-    r = boot_vmlinux_dup.result
-    assert r.done, r.failure
-    assert r.failure is None or r.failure.kind != "panic", r.failure
-    assert r.warnings == [], r.warnings
-    assert all(sr.passed for sr in r.steps), [_show(sr) for sr in r.steps if not sr.passed]
+    assert_boot_clean(boot_vmlinux_dup.result)
 
 
 @pytest.mark.xdist_group("e2e-vmlinux-dup")
@@ -293,10 +297,7 @@ def boot_case_b(boot, e2e_mods):
 
 @pytest.mark.xdist_group("e2e-case-b")
 def test_boot_case_b_clean(boot_case_b):
-    r = boot_case_b.result
-    assert r.done, r.failure
-    assert r.warnings == [], r.warnings
-    assert all(sr.passed for sr in r.steps), [_show(sr) for sr in r.steps if not sr.passed]
+    assert_boot_clean(boot_case_b.result)
 
 
 @pytest.mark.xdist_group("e2e-case-b")
