@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         opens.append(time.perf_counter() - t)
         db.close()
     db = SymbolDB.open(dbpath)
-    names = [r[0] for r in db._query("SELECT DISTINCT name FROM symbols LIMIT 200000")]
+    names = sorted({r[:r.index(0)].decode("utf-8", "surrogateescape") for r in db.records()})
     sample = random.Random(3).sample(names, 20000)
     db.lookup(sample[0])  # warm the object-name map
     t = time.perf_counter()

@@ -301,7 +301,7 @@ def test_other_classes_and_byte_orders(tmp_path, tools, cc, flags):
     from klpkit.symbols.build import read_module
 
     rec, mi = read_module(str(ko))
-    names = [n for n, *_ in rec.rows]
+    names = [n.decode() for n, _flags in rec.pairs()]
     assert "exported_fn" in names and "helper" in names and "dup_init" in names
     assert mi.name == "m32"
     (exp,) = rec.exports

@@ -20,8 +20,7 @@ import re
 import sqlite3
 import tempfile
 from dataclasses import dataclass, field
-from itertools import chain, count
-from operator import itemgetter
+from itertools import count
 from pathlib import Path
 
 from klpkit import __version__
@@ -39,6 +38,15 @@ from klpkit.symbols.db import (
     SymbolDB,
     SymbolDBError,
 )
+from klpkit.symbols.pages import (
+    flags_hex,
+    make_pages,
+    make_records,
+    oid_prefix,
+    parse_record,
+    pos_hex,
+    record_oid,
+)
 from klpkit.symbols.symvers import Export, read_symvers
 
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz")
@@ -49,15 +57,17 @@ class ObjectRecord:
     name: str
     kind: str                      # 'vmlinux' | 'module'
     path: str | None
-    rows: list[tuple]    # (name, flags), or database rows (name, oid, pos, flags); kernel order
+    # in kernel order: (name, flags) pairs (name str or UTF-8 bytes), or the database's
+    # encoded records (klpkit.symbols.pages) as read_module makes them
+    rows: list
     depends: list[str] = field(default_factory=list)
     exports: list[Export] = field(default_factory=list)   # found in the object itself
     machine: int = 0               # e_machine of the ELF object (0: not read from an ELF)
 
-    def pairs(self) -> list[tuple[str, int]]:
+    def pairs(self) -> list[tuple[str | bytes, int]]:
         """(name, flags) in kernel order, whichever form ``rows`` has."""
-        if self.rows and len(self.rows[0]) == 4:
-            return [(r[0], r[3]) for r in self.rows]
+        if self.rows and type(self.rows[0]) is bytes:
+            return [(name, flags) for name, _o, _p, flags in map(parse_record, self.rows)]
         return self.rows
 
 
@@ -164,19 +174,7 @@ def _write_sqlite(symset: SymbolSet, tmp: str) -> None:
             ids[obj.name] = oid
             objrows.append((oid, obj.name, obj.kind, obj.path, ",".join(obj.depends)))
         conn.executemany("INSERT INTO objects VALUES (?,?,?,?,?)", objrows)
-        rows = []
-        ext = rows.extend
-        for oid, obj in enumerate(symset.objects):
-            r = obj.rows
-            if r and len(r[0]) == 4 and r[0][1] == oid:
-                ext(r)   # already database rows (read_module)
-            else:
-                ext([(name, oid, pos, flags) for pos, (name, flags) in enumerate(obj.pairs())])
-        # stable sort on the name alone: rows are already in (obj, pos) order, and a
-        # str key sorts ~2x faster than tuples; SQLite inserts in key order are cheapest
-        rows.sort(key=itemgetter(0))
-        _insert_many(conn, "symbols", rows, 4)
-        del rows
+        _insert_pages(conn, _symbol_records(symset.objects))
         exports = []
         if symset.symvers is not None:
             for e in symset.symvers.values():
@@ -206,26 +204,22 @@ def _write_sqlite(symset: SymbolSet, tmp: str) -> None:
         conn.close()
 
 
-_BATCH = 1024   # rows per INSERT statement (4,096 parameters: under SQLite's 32,766)
+def _symbol_records(objects: list[ObjectRecord]) -> list[bytes]:
+    """Every object's symbols as database records (:mod:`klpkit.symbols.pages`),
+    sorted: bytes order is (name, object, kernel position) order."""
+    records: list[bytes] = []
+    for oid, obj in enumerate(objects):
+        r = obj.rows
+        if r and type(r[0]) is bytes and record_oid(r[0]) == oid:
+            records += r   # made by read_module for this object id
+        else:
+            records += make_records(oid, obj.pairs())
+    records.sort()
+    return records
 
 
-def _insert_many(conn: sqlite3.Connection, table: str, rows: list[tuple], width: int) -> None:
-    """Insert ``rows`` with multi-row ``INSERT ... VALUES (..),(..)`` statements.
-
-    Per executed statement pysqlite and SQLite pay a fixed cost (reset, step, Python
-    loop) that exceeds the cost of the row itself; 1,024 rows a statement roughly
-    halves the time of a one-row ``executemany`` for the ~700,000 symbols of a kernel.
-    """
-    one = "(" + ",".join("?" * width) + ")"
-    full = len(rows) - len(rows) % _BATCH
-    if full:
-        # one flat parameter list per statement, straight from the rows (flattening
-        # everything first and slicing it costs a second copy of ~3M references)
-        flat = chain.from_iterable
-        conn.executemany(f"INSERT INTO {table} VALUES " + ",".join([one] * _BATCH),
-                         [list(flat(rows[i:i + _BATCH])) for i in range(0, full, _BATCH)])
-    if full < len(rows):
-        conn.executemany(f"INSERT INTO {table} VALUES {one}", rows[full:])
+def _insert_pages(conn: sqlite3.Connection, records: list[bytes]) -> None:
+    conn.executemany("INSERT INTO symbol_pages VALUES (?,?)", make_pages(records))
 
 
 # --- reading objects --------------------------------------------------------------
@@ -398,8 +392,9 @@ def read_module(path: str, *, derive_exports: bool = True, oid: int = -1
                 ) -> tuple[ObjectRecord, Modinfo]:
     """One .ko: its kallsyms rows (core and init-only), .modinfo, exports.
 
-    With ``oid`` (the object's future id in the database) the rows are built as
-    database rows ``(name, oid, symbol index, flags)`` straight away.
+    The rows are the database's records (:mod:`klpkit.symbols.pages`: name, ``oid`` =
+    the object's future id in the database, symbol index, flags) made straight away;
+    names are the string table's bytes (UTF-8), never decoded here.
     """
     with _scan_any(path) as scan:
         if scan.type != C.ET_REL:
@@ -407,16 +402,16 @@ def read_module(path: str, *, derive_exports: bool = True, oid: int = -1
         noncore = [0 if c == 2 else NONCORE for c in rules.module_section_classes(scan)]
         nsec = len(noncore)
         strtab = scan.strtab
-        text = strtab.decode("latin-1")
-        find = text.find
+        find = strtab.find
         ft = _INFO_FLAGS
-        # hot loop (~1M symbols per kernel): one comprehension, no per-symbol calls
-        rows = [(text[o:find("\0", o)], oid, p, ft[i] | (noncore[x] if x < nsec else NONCORE))
+        prefix, ph, fh = oid_prefix(max(oid, 0)), pos_hex(len(scan.st_names)), flags_hex()
+        # hot loop (~600k symbols per kernel): one comprehension making the database's
+        # records (name NUL oid pos flags) directly, with table lookups, no calls;
+        # names stay bytes (UTF-8 as stored)
+        rows = [strtab[o:find(b"\0", o)] + prefix + ph[p] +
+                fh[ft[i] | (noncore[x] if x < nsec else NONCORE)]
                 for o, i, x, p in zip(scan.st_names, scan.infos, scan.shndxs, count())
                 if x and o and ft[i] >= 0]
-        if not strtab.isascii():
-            rows = [(n.encode("latin-1").decode("utf-8", "surrogateescape"), o, p, f)
-                    for n, o, p, f in rows]
         mi = scan.section_index(".modinfo")
         modinfo = Modinfo.parse(scan.section_data(mi)) if mi else Modinfo()
         name = module_name(path, modinfo)

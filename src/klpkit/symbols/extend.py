@@ -19,6 +19,7 @@ from pathlib import Path
 from klpkit.errors import InputError
 from klpkit.symbols.build import read_module
 from klpkit.symbols.db import SymbolDB
+from klpkit.symbols.pages import make_pages, make_records
 
 
 def add_modules(db: SymbolDB, modules: list[str | os.PathLike],
@@ -35,7 +36,7 @@ def add_modules(db: SymbolDB, modules: list[str | os.PathLike],
     os.close(fd)
     try:
         shutil.copyfile(db.path, tmp)
-        _insert(tmp, records)
+        _insert(tmp, records, db.records())
         os.replace(tmp, target)
     except BaseException:
         os.unlink(tmp)
@@ -61,17 +62,22 @@ def _read_modules(db: SymbolDB, modules) -> list:
     return records
 
 
-def _insert(path: str, records) -> None:
+def _insert(path: str, records, rows: list[bytes]) -> None:
+    """Add ``records`` to the copy at ``path``; ``rows`` are the symbol records it holds.
+    The symbol pages are rewritten whole: new names fall between existing ones."""
     conn = sqlite3.connect(path)
     try:
         (next_id,) = conn.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM objects").fetchone()
         for oid, rec in enumerate(records, next_id):
             conn.execute("INSERT INTO objects VALUES (?,?,?,?,?)",
                          (oid, rec.name, "module", rec.path, ",".join(rec.depends)))
-            conn.executemany("INSERT INTO symbols VALUES (?,?,?,?)", _as_db_rows(rec, oid))
+            rows.extend(make_records(oid, rec.pairs()))
             conn.executemany("INSERT OR REPLACE INTO exports VALUES (?,?,?,?,?)",
                              [(e.name, oid, e.export_type, e.namespace, e.crc)
                               for e in rec.exports])
+        rows.sort()
+        conn.execute("DELETE FROM symbol_pages")
+        conn.executemany("INSERT INTO symbol_pages VALUES (?,?)", make_pages(rows))
         _update_meta(conn, records)
         conn.commit()
     finally:
@@ -89,9 +95,3 @@ def _update_meta(conn: sqlite3.Connection, records) -> None:
                                                        for r in records]
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)",
                      [("counts", json.dumps(counts)), ("sources", json.dumps(sources))])
-
-
-def _as_db_rows(rec, oid: int) -> list[tuple]:
-    """read_module gives (name, oid, index, flags) rows when called with the oid; it was
-    called without one, so the oid column is filled in here."""
-    return [(name, oid, pos, flags) for name, _unused, pos, flags in rec.rows]
