@@ -341,3 +341,36 @@ def test_debian_layout_modules_dep_and_system_map(small_tree, tmp_path):
     (img / "lib" / "modules" / "5.10.0-old").mkdir()
     with pytest.raises(KlpkitError, match="pass --release"):
         build_from_debian(img, tmp_path / "dbg", db=tmp_path / "d3.sqlite", progress=False)
+
+
+def test_page_records_sort_and_find():
+    """Records sort as (name, object, position); a name that reads like a payload is
+    never confused with one (the NUL-parity rule of payloads_of)."""
+    from klpkit.symbols.pages import Page, make_pages, make_records, parse_record, payloads_of
+
+    hexname = "0001000002002"            # 13 hex digits: looks like a payload
+    recs = (make_records(1, [("b", 2), ("a", 1), ("b", 0x112), (hexname, 1)])
+            + make_records(0, [("b", 0x22), ("ab", 1)]) + make_records(2, [("a", 0x21)]))
+    recs.sort()
+    assert [parse_record(r) for r in recs] == [
+        (hexname.encode(), 1, 3, 1), (b"a", 1, 1, 1), (b"a", 2, 0, 0x21),
+        (b"ab", 0, 1, 1), (b"b", 0, 0, 0x22), (b"b", 1, 0, 2), (b"b", 1, 2, 0x112)]
+    for rows in (1, 2, 3, 64):
+        pages = make_pages(recs, rows)
+        # a page never splits one name's records, and its key is its first name
+        for first, blob in pages:
+            page = Page.decode(blob)
+            assert page.names[0] == first
+        names = [n for _f, blob in pages for n in Page.decode(blob).names]
+        assert names == [parse_record(r)[0] for r in recs]
+        for name, want in ((b"b", 3), (b"a", 2), (b"ab", 1), (hexname.encode(), 1),
+                           (b"0001", 0), (b"c", 0)):
+            got = sum(len(payloads_of(blob, name)) for _f, blob in pages)
+            assert got == want, (rows, name)
+    # "x" at position 0 has the payload 0001 000000 001: a record named so is found
+    # by its own position (1), and without one the payload is not taken for it
+    blob = b"\0".join(sorted(make_records(1, [("x", 1), ("0001000000001", 1)])))
+    assert payloads_of(blob, b"0001000000001") == [b"0001000001001"]
+    blob = b"\0".join(sorted(make_records(1, [("x", 1), ("y", 1)])))
+    assert blob.startswith(b"x\x000001000000001\0y")
+    assert payloads_of(blob, b"0001000000001") == []

@@ -34,16 +34,15 @@ class Modinfo:
     def parse(cls, data: bytes, *, path: str | None = None, strict: bool = False) -> Modinfo:
         """Parse section bytes.  ``strict``: a string without ``=`` is an error
         (otherwise it is kept with an empty value under its whole text as key)."""
-        pairs = []
-        for raw in data.split(b"\0"):
-            if not raw:
-                continue
-            text = raw.decode("utf-8", "surrogateescape")
-            key, sep, value = text.partition("=")
-            if not sep and strict:
-                raise ModinfoError(f".modinfo entry {text!r} has no '='", path=path)
-            pairs.append((key, value))
-        return cls(pairs)
+        # one decode for the section (NULs cannot fall inside a UTF-8 sequence):
+        # a symbol database build parses 4,000 of these
+        entries = [e.partition("=") for e in
+                   bytes(data).decode("utf-8", "surrogateescape").split("\0") if e]
+        if strict:
+            for key, sep, _value in entries:
+                if not sep:
+                    raise ModinfoError(f".modinfo entry {key!r} has no '='", path=path)
+        return cls([(key, value) for key, _sep, value in entries])
 
     def to_bytes(self) -> bytes:
         return b"".join(f"{k}={v}".encode("utf-8", "surrogateescape") + b"\0"

@@ -81,6 +81,19 @@ class SymbolSet:
     symvers: dict[str, Export] | None = None
     symvers_path: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # database records of the objects whose ids are in ``recorded``, gathered as each
+    # object is added (while its records are still in the CPU cache: gathering 600k
+    # of them afterwards is a pass over cold memory)
+    records: list[bytes] = field(default_factory=list)
+    recorded: set[int] = field(default_factory=set)
+
+    def add_object(self, rec: ObjectRecord) -> None:
+        oid = len(self.objects)
+        self.objects.append(rec)
+        r = rec.rows
+        if r and type(r[0]) is bytes and record_oid(r[0]) == oid:
+            self.records += r
+            self.recorded.add(oid)
 
 
 def gc_paused(fn):
@@ -174,7 +187,7 @@ def _write_sqlite(symset: SymbolSet, tmp: str) -> None:
             ids[obj.name] = oid
             objrows.append((oid, obj.name, obj.kind, obj.path, ",".join(obj.depends)))
         conn.executemany("INSERT INTO objects VALUES (?,?,?,?,?)", objrows)
-        _insert_pages(conn, _symbol_records(symset.objects))
+        _insert_pages(conn, _symbol_records(symset))
         exports = []
         if symset.symvers is not None:
             for e in symset.symvers.values():
@@ -204,16 +217,20 @@ def _write_sqlite(symset: SymbolSet, tmp: str) -> None:
         conn.close()
 
 
-def _symbol_records(objects: list[ObjectRecord]) -> list[bytes]:
+def _symbol_records(symset: SymbolSet) -> list[bytes]:
     """Every object's symbols as database records (:mod:`klpkit.symbols.pages`),
-    sorted: bytes order is (name, object, kernel position) order."""
-    records: list[bytes] = []
-    for oid, obj in enumerate(objects):
+    sorted: bytes order is (name, object, kernel position) order. (Sorts
+    ``symset.records`` in place: they are a set, their order carries nothing.)"""
+    records = symset.records
+    for oid, obj in enumerate(symset.objects):
+        if oid in symset.recorded:
+            continue
         r = obj.rows
         if r and type(r[0]) is bytes and record_oid(r[0]) == oid:
             records += r   # made by read_module for this object id
         else:
             records += make_records(oid, obj.pairs())
+        symset.recorded.add(oid)
     records.sort()
     return records
 
@@ -460,7 +477,7 @@ def scan_modules(paths: list[str], symset: SymbolSet, *, release: str | None,
             bad.append((path, f"second module named '{rec.name}' (first: {seen[rec.name]})"))
             continue
         seen[rec.name] = path
-        symset.objects.append(rec)
+        symset.add_object(rec)
     if bad:
         if not skip_bad:
             path, reason = bad[0]

@@ -33,14 +33,13 @@ import json
 import os
 import sqlite3
 import struct
-from collections import OrderedDict
 from collections.abc import Iterable
 from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
 
 from klpkit.errors import KlpkitError
-from klpkit.symbols.pages import Page, decode_name, encode_name
+from klpkit.symbols.pages import Page, decode_name, encode_name, payloads_of
 
 FORMAT = "klpkit-symbols"
 SCHEMA = 2
@@ -133,7 +132,6 @@ class SymbolDB:
         self.meta = meta
         self._objnames: dict[int, str] | None = None
         self._objids: dict[str, int] = {}
-        self._pages: OrderedDict[bytes, Page] = OrderedDict()
 
     # --- opening ----------------------------------------------------------------
     @classmethod
@@ -235,27 +233,11 @@ class SymbolDB:
         return tuple(rows[0]) if rows else None
 
     # --- lookups ------------------------------------------------------------------
-    _PAGE_OF = ("SELECT first, records FROM symbol_pages WHERE first <= ? "
-                "ORDER BY first DESC LIMIT 1")
-    _PAGE_CACHE = 256   # decoded pages kept (a convert looks up many nearby names)
-
-    def _page_of(self, name: bytes) -> Page | None:
-        """The page that holds ``name``'s rows if it has any (decoded, cached)."""
-        try:
-            row = self._conn.execute(self._PAGE_OF, (name,)).fetchone()
-        except sqlite3.DatabaseError as e:
-            raise SymbolDBError(f"corrupt symbol database ({e}); rebuild it",
-                                path=self.path) from None
-        if row is None:
-            return None
-        first = row[0]
-        page = self._pages.get(first)
-        if page is None:
-            page = self._decode(row[1])
-            if len(self._pages) >= self._PAGE_CACHE:
-                self._pages.popitem(last=False)   # the oldest
-            self._pages[first] = page
-        return page
+    # the page a name's records are in (the last that starts at or before it), with
+    # the name's exports: one statement per lookup
+    _LOOKUP = ("SELECT p.records, e.obj, e.type, e.namespace, e.crc FROM "
+               "(SELECT records FROM symbol_pages WHERE first <= ?1 ORDER BY first DESC "
+               "LIMIT 1) p LEFT JOIN exports e ON e.name = ?2")
 
     def _decode(self, blob) -> Page:
         try:
@@ -270,6 +252,9 @@ class SymbolDB:
             self._corrupt(e)
 
     def _corrupt(self, e: Exception):
+        if isinstance(e, sqlite3.DatabaseError):
+            raise SymbolDBError(f"corrupt symbol database ({e}); rebuild it",
+                                path=self.path) from None
         raise SymbolDBError(f"corrupt symbol database (bad symbol page: {e}); rebuild it",
                             path=self.path) from None
 
@@ -291,25 +276,21 @@ class SymbolDB:
             if oid is None:
                 return []
         key = encode_name(name)
-        page = self._page_of(key)
-        if page is None:
-            return []
-        lo, hi = page.span(key)
-        try:   # (object id, flags) of each record
-            occ = [(int(p[:4], 16), int(p[10:], 16)) for p in page.payloads[lo:hi]]
-        except ValueError as e:
+        try:
+            found = self._conn.execute(self._LOOKUP, (key, name)).fetchall()
+            # (object id, flags) of each record
+            occ = [(int(p[:4], 16), int(p[10:], 16)) for p in payloads_of(found[0][0], key)] \
+                if found else []
+        except (sqlite3.DatabaseError, ValueError, TypeError) as e:
             self._corrupt(e)
         if oid is not None:
             occ = [r for r in occ if r[0] == oid]
         if not occ:
             return []
+        # only global/weak symbols are exported
+        exports = {o: rest for _r, o, *rest in found if o is not None}
         none = (None, None, None)
-        if any(f & 15 for _o, f in occ):   # only global/weak symbols are exported
-            exports = {o: rest for o, *rest in self._query(
-                "SELECT obj, type, namespace, crc FROM exports WHERE name = ?", (name,))}
-            rows = [(o, f, *(exports.get(o, none) if f & 15 else none)) for o, f in occ]
-        else:
-            rows = [(o, f, *none) for o, f in occ]
+        rows = [(o, f, *(exports.get(o, none) if f & 15 else none)) for o, f in occ]
         return _entries(name, rows, objs, include_init)
 
     def all_symbols(self) -> dict[str, list[tuple[str, int]]]:

@@ -111,6 +111,30 @@ def make_pages(records: list[bytes], page_rows: int = PAGE_ROWS) -> list[tuple[b
     return pages
 
 
+def payloads_of(blob: bytes, name: bytes) -> list[bytes]:
+    """The payloads of ``name``'s records in one page, without splitting the page
+    (a lookup's hot path: splitting a page allocates ~40 objects).
+
+    A record starts at 0 or after a NUL; a hit is a record start, not a payload that
+    happens to read like ``name``, exactly when an even number of NULs precede it
+    (each record before it holds two: its name's and its separator)."""
+    head = name + b"\0"
+    if blob.startswith(head):
+        at = 0
+    else:
+        at = blob.find(b"\0" + head) + 1
+        while at and blob.count(b"\0", 0, at) % 2:
+            at = blob.find(b"\0" + head, at) + 1
+        if not at:
+            return []
+    step = len(head) + PAYLOAD + 1
+    out = []
+    while blob.startswith(head, at):
+        out.append(blob[at + len(head):at + step - 1])
+        at += step
+    return out
+
+
 class Page(NamedTuple):
     """One decoded page: names (sorted) and their payloads, in parallel."""
 
