@@ -8,6 +8,14 @@ read on demand with :meth:`ElfScan.section_data`. Everything is kept as columns 
 list per field), never one object per symbol or section: building ~800,000 tuples
 for a whole kernel costs more than reading it.
 
+Per file, the work is kept to what a symbol database needs: three reads in the usual
+layout (the ELF header; the section header table with the bytes just before it, where
+the section name table usually is; the symbol table with its string table right after
+it), and only the columns it uses are built when the file is opened. The others
+(``sh_addrs``, ``sh_links``, ``sh_infos``, ``sh_entsizes``; ``values``, ``sizes``,
+``others``) are built from the kept raw tables on first access, then stored like the
+rest.
+
 This is the one fast reader of the project (the symbol database builds on it). It
 validates what it reads at least as strictly as the full reader (:mod:`klpkit.elf`)
 and every defect is one :class:`klpkit.errors.ElfError` naming the file.
@@ -16,15 +24,117 @@ and every defect is one :class:`klpkit.errors.ElfError` naming the file.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import sys
+from array import array
 
 from klpkit.elf import constants as C
 from klpkit.elf.strtab import string_at
-from klpkit.elf.structs import EI_NIDENT, ident_layout
+from klpkit.elf.structs import EI_NIDENT, layout_for
 from klpkit.errors import ElfError, InputError
 
 _BYTES = (bytes, bytearray, memoryview)
+
+# Bytes before the section header table read together with it: the section name
+# table is usually there (ld puts .shstrtab last, right before the headers).
+_LOOKBEHIND = 2048
+# The symbol and string tables are read at once when at most this far apart.
+_MAX_GAP = 4096
+
+# Where each field of a record lies once a table is cast to one unsigned type:
+# (typecode, index of the first record's field, stride).
+# Section headers: name, type, flags, addr, offset, size, link, info, addralign, entsize.
+_SHDR_FIELDS = {
+    64: (("I", 0, 16), ("I", 1, 16), ("Q", 1, 8), ("Q", 2, 8), ("Q", 3, 8), ("Q", 4, 8),
+         ("I", 10, 16), ("I", 11, 16), ("Q", 6, 8), ("Q", 7, 8)),
+    32: tuple(("I", k, 10) for k in range(10)),
+}
+_SH_NAME, _SH_TYPE, _SH_FLAGS, _SH_ADDR, _SH_OFFSET, _SH_SIZE, _SH_LINK, _SH_INFO, \
+    _SH_ALIGN, _SH_ENTSIZE = range(10)
+# Symbols: (name, value, size, shndx) fields, then the byte offsets of st_info and
+# st_other in a record and the record size.
+_SYM_FIELDS = {
+    64: (("I", 0, 6), ("Q", 1, 3), ("Q", 2, 3), ("H", 3, 12), 4, 5, 24),
+    32: (("I", 0, 4), ("I", 1, 4), ("I", 2, 4), ("H", 7, 8), 12, 13, 16),
+}
+# e_ident[EI_CLASS:EI_DATA + 1] -> layout
+_LAYOUTS = {bytes((cls, data)): layout_for(bits, data == C.ELFDATA2LSB)
+            for cls, bits in ((C.ELFCLASS32, 32), (C.ELFCLASS64, 64))
+            for data in (C.ELFDATA2LSB, C.ELFDATA2MSB)}
+# The section indexes of all symbols are checked at once when there are at most 256
+# sections: each byte of st_shndx is mapped to flags, and a symbol needs a closer look
+# when the flags of its high byte and of its low byte share a bit. High byte: 1 for 0
+# (an index below 256), 2 for 0xff (a reserved index), 4 otherwise (out of range).
+# Low byte (_lo_flags): 1 when out of range (>= nsec), 2 for 0xff (SHN_XINDEX), 4 always.
+_HI_FLAGS = b"\1" + b"\4" * 254 + b"\2"
+_lo_flags_cache: dict[int, bytes] = {}
+
+
+def _lo_flags(nsec: int) -> bytes:
+    table = _lo_flags_cache.get(nsec)
+    if table is None:
+        table = _lo_flags_cache[nsec] = bytes(
+            4 | (b >= nsec) | (b == 0xFF) << 1 for b in range(256))
+    return table
+
+
+def _indexes_fine(raw: bytes, lay, nsec: int) -> bool:
+    """Whether the section index of every symbol of ``raw`` (a symbol table) is below
+    ``nsec`` or reserved, and none is SHN_XINDEX: a few C-level operations on the bytes
+    of all of them, when nsec <= 256. False: look closer (the exact check)."""
+    if nsec > 256:
+        return False
+    f = _SYM_FIELDS[lay.elfclass]
+    first, step = f[3][1] * 2, f[6]
+    lo, hi = raw[first::step], raw[first + 1::step]
+    if not lay.little_endian:
+        lo, hi = hi, lo
+    return not (int.from_bytes(lo.translate(_lo_flags(nsec)), "little")
+                & int.from_bytes(hi.translate(_HI_FLAGS), "little"))
+
+
+def _column(raw: bytes, field: tuple, swap: bool) -> list[int]:
+    """One field of every record of ``raw`` (``swap``: the file's byte order is not the
+    host's). C-level casts and strided slices: no per-record Python code."""
+    code, start, step = field
+    if swap:
+        items = array(code, raw)
+        items.byteswap()
+        return items[start::step].tolist()
+    return memoryview(raw).cast(code)[start::step].tolist()
+
+
+class _Lazy:
+    """A column built on first access, then stored in the instance (a plain attribute
+    from then on, like :class:`functools.cached_property` without its lock)."""
+
+    __slots__ = ("build", "name")
+
+    def __init__(self, build):
+        self.build = build
+        self.name = build.__name__
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.build(obj)
+        return value
+
+
+def _shdr_column(field: int):
+    def build(self) -> list[int]:
+        return _column(self._shraw, _SHDR_FIELDS[self.elfclass][field], self._swap)
+    return _Lazy(build)
+
+
+def _sym_column(field: int):
+    def build(self) -> list[int]:
+        return _column(self._symraw, _SYM_FIELDS[self.elfclass][field], self._swap)
+    return _Lazy(build)
 
 
 class SectionHeader(tuple):
@@ -58,47 +168,68 @@ class ElfScan:
     once, :meth:`name_at` one name; :attr:`symbols` zips rows.
     ``symtab_index`` is 0 when the file has no symbol table.
 
+    ``sh_addrs``, ``sh_links``, ``sh_infos``, ``sh_entsizes``, ``values``, ``sizes``
+    and ``others`` are built on first access (the symbol database does not use them).
+
     Use as a context manager (or call :meth:`close`) when it was opened on a path:
     the file stays open for :meth:`section_data`.
     """
 
+    # Defaults of a file without sections / symbols (set per file by the parser).
+    machine = type = 0
+    elfclass, little_endian = 64, True
+    shstrndx = 0
+    symtab_index = 0
+    strtab: bytes = b""
+    infos: bytes = b""
+    _names: list[str] | None = None
+    _text: str | None = None
+    _sections: list[SectionHeader] | None = None
+    _shraw: bytes = b""     # the section header table, for the columns built on demand
+    _symraw: bytes = b""    # the symbol table, likewise
+    _swap = False           # the file's byte order is not the host's
+
+    sh_addrs = _shdr_column(_SH_ADDR)
+    sh_links = _shdr_column(_SH_LINK)
+    sh_infos = _shdr_column(_SH_INFO)
+    sh_entsizes = _shdr_column(_SH_ENTSIZE)
+    _aligns = _shdr_column(_SH_ALIGN)
+    values = _sym_column(1)
+    sizes = _sym_column(2)
+
+    @_Lazy
+    def others(self) -> bytes:
+        f = _SYM_FIELDS[self.elfclass]
+        return self._symraw[f[5]::f[6]]
+
     def __init__(self, target, path: str | None = None):
-        if path is None and not isinstance(target, _BYTES):
-            path = os.fspath(target)
-        self.path = path
-        self._fd = -1
-        self._data = None
         if isinstance(target, _BYTES):
+            self.path = path
+            self._fd = -1
             self._data = target if isinstance(target, bytes) else bytes(target)
             self.file_size = len(self._data)
         else:
+            self.path = os.fspath(target) if path is None else path
+            self._fd = -1
+            self._data = None
             try:
                 self._fd = os.open(target, os.O_RDONLY)
-                self.file_size = os.fstat(self._fd).st_size
+                st = os.fstat(self._fd)
+                if stat.S_ISDIR(st.st_mode):   # (opening a directory read-only succeeds)
+                    raise IsADirectoryError
+                self.file_size = st.st_size
             except FileNotFoundError:
-                raise InputError("no such file", path=path) from None
+                raise InputError("no such file", path=self.path) from None
             except IsADirectoryError:
-                raise InputError("is a directory, expected a file", path=path) from None
+                self.close()
+                raise InputError("is a directory, expected a file", path=self.path) from None
             except OSError as e:
                 self.close()
-                raise InputError(f"cannot read: {e.strerror}", path=path) from None
-        self.machine = self.type = 0
-        self.elfclass, self.little_endian = 64, True
-        self.shstrndx = 0
+                raise InputError(f"cannot read: {e.strerror}", path=self.path) from None
         self.sh_names: list[str] = []
-        self.sh_types = self.sh_flags = self.sh_addrs = self.sh_offsets = self.sh_sizes = []
-        self.sh_links = self.sh_infos = self.sh_entsizes = []
-        self.symtab_index = 0
+        self.sh_types = self.sh_flags = self.sh_offsets = self.sh_sizes = []
         self.st_names: list[int] = []
-        self.values: list[int] = []
-        self.sizes: list[int] = []
-        self.infos: bytes = b""
-        self.others: bytes = b""
         self.shndxs: list[int] = []
-        self.strtab: bytes = b""
-        self._names: list[str] | None = None
-        self._text: str | None = None
-        self._sections: list[SectionHeader] | None = None
 
     # --- life cycle -------------------------------------------------------------
     def close(self) -> None:
@@ -198,65 +329,118 @@ class ElfScan:
 
     # --- parsing ----------------------------------------------------------------
     def _parse(self, symbols: bool) -> None:
-        ident = self.read(0, min(self.file_size, 64), "ELF header")
+        file_size = self.file_size
+        ident = self.read(0, min(file_size, 64), "ELF header")
         if len(ident) < EI_NIDENT or ident[:4] != C.ELFMAG:
             self._fail("not an ELF file (bad magic)")
-        lay = ident_layout(ident)
+        lay = _LAYOUTS.get(ident[4:6])
         if lay is None:
             self._fail(f"unsupported ELF class {ident[4]} or data encoding {ident[5]}")
         if len(ident) < lay.ehdr.size:
             self._fail(f"truncated ELF header ({len(ident)} bytes)")
         self._lay = lay
-        self.elfclass, self.little_endian = lay.elfclass, lay.little_endian
+        elfclass = self.elfclass = lay.elfclass
+        self.little_endian = lay.little_endian
+        swap = self._swap = lay.byteorder != sys.byteorder
         f = lay.ehdr.unpack_from(ident, 0)
         self.type, self.machine = f[1], f[2]
         shoff, shentsize, shnum, shstrndx = f[6], f[11], f[12], f[13]
-        self._aligns = []
         if shoff == 0:
             if shnum:
                 self._fail(f"e_shnum is {shnum} but e_shoff is 0")
             return
-        if shentsize != lay.shdr.size:
-            self._fail(f"e_shentsize is {shentsize}, expected {lay.shdr.size}")
-        first = lay.shdr.unpack(self.read(shoff, lay.shdr.size, "section header 0"))
-        count = shnum or first[5]
-        if count == 0:
-            self._fail("e_shnum is 0 and section header 0 gives no count")
-        if shstrndx == C.SHN_XINDEX:
-            shstrndx = first[6]
-        if count > (self.file_size - shoff) // lay.shdr.size:
+        entsize = lay.shdr.size
+        if shentsize != entsize:
+            self._fail(f"e_shentsize is {shentsize}, expected {entsize}")
+        if shnum and shstrndx != C.SHN_XINDEX:
+            count = shnum   # section header 0 is not needed apart from the table
+        else:
+            first = lay.shdr.unpack(self.read(shoff, entsize, "section header 0"))
+            count = shnum or first[5]
+            if count == 0:
+                self._fail("e_shnum is 0 and section header 0 gives no count")
+            if shstrndx == C.SHN_XINDEX:
+                shstrndx = first[6]
+        if count > (file_size - shoff) // entsize:
             self._fail(f"section header table ({count} entries at {shoff:#x}) extends past "
-                       f"the end of the file ({self.file_size} bytes)")
-        raw = self.read(shoff, count * lay.shdr.size, "section header table")
-        (name_offs, self.sh_types, self.sh_flags, self.sh_addrs, self.sh_offsets,
-         self.sh_sizes, self.sh_links, self.sh_infos, self._aligns,
-         self.sh_entsizes) = _header_columns(lay, raw)
+                       f"the end of the file ({file_size} bytes)")
+        # The table, and the bytes just before it (the section name table, usually).
+        behind = min(shoff, _LOOKBEHIND)
+        start = shoff - behind
+        buf = self.read(start, behind + count * entsize, "section header table")
+        raw = self._shraw = buf[behind:]
+        if elfclass == 64 and not swap:
+            mv = memoryview(raw)
+            w, q = mv.cast("I"), mv.cast("Q")
+            name_offs, types = w[0::16].tolist(), w[1::16].tolist()
+            self.sh_flags, offsets, sizes = q[1::8].tolist(), q[3::8].tolist(), q[4::8].tolist()
+        else:
+            fields = _SHDR_FIELDS[elfclass]
+            name_offs, types, self.sh_flags, offsets, sizes = (
+                _column(raw, fields[k], swap)
+                for k in (_SH_NAME, _SH_TYPE, _SH_FLAGS, _SH_OFFSET, _SH_SIZE))
+        self.sh_types, self.sh_offsets, self.sh_sizes = types, offsets, sizes
         self.shstrndx = shstrndx
         if shstrndx == C.SHN_UNDEF:
             self.sh_names = [""] * count
         else:
-            if shstrndx >= count or self.sh_types[shstrndx] != C.SHT_STRTAB:
+            if shstrndx >= count or types[shstrndx] != C.SHT_STRTAB:
                 self._fail(f"e_shstrndx {shstrndx} does not name a string table section")
-            table = self.section_data(shstrndx)
+            off, size = offsets[shstrndx], sizes[shstrndx]
+            if not size:
+                table = b""
+            elif start <= off and off + size <= shoff:
+                table = buf[off - start:off - start + size]
+            else:
+                table = self.read(off, size, f"section {shstrndx} contents")
             self.sh_names = _names(table, name_offs, self.path, "section")
-        if symbols and C.SHT_SYMTAB in self.sh_types:
-            self._parse_symtab(self.sh_types.index(C.SHT_SYMTAB))
+        if symbols:
+            try:
+                i = types.index(C.SHT_SYMTAB)
+            except ValueError:
+                return
+            self._parse_symtab(i)
 
     def _parse_symtab(self, i: int) -> None:
         lay = self._lay
-        entsize, size, link = self.sh_entsizes[i], self.sh_sizes[i], self.sh_links[i]
-        if entsize != lay.sym.size or size % lay.sym.size:
+        row = lay.shdr.unpack_from(self._shraw, i * lay.shdr.size)
+        entsize, link = row[_SH_ENTSIZE], row[_SH_LINK]
+        types, offsets, sizes = self.sh_types, self.sh_offsets, self.sh_sizes
+        off, size = offsets[i], sizes[i]
+        symsize = lay.sym.size
+        if entsize != symsize or size % symsize:
             self._fail(f"section {i}: symbol table entry size {entsize} or size {size} is "
                        "invalid")
-        nsec = len(self.sh_types)
+        nsec = len(types)
         if not 0 < link < nsec:
             self._fail(f"section {i}: string table link {link} is out of range")
         self.symtab_index = i
-        raw = self.read(self.sh_offsets[i], size, "symbol table")
-        strtab = self.section_data(link)
-        (self.st_names, self.values, self.sizes, self.infos, self.others,
-         shndxs) = _columns(lay, raw)
-        offs = self.st_names
+        # The symbol table, then its string table (section_data's rules), in one read
+        # when they are close together (ld puts .strtab right after .symtab).
+        soff, ssize = offsets[link], sizes[link]
+        if types[link] == C.SHT_NOBITS:
+            ssize = 0
+        end, send = off + size, soff + ssize
+        lo = off if off < soff else soff
+        hi = end if end > send else send
+        if size and ssize and hi <= self.file_size and hi - lo <= size + ssize + _MAX_GAP:
+            buf = self.read(lo, hi - lo, "symbol and string tables")
+            raw = buf[off - lo:end - lo]
+            strtab = buf[soff - lo:send - lo]
+        else:
+            raw = self.read(off, size, "symbol table")
+            strtab = self.read(soff, ssize, f"section {link} contents") if ssize else b""
+        self._symraw = raw
+        swap = self._swap
+        if lay.elfclass == 64 and not swap:
+            mv = memoryview(raw)
+            offs, shndxs = mv.cast("I")[0::6].tolist(), mv.cast("H")[3::12].tolist()
+            self.infos = raw[4::24]
+        else:
+            fields = _SYM_FIELDS[lay.elfclass]
+            offs, shndxs = _column(raw, fields[0], swap), _column(raw, fields[3], swap)
+            self.infos = raw[fields[4]::fields[6]]
+        self.st_names = offs
         if offs:
             top = max(offs)
             if top >= len(strtab):
@@ -265,6 +449,9 @@ class ElfScan:
             if strtab[-1] != 0:
                 self._fail("the symbol string table is not NUL-terminated")
         self.strtab = strtab
+        if _indexes_fine(raw, lay, nsec):
+            self.shndxs = shndxs
+            return
         used = set(shndxs)
         bad = [x for x in used if nsec <= x < C.SHN_LORESERVE]
         if bad:
@@ -316,40 +503,6 @@ def read_symbols(target, path: str | None = None) -> ElfScan:
     scan = open_scan(target, path)
     scan.close()
     return scan
-
-
-def _header_columns(lay, raw: bytes) -> tuple[list, ...]:
-    """(name, type, flags, addr, offset, size, link, info, addralign, entsize) columns."""
-    if lay.byteorder == sys.byteorder and lay.elfclass == 64:
-        mv = memoryview(raw)
-        w, q = mv.cast("I"), mv.cast("Q")
-        return (w[0::16].tolist(), w[1::16].tolist(), q[1::8].tolist(), q[2::8].tolist(),
-                q[3::8].tolist(), q[4::8].tolist(), w[10::16].tolist(), w[11::16].tolist(),
-                q[6::8].tolist(), q[7::8].tolist())
-    rows = list(lay.shdr.iter_unpack(raw))
-    return tuple(list(col) for col in zip(*rows, strict=True))
-
-
-def _columns(lay, raw: bytes) -> tuple:
-    """Split symbol records into (name, value, size, info, other, shndx) columns.
-
-    On a host of the same byte order, memoryview casts and strided slices do it in C;
-    otherwise struct does it record by record.
-    """
-    if lay.byteorder == sys.byteorder and lay.elfclass == 64:
-        mv = memoryview(raw)
-        words = mv.cast("Q")
-        return (mv.cast("I")[0::6].tolist(), words[1::3].tolist(), words[2::3].tolist(),
-                raw[4::24], raw[5::24], mv.cast("H")[3::12].tolist())
-    if lay.byteorder == sys.byteorder:
-        mv = memoryview(raw).cast("I")
-        return (mv[0::4].tolist(), mv[1::4].tolist(), mv[2::4].tolist(), raw[12::16],
-                raw[13::16], memoryview(raw).cast("H")[7::8].tolist())
-    rows = list(lay.iter_syms(raw))
-    if not rows:
-        return [], [], [], b"", b"", []
-    n, v, s, i, o, x = zip(*rows, strict=True)
-    return list(n), list(v), list(s), bytes(i), bytes(o), list(x)
 
 
 def _names(strtab: bytes, offsets: list[int], path, what: str) -> list[str]:
