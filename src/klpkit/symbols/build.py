@@ -259,10 +259,6 @@ def _scan_any(path: str) -> ElfScan:
     return scan
 
 
-def _flags(info: int) -> int:
-    return (info >> 4) | ((info & 0xF) << 4)
-
-
 def _section_bytes_at(scan: ElfScan, shndx: int, value: int, size: int, relocatable: bool):
     if not 0 < shndx < len(scan.sh_types):
         return b""
@@ -393,7 +389,8 @@ def read_vmlinux(path: str | os.PathLike, *, derive_exports: bool = True
         if scan.type not in (C.ET_EXEC, C.ET_DYN):
             raise ElfError("not a linked vmlinux (ELF type is not EXEC/DYN)", path=path)
         table = rules.vmlinux_kallsyms(scan)
-        rows = [(name, _flags(info)) for name, info, _x, _v in table]
+        ft = _INFO_FLAGS   # (the table holds no section or file symbols)
+        rows = make_records(0, [(name, ft[info]) for name, info, _x, _v in table])
         return (ObjectRecord("vmlinux", "vmlinux", path, rows, machine=scan.machine),
                 _build_id(scan),
                 _banner_release(scan),
