@@ -68,7 +68,8 @@ by the rules above (tests/symbols/test_real.py).
 from __future__ import annotations
 
 import re
-from operator import itemgetter
+from itertools import compress, islice
+from operator import eq, itemgetter
 
 from klpkit.elf import constants as C
 
@@ -97,6 +98,38 @@ _IGNORED_RE = re.compile(
               "|".join(re.escape(p) for p in _IGNORED_MATCHES)]))
 
 
+def _trie(words) -> str:
+    """A regex matching text that starts with one of ``words`` (literals), factored as a
+    trie so that the regex engine tries one branch per character."""
+    root: dict = {}
+    for word in words:
+        node = root
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}               # a word ends here: any continuation matches
+
+    def emit(node: dict) -> str:
+        if "" in node:
+            return ""
+        alts = [re.escape(ch) + emit(node[ch]) for ch in sorted(node)]
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+    return emit(root)
+
+
+# What a name ignored by prefix or by exact name starts with, in the NUL-separated string
+# table: the prefixes, and the exact names with their terminating NUL.
+_IGNORED_STARTS = _IGNORED_PREFIXES + tuple(sorted(n + "\0" for n in _IGNORED_NAMES))
+# A NUL and the first character of the next string when that string is ignored by its
+# prefix or exact name; vmlinux_kallsyms() replaces both with NULs.
+_IGNORED_AFTER_NUL = re.compile("\0(?=" + _trie(_IGNORED_STARTS) + ")[^\0]")
+# The other name rules need the whole name; a string table without these strings has
+# no such names.
+_IGNORED_ANYWHERE = _IGNORED_SUFFIXES + _IGNORED_MATCHES
+# st_info -> 1 when nm lists the symbol's type (not a section or file symbol)
+_KEPT_TYPES = bytes((i & 0xF) not in (C.STT_SECTION, C.STT_FILE) for i in range(256))
+_VALUE = itemgetter(3)
+
+
 def vmlinux_name_ignored(name: str) -> bool:
     """True when scripts/mksysmap or scripts/kallsyms drop a symbol by its name."""
     return not name or name in _IGNORED_NAMES or _IGNORED_RE.search(name) is not None
@@ -114,37 +147,92 @@ def vmlinux_kallsyms(scan) -> list[tuple[str, int, int, int]]:
     """The kallsyms table of a linked vmlinux, in kernel order.
 
     Returns ``(name, info, shndx, value)`` tuples sorted as scripts/kallsyms sorts them.
+
+    Same result as filtering every symbol with :func:`vmlinux_name_ignored` and sorting
+    by address then :func:`_tie_key`, but without a Python call per symbol (a vmlinux has
+    ~130,000): column filters run in C (``bytes.translate``, ``itertools.compress``), names
+    are sliced from the string table decoded once, and the names ignored by prefix or
+    exact name are found by one regex pass over the string table (see
+    ``_IGNORED_AFTER_NUL``), so only names that share the tail of another string are
+    tested one by one.  ``scan`` is a :class:`klpkit.elf.fast.ElfScan`, whose string
+    table is NUL-terminated (checked when it was read).
     """
+    strtab = scan.strtab
+    text = strtab.decode("latin-1")         # one character per byte: offsets still fit
+    find = text.find
+    # nm omits section and file symbols (a C-level filter on st_info, see _KEPT_TYPES)
+    kept = scan.infos.translate(_KEPT_TYPES)
+    offsets = list(compress(scan.st_names, kept))
+    shndxs = list(compress(scan.shndxs, kept))
+    # Names, "" when ignored.  A symbol whose name starts a string of the table reads it
+    # from `blanked`, where every string scripts/mksysmap or kallsyms.c would drop by
+    # prefix or by exact name already reads "".  A symbol pointing into the middle of a
+    # string (ld shares suffixes: "foo" is the tail of "__ksymtab_foo") is tested itself.
+    blanked = _IGNORED_AFTER_NUL.sub("\0\0", text)
+    bfind = blanked.find
+    ignored_at = text.startswith
+    names = [blanked[o:bfind("\0", o)] if text[o - 1] == "\0"
+             else "" if ignored_at(_IGNORED_STARTS, o) else text[o:find("\0", o)]
+             for o in offsets]
+    if any(map(text.__contains__, _IGNORED_ANYWHERE)):   # ARM and PowerPC stubs only
+        search = _IGNORED_RE.search
+        names = [name if name and search(name) is None else "" for name in names]
     # nm shows 'N' for symbols in debugging sections and drops non-alloc ones from
-    # System.map the same way; absolute symbols are dropped (see module doc).
+    # System.map the same way; undefined and absolute symbols are dropped (module doc).
     keep_sec = [bool(flags & C.SHF_ALLOC) and not name.startswith(".debug")
                 for name, flags in zip(scan.sh_names, scan.sh_flags, strict=True)]
     nsec = len(keep_sec)
-    skip_types = (C.STT_SECTION, C.STT_FILE)
-    # columns first (cheap), names only for the candidates
-    cand = [i for i, (o, info, x) in enumerate(zip(scan.st_names, scan.infos,
-                                                     scan.shndxs, strict=True))
-            if o and x and (info & 0xF) not in skip_types
-            and (keep_sec[x] if x < nsec else x == C.SHN_ABS)]
-    name_at = scan.name_at
-    infos, shndxs, values = scan.infos, scan.shndxs, scan.values
-    syms = [(name_at(scan.st_names[i]), infos[i], shndxs[i], values[i]) for i in cand]
-    syms = [s for s in syms if not vmlinux_name_ignored(s[0])
-            and (s[2] != C.SHN_ABS or s[0] in _KEEP_ABSOLUTE)]
-    syms.sort(key=itemgetter(3))   # by address; stable: then symbol-table order
-    out = syms
-    vals = [s[3] for s in syms]
+    for x in set(shndxs):
+        if not x or not (keep_sec[x] if x < nsec else x == C.SHN_ABS):
+            keep = frozenset()
+        elif x == C.SHN_ABS:
+            keep = _KEEP_ABSOLUTE
+        else:
+            continue
+        for i in _indexes(shndxs, x):
+            if names[i] not in keep:
+                names[i] = ""
+    if text[:1] != "\0":                   # offset 0 names nothing (read "" normally)
+        for i in _indexes(offsets, 0):
+            names[i] = ""
+    if not strtab.isascii():                # as ElfScan.name_at: UTF-8, else escapes
+        names = [name if name.isascii() else
+                 name.encode("latin-1").decode("utf-8", "surrogateescape")
+                 for name in names]
+    infos, values = compress(scan.infos, kept), compress(scan.values, kept)
+    out = list(compress(zip(names, infos, shndxs, values, strict=True), names))
+    out.sort(key=_VALUE)            # by address; stable: then symbol-table order
     # scripts/kallsyms tie-break among equal addresses: non-weak first, linker-script
     # symbols last, fewer leading underscores first, then input (nm -n: name) order.
-    i, n = 0, len(vals)
-    while i < n:
-        j = i + 1
-        while j < n and vals[j] == vals[i]:
-            j += 1
-        if j - i > 1:
-            out[i:j] = sorted(out[i:j], key=_tie_key)
-        i = j
+    vals = list(map(_VALUE, out))
+    for start, stop in _runs(list(map(eq, vals, islice(vals, 1, None)))):
+        out[start:stop] = sorted(out[start:stop], key=_tie_key)
     return out
+
+
+def _indexes(items: list, value):
+    """Every index of ``value`` in ``items`` (C-level scans)."""
+    i = -1
+    try:
+        while True:
+            i = items.index(value, i + 1)
+            yield i
+    except ValueError:
+        return
+
+
+def _runs(same: list[bool]):
+    """``(start, stop)`` of each run of rows tied together: ``same[j]`` says whether
+    rows ``j`` and ``j + 1`` tie."""
+    start = last = -2
+    for j in _indexes(same, True):
+        if j != last + 1:
+            if start >= 0:
+                yield start, last + 2
+            start = j
+        last = j
+    if start >= 0:
+        yield start, last + 2
 
 
 def _tie_key(sym):
