@@ -233,11 +233,10 @@ class SymbolDB:
         return tuple(rows[0]) if rows else None
 
     # --- lookups ------------------------------------------------------------------
-    # the page a name's records are in (the last that starts at or before it), with
-    # the name's exports: one statement per lookup
-    _LOOKUP = ("SELECT p.records, e.obj, e.type, e.namespace, e.crc FROM "
-               "(SELECT records FROM symbol_pages WHERE first <= ?1 ORDER BY first DESC "
-               "LIMIT 1) p LEFT JOIN exports e ON e.name = ?2")
+    # the page a name's records are in: the last that starts at or before the name
+    _PAGE_OF = ("SELECT records FROM symbol_pages WHERE first <= ? "
+                "ORDER BY first DESC LIMIT 1")
+    _EXPORTS_OF = "SELECT obj, type, namespace, crc FROM exports WHERE name = ?"
 
     def _decode(self, blob) -> Page:
         try:
@@ -276,19 +275,22 @@ class SymbolDB:
             if oid is None:
                 return []
         key = encode_name(name)
+        conn = self._conn
         try:
-            found = self._conn.execute(self._LOOKUP, (key, name)).fetchall()
+            page = conn.execute(self._PAGE_OF, (key,)).fetchone()
             # (object id, flags) of each record
-            occ = [(int(p[:4], 16), int(p[10:], 16)) for p in payloads_of(found[0][0], key)] \
-                if found else []
+            occ = [(int(p[:4], 16), int(p[10:], 16)) for p in payloads_of(page[0], key)] \
+                if page else []
+            if oid is not None:
+                occ = [r for r in occ if r[0] == oid]
+            if not occ:
+                return []
+            # only global/weak symbols are exported (a second statement only for them:
+            # joining it into the first costs every lookup more than it saves)
+            exports = {o: rest for o, *rest in conn.execute(self._EXPORTS_OF, (name,))} \
+                if any(f & 15 for _o, f in occ) else {}
         except (sqlite3.DatabaseError, ValueError, TypeError) as e:
             self._corrupt(e)
-        if oid is not None:
-            occ = [r for r in occ if r[0] == oid]
-        if not occ:
-            return []
-        # only global/weak symbols are exported
-        exports = {o: rest for _r, o, *rest in found if o is not None}
         none = (None, None, None)
         rows = [(o, f, *(exports.get(o, none) if f & 15 else none)) for o, f in occ]
         return _entries(name, rows, objs, include_init)
@@ -372,17 +374,21 @@ class SymbolDB:
 
 
 def _entries(name, rows, objs, include_init) -> list[SymbolEntry]:
+    """SymbolEntry of each (oid, flags, export type, namespace, crc) row, sympos and
+    counts per object; rows are grouped by object, in kernel order."""
     out: list[SymbolEntry] = []
+    bind_names, type_names = BIND_NAMES, TYPE_NAMES
     i = 0
     n = len(rows)
     while i < n:
         oid = rows[i][0]
-        j = i
+        j = i + 1
         while j < n and rows[j][0] == oid:
             j += 1
         group = rows[i:j]
         count = sum(1 for r in group if not r[1] & NONCORE)
-        load_count = len(group)
+        load_count = j - i
+        obj = objs[oid]
         pos = 0
         for load_pos, (_o, flags, etype, ns, crc) in enumerate(group, 1):
             core = not flags & NONCORE
@@ -390,13 +396,13 @@ def _entries(name, rows, objs, include_init) -> list[SymbolEntry]:
                 pos += 1
             elif not include_init:
                 continue
-            bind = BIND_NAMES.get(flags & 0xF, "unknown")
+            bind = bind_names.get(flags & 0xF, "unknown")
             exported = etype is not None and bind != "local"
+            # positional: a lookup builds one per occurrence, keywords cost more
             out.append(SymbolEntry(
-                object=objs[oid], name=name, bind=bind,
-                type=TYPE_NAMES.get((flags >> 4) & 0xF, "unknown"), exported=exported,
-                export_type=(etype or None) if exported else None, namespace=ns if exported else None,
-                sympos=pos if core else 0, count=count, crc=crc if exported else None,
-                core=core, load_sympos=load_pos, load_count=load_count))
+                obj, name, bind, type_names.get((flags >> 4) & 0xF, "unknown"), exported,
+                (etype or None) if exported else None, ns if exported else None,
+                pos if core else 0, count, crc if exported else None,
+                core, load_pos, load_count))
         i = j
     return out
