@@ -279,6 +279,8 @@ def _export_symbols(scan: ElfScan) -> dict[str, tuple[int, int]]:
     ``__crc_*`` symbols. Found through their names' offsets in the string table (a
     C-level search) rather than by decoding every symbol name: a module has ~200
     symbols per export symbol."""
+    if b"\0__ksymtab_" not in scan.strtab:   # no export: the usual module, one memmem
+        return {}
     text = scan.strtab.decode("latin-1")
     starts = {m.start() + 1 for m in _EXPORT_SYMBOL_RE.finditer(text)}
     if not starts:

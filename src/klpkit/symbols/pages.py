@@ -77,8 +77,15 @@ def make_records(oid: int, pairs) -> list[bytes]:
     prefix = oid_prefix(oid)
     pairs = list(pairs)
     ph, fh = pos_hex(len(pairs)), _FLAGS_HEX
-    return [encode_name(name) + prefix + ph[pos] + fh[flags]
-            for pos, (name, flags) in enumerate(pairs)]
+    names = [name for name, _flags in pairs]
+    if all(type(n) is str for n in names):   # encode them all in one C-level call
+        names = "\0".join(names).encode("utf-8", "surrogateescape").split(b"\0")
+    else:
+        names = list(map(encode_name, names))
+    if len(names) != len(pairs):
+        raise KlpkitError("a symbol name contains a NUL character")
+    return [name + prefix + h + fh[flags]
+            for name, h, (_name, flags) in zip(names, ph, pairs)]
 
 
 def parse_record(record: bytes) -> tuple[bytes, int, int, int]:
