@@ -140,6 +140,28 @@ def test_corrupt_pages_refused(tree_db, tmp_path):
         export_symbols_list(db, tmp_path / "o.list")
 
 
+def test_bad_symbol_page_refused(tree_db, tmp_path, capsys):
+    """A page whose records do not parse (valid SQLite, wrong contents) is one clear
+    error, in the API and on the command line."""
+    import shutil
+
+    bad = tmp_path / "badpage.sqlite"
+    shutil.copyfile(tree_db.path, bad)
+    c = sqlite3.connect(bad)
+    (first,) = c.execute("SELECT first FROM symbol_pages WHERE first <= ? "
+                         "ORDER BY first DESC LIMIT 1", (b"helper",)).fetchone()
+    c.execute("UPDATE symbol_pages SET records = ? WHERE first = ?",
+              (b"helper\0zzzz", first))
+    c.commit()
+    c.close()
+    with pytest.raises(KlpkitError, match="bad symbol page"):
+        SymbolDB.open(bad).lookup("helper")
+    capsys.readouterr()
+    assert main(["symbols", "lookup", "helper", "--db", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad symbol page" in err and "Traceback" not in err
+
+
 def test_wrong_release_refused(tree_db, small_tree):
     with pytest.raises(KlpkitError, match="is for kernel 6.1.0-test, not 6.1.0-47-amd64"):
         SymbolDB.open(tree_db.path, release="6.1.0-47-amd64")
