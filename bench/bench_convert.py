@@ -79,6 +79,7 @@ def synthetic(tmp: Path):
 
 def cdrom(tmp: Path, symbols: str | None):
     from klpkit.symbols import SymbolDB, build_from_debian, default_db_path
+    from klpkit.symbols.db import SymbolDBError
 
     headers = Path(f"/usr/src/linux-headers-{RELEASE}")
     if not headers.is_dir():
@@ -92,9 +93,9 @@ def cdrom(tmp: Path, symbols: str | None):
     if r.returncode:
         return None, "module build failed: " + r.stderr.strip()[-200:]
     path = Path(symbols) if symbols else default_db_path(RELEASE)
-    if path.is_file():
+    try:
         db = SymbolDB.open(path)
-    else:
+    except SymbolDBError:   # missing, or written by an older klpkit: (re)build it
         from klpkit import debian
 
         print(f"(building the symbol database {path} once...)", file=sys.stderr)

@@ -19,7 +19,8 @@ modinfo -F depends "$out/src/lp_cdrom.ko" | sed 's/^/   unconverted depends: /'
 echo "== symbol database of $REL (fetched and cached on first use)"
 db=$(python3 -c "from klpkit.symbols.build import default_db_path; print(default_db_path('$REL'))" 2>/dev/null \
      || echo "$HOME/.cache/klpkit/symbols/$REL.sqlite")
-[ -f "$db" ] || klpkit symbols build --debian "$REL" --db "$db"
+# (re)build when missing or unusable, e.g. written by an older klpkit's schema
+klpkit symbols info --db "$db" >/dev/null 2>&1 || klpkit symbols build --debian "$REL" --db "$db"
 
 echo "== convert"
 klpkit convert "$out/src/lp_cdrom.ko" -o "$out/lp_cdrom.ko" --symbols "$db"

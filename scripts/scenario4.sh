@@ -14,7 +14,7 @@ py() { python3 -c "from klpkit import debian; from klpkit.symbols import default
 cp "$repo/examples/cdrom/Kbuild" "$repo/examples/cdrom/lp_cdrom.c" "$work/"
 make -s -C "$(py 'debian.ensure_headers()')" M="$work" KBUILD_MODPOST_WARN=1 modules
 db=$(py "default_db_path('$rel')")
-[ -f "$db" ] || klpkit symbols build --debian "$rel"
+klpkit symbols info --db "$db" >/dev/null 2>&1 || klpkit symbols build --debian "$rel" --db "$db"
 klpkit convert "$work/lp_cdrom.ko" -o "$work/lp_cdrom.klp.ko" --symbols "$db"
 gcc -static -O2 -o "$work/cdrom_ioctl" "$repo/tests/e2e/modules/cdrom_ioctl/cdrom_ioctl.c"
 

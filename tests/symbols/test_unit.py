@@ -370,6 +370,7 @@ def test_page_records_sort_and_find():
     never confused with one (the NUL-parity rule of payloads_of)."""
     from klpkit.symbols.pages import Page, make_pages, make_records, parse_record, payloads_of
 
+    assert make_records(5, []) == []      # an object without symbols
     hexname = "0001000002002"            # 13 hex digits: looks like a payload
     recs = (make_records(1, [("b", 2), ("a", 1), ("b", 0x112), (hexname, 1)])
             + make_records(0, [("b", 0x22), ("ab", 1)]) + make_records(2, [("a", 0x21)]))

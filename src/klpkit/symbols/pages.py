@@ -78,6 +78,8 @@ def make_records(oid: int, pairs) -> list[bytes]:
     pairs = list(pairs)
     ph, fh = pos_hex(len(pairs)), _FLAGS_HEX
     names = [name for name, _flags in pairs]
+    if not names:
+        return []
     if all(type(n) is str for n in names):   # encode them all in one C-level call
         names = "\0".join(names).encode("utf-8", "surrogateescape").split(b"\0")
     else:
