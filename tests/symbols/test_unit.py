@@ -162,6 +162,22 @@ def test_bad_symbol_page_refused(tree_db, tmp_path, capsys):
     assert "bad symbol page" in err and "Traceback" not in err
 
 
+def test_older_schema_refused_then_rebuilt(tmp_path):
+    """A database an older klpkit wrote is refused with what to do, and a build over it
+    replaces it (it is a cache)."""
+    path = tmp_path / "old.sqlite"
+    build_from_kallsyms("ffffffff81000000 T _text\n", release="6.1.0-x", db=path).close()
+    c = sqlite3.connect(path)
+    c.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    c.commit()
+    c.close()
+    with pytest.raises(KlpkitError, match="schema 1 is not 2.*klpkit symbols build"):
+        SymbolDB.open(path)
+    db = build_from_kallsyms("ffffffff81000000 T _text\n", release="6.1.0-x", db=path)
+    assert db.lookup("_text")[0].object == "vmlinux"
+    db.close()
+
+
 def test_wrong_release_refused(tree_db, small_tree):
     with pytest.raises(KlpkitError, match="is for kernel 6.1.0-test, not 6.1.0-47-amd64"):
         SymbolDB.open(tree_db.path, release="6.1.0-47-amd64")

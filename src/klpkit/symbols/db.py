@@ -154,7 +154,8 @@ class SymbolDB:
         if meta.get("schema") != str(SCHEMA):
             conn.close()
             raise SymbolDBError(f"symbol database schema {meta.get('schema')} is not "
-                                f"{SCHEMA} (built by another klpkit version); rebuild it",
+                                f"{SCHEMA} (built by another klpkit version); rebuild it with "
+                                f"'klpkit symbols build'",
                                 path=path)
         if release is not None and meta.get("release") != release:
             conn.close()
