@@ -86,8 +86,9 @@ def make_records(oid: int, pairs) -> list[bytes]:
         names = list(map(encode_name, names))
     if len(names) != len(pairs):
         raise KlpkitError("a symbol name contains a NUL character")
+    # (ph is a shared table, longer than the object: zip stops at the object's end)
     return [name + prefix + h + fh[flags]
-            for name, h, (_name, flags) in zip(names, ph, pairs)]
+            for name, h, (_name, flags) in zip(names, ph, pairs, strict=False)]
 
 
 def parse_record(record: bytes) -> tuple[bytes, int, int, int]:
