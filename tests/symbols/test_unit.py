@@ -103,6 +103,16 @@ def test_vmlinux_address_order_and_filters(tree_db, small_tree):
 
 
 # --- storage and refusals ----------------------------------------------------------
+def _sql(path, statement: str, params=()) -> None:
+    """Run one writing statement on a database file (to damage or age it)."""
+    c = sqlite3.connect(path)
+    try:
+        c.execute(statement, params)
+        c.commit()
+    finally:
+        c.close()
+
+
 def test_truncated_db_refused(tree_db, tmp_path):
     bad = tmp_path / "trunc.sqlite"
     bad.write_bytes(tree_db.path.read_bytes()[:8192 + 100])
@@ -117,10 +127,7 @@ def test_garbage_and_foreign_files_refused(tmp_path):
     with pytest.raises(KlpkitError, match="no SQLite header"):
         SymbolDB.open(junk)
     other = tmp_path / "other.sqlite"
-    c = sqlite3.connect(other)
-    c.execute("CREATE TABLE t(x)")
-    c.commit()
-    c.close()
+    _sql(other, "CREATE TABLE t(x)")
     with pytest.raises(KlpkitError, match="foreign SQLite"):
         SymbolDB.open(other)
     with pytest.raises(KlpkitError, match="no symbol database"):
@@ -147,13 +154,9 @@ def test_bad_symbol_page_refused(tree_db, tmp_path, capsys):
 
     bad = tmp_path / "badpage.sqlite"
     shutil.copyfile(tree_db.path, bad)
-    c = sqlite3.connect(bad)
-    (first,) = c.execute("SELECT first FROM symbol_pages WHERE first <= ? "
-                         "ORDER BY first DESC LIMIT 1", (b"helper",)).fetchone()
-    c.execute("UPDATE symbol_pages SET records = ? WHERE first = ?",
-              (b"helper\0zzzz", first))
-    c.commit()
-    c.close()
+    _sql(bad, "UPDATE symbol_pages SET records = ? WHERE first = (SELECT first FROM "
+         "symbol_pages WHERE first <= ? ORDER BY first DESC LIMIT 1)",
+         (b"helper\0zzzz", b"helper"))
     with pytest.raises(KlpkitError, match="bad symbol page"):
         SymbolDB.open(bad).lookup("helper")
     capsys.readouterr()
@@ -167,10 +170,7 @@ def test_older_schema_refused_then_rebuilt(tmp_path):
     replaces it (it is a cache)."""
     path = tmp_path / "old.sqlite"
     build_from_kallsyms("ffffffff81000000 T _text\n", release="6.1.0-x", db=path).close()
-    c = sqlite3.connect(path)
-    c.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
-    c.commit()
-    c.close()
+    _sql(path, "UPDATE meta SET value = '1' WHERE key = 'schema'")
     with pytest.raises(KlpkitError, match="schema 1 is not 2.*klpkit symbols build"):
         SymbolDB.open(path)
     db = build_from_kallsyms("ffffffff81000000 T _text\n", release="6.1.0-x", db=path)
