@@ -11,14 +11,14 @@ name is one index descent and the file stays small):
     ``id`` 0 is ``vmlinux``; ``depends`` is a comma-separated list.
 ``symbol_pages(first, records)``
     every symbol occurrence (name, obj, pos, flags) as a record sorted by (name,
-    obj, pos), cut into pages of about 64 records, one row per page; a page never
+    obj, pos), cut into pages of about 32 records, one row per page; a page never
     splits the records of one name, so its ``first`` name is its key and a lookup
     reads exactly one page (format: :mod:`klpkit.symbols.pages`). ``pos`` orders the
     occurrences of an object in kernel order (kallsyms index for vmlinux,
     ``.symtab`` index for modules); ``flags`` = bind | type << 4 | NONCORE (see
     :mod:`klpkit.symbols.rules`).
     Why pages rather than one SQL row per symbol: SQLite's cost is per row and per
-    bound value, and a kernel has ~700,000 symbols; ~11,000 page rows make a full
+    bound value, and a kernel has ~700,000 symbols; ~18,000 page rows make a full
     build several times cheaper to write (issue 3: <= 2 s) while a lookup stays one
     B-tree descent plus a bisection in a small page.
 ``exports(name, obj, type, namespace, crc)``
