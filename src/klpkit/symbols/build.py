@@ -21,6 +21,7 @@ import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from itertools import count
+from operator import itemgetter
 from pathlib import Path
 
 from klpkit import __version__
@@ -39,6 +40,7 @@ from klpkit.symbols.db import (
     SymbolDBError,
 )
 from klpkit.symbols.pages import (
+    column_records,
     flags_hex,
     make_pages,
     make_records,
@@ -392,7 +394,8 @@ def read_vmlinux(path: str | os.PathLike, *, derive_exports: bool = True
             raise ElfError("not a linked vmlinux (ELF type is not EXEC/DYN)", path=path)
         table = rules.vmlinux_kallsyms(scan)
         ft = _INFO_FLAGS   # (the table holds no section or file symbols)
-        rows = make_records(0, [(name, ft[info]) for name, info, _x, _v in table])
+        rows = column_records(0, list(map(itemgetter(0), table)),
+                              [ft[info] for _n, info, _x, _v in table])
         return (ObjectRecord("vmlinux", "vmlinux", path, rows, machine=scan.machine),
                 _build_id(scan),
                 _banner_release(scan),

@@ -75,21 +75,25 @@ def decode_name(name: bytes) -> str:
 
 def make_records(oid: int, pairs) -> list[bytes]:
     """Records of one object from its (name, flags) pairs in kernel order."""
-    prefix = oid_prefix(oid)
     pairs = list(pairs)
-    ph, fh = pos_hex(len(pairs)), _FLAGS_HEX
-    names = [name for name, _flags in pairs]
+    return column_records(oid, [name for name, _f in pairs], [f for _n, f in pairs])
+
+
+def column_records(oid: int, names: list, flags: list[int]) -> list[bytes]:
+    """Records of one object from its names (str or bytes) and flags in kernel order."""
     if not names:
         return []
-    if all(type(n) is str for n in names):   # encode them all in one C-level call
+    prefix, ph, fh = oid_prefix(oid), pos_hex(len(names)), _FLAGS_HEX
+    count = len(names)
+    if set(map(type, names)) == {str}:
+        # encode them all in one C-level call
         names = "\0".join(names).encode("utf-8", "surrogateescape").split(b"\0")
     else:
         names = list(map(encode_name, names))
-    if len(names) != len(pairs):
+    if len(names) != count:
         raise KlpkitError("a symbol name contains a NUL character")
     # (ph is a shared table, longer than the object: zip stops at the object's end)
-    return [name + prefix + h + fh[flags]
-            for name, h, (_name, flags) in zip(names, ph, pairs, strict=False)]
+    return [name + prefix + h + fh[f] for name, h, f in zip(names, ph, flags, strict=False)]
 
 
 def parse_record(record: bytes) -> tuple[bytes, int, int, int]:
