@@ -143,7 +143,7 @@ def _stages(image, dbg, symvers, release) -> dict[str, float]:
         B.apply_modules_dep(symset, moddir)
         symset.symvers = B.read_symvers(symvers)
         marks.append(("modules", time.perf_counter()))
-        records = B._symbol_records(symset)
+        records = symset.sorted_records()
         marks.append(("sort", time.perf_counter()))
         pages = B.make_pages(records)
         marks.append(("pages", time.perf_counter()))

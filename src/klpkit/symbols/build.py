@@ -90,12 +90,29 @@ class SymbolSet:
     recorded: set[int] = field(default_factory=set)
 
     def add_object(self, rec: ObjectRecord) -> None:
-        oid = len(self.objects)
+        """Append ``rec``; its records join :attr:`records` now if read_module made them."""
         self.objects.append(rec)
-        r = rec.rows
-        if r and type(r[0]) is bytes and record_oid(r[0]) == oid:
-            self.records += r
-            self.recorded.add(oid)
+        self._gather(len(self.objects) - 1, encode=False)
+
+    def sorted_records(self) -> list[bytes]:
+        """Every object's symbols as database records (:mod:`klpkit.symbols.pages`),
+        sorted: bytes order is (name, object, kernel position) order. (Sorts
+        :attr:`records` in place: they are a set, their order carries nothing.)"""
+        for oid in range(len(self.objects)):
+            if oid not in self.recorded:
+                self._gather(oid, encode=True)
+        self.records.sort()
+        return self.records
+
+    def _gather(self, oid: int, *, encode: bool) -> None:
+        obj = self.objects[oid]
+        if obj.rows and type(obj.rows[0]) is bytes and record_oid(obj.rows[0]) == oid:
+            self.records += obj.rows       # made by read_module for this object id
+        elif encode:
+            self.records += make_records(oid, obj.pairs())
+        else:
+            return
+        self.recorded.add(oid)
 
 
 def gc_paused(fn):
@@ -189,7 +206,7 @@ def _write_sqlite(symset: SymbolSet, tmp: str) -> None:
             ids[obj.name] = oid
             objrows.append((oid, obj.name, obj.kind, obj.path, ",".join(obj.depends)))
         conn.executemany("INSERT INTO objects VALUES (?,?,?,?,?)", objrows)
-        _insert_pages(conn, _symbol_records(symset))
+        _insert_pages(conn, symset.sorted_records())
         exports = []
         if symset.symvers is not None:
             for e in symset.symvers.values():
@@ -217,24 +234,6 @@ def _write_sqlite(symset: SymbolSet, tmp: str) -> None:
         conn.execute("COMMIT")
     finally:
         conn.close()
-
-
-def _symbol_records(symset: SymbolSet) -> list[bytes]:
-    """Every object's symbols as database records (:mod:`klpkit.symbols.pages`),
-    sorted: bytes order is (name, object, kernel position) order. (Sorts
-    ``symset.records`` in place: they are a set, their order carries nothing.)"""
-    records = symset.records
-    for oid, obj in enumerate(symset.objects):
-        if oid in symset.recorded:
-            continue
-        r = obj.rows
-        if r and type(r[0]) is bytes and record_oid(r[0]) == oid:
-            records += r   # made by read_module for this object id
-        else:
-            records += make_records(oid, obj.pairs())
-        symset.recorded.add(oid)
-    records.sort()
-    return records
 
 
 def _insert_pages(conn: sqlite3.Connection, records: list[bytes]) -> None:
