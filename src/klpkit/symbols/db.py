@@ -320,21 +320,25 @@ class SymbolDB:
         if oid is None:
             return []
         key = encode_name(prefix)
-        firsts = self._query("SELECT first FROM symbol_pages WHERE first <= ? "
-                             "ORDER BY first DESC LIMIT 1", (key,))
-        start = firsts[0][0] if firsts else b""
         out: dict[str, None] = {}
-        for first, blob in self._query("SELECT first, records FROM symbol_pages "
-                                       "WHERE first >= ? ORDER BY first", (start,)):
-            if first > key and not first.startswith(key):
-                break
-            page = self._decode(blob)
-            lo = page.span(key)[0]
-            for n, o, _p, _f in self._rows(page, lo):
-                if not n.startswith(key):
+        try:
+            # the page holding `key` (its first name sorts at or before it), then on
+            # while pages start with the prefix: a cursor, read page by page
+            pages = self._conn.execute(
+                "SELECT first, records FROM symbol_pages WHERE first >= COALESCE("
+                "(SELECT first FROM symbol_pages WHERE first <= ?1 ORDER BY first DESC "
+                "LIMIT 1), ?1) ORDER BY first", (key,))
+            for first, blob in pages:
+                if first > key and not first.startswith(key):
                     break
-                if o == oid:
-                    out[decode_name(n)] = None
+                page = self._decode(blob)
+                for n, o, _p, _f in self._rows(page, page.span(key)[0]):
+                    if not n.startswith(key):
+                        break
+                    if o == oid:
+                        out[decode_name(n)] = None
+        except sqlite3.DatabaseError as e:
+            self._corrupt(e)
         return list(out)
 
     def symbols_of(self, object: str):  # noqa: A002
