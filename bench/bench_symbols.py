@@ -42,8 +42,10 @@ def main(argv=None) -> int:
     walls, cpus, readelfs = [], [], []
     vmlinux = str(find_debug_vmlinux(Path(dbg), release)[0])
     files = [vmlinux, *find_modules(image / "lib" / "modules" / release)]
+    loops = []
     for _ in range(max(1, args.repeat)):
         readelfs.append(_readelf(files))
+        loops.append(_python_loop())
         if dbpath.exists():
             dbpath.unlink()
         w, c = time.perf_counter(), time.process_time()
@@ -92,6 +94,10 @@ def main(argv=None) -> int:
     # alone on a quiet box).
     print(f"  yardstick: readelf -sW over the same {len(files)} files {min(readelfs):.2f} s"
           f" -> build / readelf = {min(walls) / min(readelfs):.2f}")
+    # and so does CPython's own speed here (a shared host): a fixed pure-Python loop,
+    # timed between the builds, tells a slow box from a slow build
+    print(f"  yardstick: a 10M-step Python loop {min(loops):.2f} s -> build / loop = "
+          f"{min(walls) / min(loops):.1f}")
     print(f"  no symvers: {t_derived:.2f} s wall (exports read from the objects)")
     print("  stages   : " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items())
           + "  (one more build, timed piece by piece)")
@@ -107,6 +113,15 @@ def main(argv=None) -> int:
 
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def _python_loop() -> float:
+    """Seconds for a fixed CPU-bound pure-Python loop: how fast this box runs CPython now."""
+    t = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return time.perf_counter() - t
 
 
 def _readelf(files: list[str]) -> float:
