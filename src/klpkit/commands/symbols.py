@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from klpkit.errors import InputError
@@ -104,14 +105,16 @@ def run_build(args) -> int:
     from klpkit import symbols as S
 
     progress = not args.json
+    start = time.perf_counter()
     if args.tree:
         db = S.build_from_tree(args.tree, symvers=args.symvers, release=args.release,
                                db=args.db, skip_bad=args.skip_bad, progress=progress)
     elif args.debian:
         from klpkit import debian
 
-        db = S.build_from_debian(debian.ensure_image(args.debian), debian.ensure_dbg(args.debian),
-                                 args.symvers, db=args.db, skip_bad=args.skip_bad,
+        image, dbg = debian.ensure_image(args.debian), debian.ensure_dbg(args.debian)
+        start = time.perf_counter()   # the build, not the first download
+        db = S.build_from_debian(image, dbg, args.symvers, db=args.db, skip_bad=args.skip_bad,
                                  progress=progress, release=args.release or args.debian)
     elif args.debian_image:
         db = S.build_from_debian(args.debian_image, args.dbg, args.symvers, db=args.db,
@@ -130,16 +133,18 @@ def run_build(args) -> int:
     else:
         db = S.import_symbols_list(args.symbols_list, release=args.release, db=args.db,
                                    symvers=args.symvers)
+    seconds = time.perf_counter() - start
     for path, reason in db.skipped:
         print(f"klpkit: warning: skipped {path}: {reason}", file=sys.stderr)
-    summary = _info(db)
+    summary = _info(db) | {"build_seconds": round(seconds, 3)}
     if args.json:
         print_json(summary)
     else:
         c = summary["counts"]
         print(f"{db.path}: kernel {db.release}, {c['objects']} objects, {c['symbols']} "
               f"symbols, {c['exports']} exports" +
-              (f", {c['skipped']} modules skipped" if c.get("skipped") else ""))
+              (f", {c['skipped']} modules skipped" if c.get("skipped") else "") +
+              f" (built in {seconds:.1f} s)")
     return 0
 
 

@@ -20,7 +20,7 @@ import re
 import sqlite3
 import tempfile
 from dataclasses import dataclass, field
-from itertools import count
+from itertools import compress, count
 from operator import itemgetter
 from pathlib import Path
 
@@ -289,9 +289,10 @@ def _export_symbols(scan: ElfScan) -> dict[str, tuple[int, int]]:
     find = text.find
     nsec = len(scan.sh_names)
     shndxs, values = scan.shndxs, scan.values
+    # the symbols named so, picked by a C-level membership map (a vmlinux has ~150k)
+    picked = compress(enumerate(scan.st_names), map(starts.__contains__, scan.st_names))
     return {text[o:find("\0", o)]: (shndxs[i], values[i])
-            for i, o in enumerate(scan.st_names)
-            if o in starts and 0 < shndxs[i] < nsec}
+            for i, o in picked if 0 < shndxs[i] < nsec}
 
 
 def exports_from_object(scan: ElfScan, obj: str) -> list[Export]:
@@ -313,13 +314,14 @@ def exports_from_object(scan: ElfScan, obj: str) -> list[Export]:
 
     le = "little" if scan.little_endian else "big"
     out = []
+    etypes = {x: _export_type(secnames[x]) for x in {v[0] for v in by_name.values()}}
     for sym, (shndx, _value) in by_name.items():
         if not sym.startswith("__ksymtab_"):
             continue
-        etype = _export_type(secnames[shndx])
+        etype = etypes[shndx]
         if etype is None:
             continue
-        name = sym[len("__ksymtab_"):]
+        name = sym[10:]   # len("__ksymtab_")
         ns = None
         if f"__kstrtabns_{name}" in by_name:
             raw = data_at(*by_name[f"__kstrtabns_{name}"], 256)
