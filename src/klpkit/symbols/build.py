@@ -20,7 +20,7 @@ import re
 import sqlite3
 import tempfile
 from dataclasses import dataclass, field
-from itertools import compress, count
+from itertools import compress
 from operator import itemgetter
 from pathlib import Path
 
@@ -408,6 +408,13 @@ _INFO_FLAGS = [-1 if (i & 0xF) in (C.STT_SECTION, C.STT_FILE) else (i >> 4) | ((
                for i in range(256)]
 
 
+# st_info -> hex digits of the stored flags of a symbol in a core section, in an
+# init-only one, or undefined; None for what kallsyms leaves out (section, file symbols)
+_CORE_HEX = [None if f < 0 else flags_hex()[f] for f in _INFO_FLAGS]
+_INIT_HEX = [None if f < 0 else flags_hex()[f | NONCORE] for f in _INFO_FLAGS]
+_NO_HEX = [None] * 256
+
+
 def read_module(path: str, *, derive_exports: bool = True, oid: int = -1
                 ) -> tuple[ObjectRecord, Modinfo]:
     """One .ko: its kallsyms rows (core and init-only), .modinfo, exports.
@@ -419,19 +426,21 @@ def read_module(path: str, *, derive_exports: bool = True, oid: int = -1
     with _scan_any(path) as scan:
         if scan.type != C.ET_REL:
             raise ElfError("not a kernel module (ELF type is not REL)", path=path)
-        noncore = [0 if c == 2 else NONCORE for c in rules.module_section_classes(scan)]
-        nsec = len(noncore)
+        # per section: st_info -> the flags' hex digits (None: not in kallsyms)
+        by_section = [_CORE_HEX if c == 2 else _INIT_HEX if c == 1 else _NO_HEX
+                      for c in rules.module_section_classes(scan)]
+        nsec = len(by_section)
         strtab = scan.strtab
         find = strtab.find
-        ft = _INFO_FLAGS
-        prefix, ph, fh = oid_prefix(max(oid, 0)), pos_hex(len(scan.st_names)), flags_hex()
-        # hot loop (~600k symbols per kernel): one comprehension making the database's
+        prefix, ph = oid_prefix(max(oid, 0)), pos_hex(len(scan.st_names))
+        # hot loop (~800k symbols per kernel): one comprehension making the database's
         # records (name NUL oid pos flags) directly, with table lookups, no calls;
-        # names stay bytes (UTF-8 as stored)
-        rows = [strtab[o:find(b"\0", o)] + prefix + ph[p] +
-                fh[ft[i] | (noncore[x] if x < nsec else NONCORE)]
-                for o, i, x, p in zip(scan.st_names, scan.infos, scan.shndxs, count())
-                if x and o and ft[i] >= 0]
+        # names stay bytes (UTF-8 as stored). Reserved section indexes (SHN_ABS...)
+        # are init-only; ph is a shared table longer than the symbol table.
+        rows = [strtab[o:find(b"\0", o)] + prefix + hp + h
+                for o, i, x, hp in zip(scan.st_names, scan.infos, scan.shndxs, ph,
+                                       strict=False)
+                if o and (h := (by_section[x] if x < nsec else _INIT_HEX)[i])]
         mi = scan.section_index(".modinfo")
         modinfo = Modinfo.parse(scan.section_data(mi)) if mi else Modinfo()
         name = module_name(path, modinfo)
