@@ -40,8 +40,8 @@ from klpkit.symbols.db import (
     SymbolDBError,
 )
 from klpkit.symbols.pages import (
+    FLAGS_HEX,
     column_records,
-    flags_hex,
     make_pages,
     make_records,
     oid_prefix,
@@ -410,8 +410,8 @@ _INFO_FLAGS = [-1 if (i & 0xF) in (C.STT_SECTION, C.STT_FILE) else (i >> 4) | ((
 
 # st_info -> hex digits of the stored flags of a symbol in a core section, in an
 # init-only one, or undefined; None for what kallsyms leaves out (section, file symbols)
-_CORE_HEX = [None if f < 0 else flags_hex()[f] for f in _INFO_FLAGS]
-_INIT_HEX = [None if f < 0 else flags_hex()[f | NONCORE] for f in _INFO_FLAGS]
+_CORE_HEX = [None if f < 0 else FLAGS_HEX[f] for f in _INFO_FLAGS]
+_INIT_HEX = [None if f < 0 else FLAGS_HEX[f | NONCORE] for f in _INFO_FLAGS]
 _NO_HEX = [None] * 256
 
 

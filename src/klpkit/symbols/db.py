@@ -279,7 +279,8 @@ class SymbolDB:
         conn = self._conn
         try:
             page = conn.execute(self._PAGE_OF, (key,)).fetchone()
-            # (object id, flags) of each record
+            # (object id, flags) of each record (parse_payload's layout, inlined: the
+            # hot path needs two of its three fields)
             occ = [(int(p[:4], 16), int(p[10:], 16)) for p in payloads_of(page[0], key)] \
                 if page else []
             if oid is not None:
@@ -332,7 +333,7 @@ class SymbolDB:
                 if first > key and not first.startswith(key):
                     break
                 page = self._decode(blob)
-                for n, o, _p, _f in self._rows(page, page.span(key)[0]):
+                for n, o, _p, _f in self._rows(page, page.start(key)):
                     if not n.startswith(key):
                         break
                     if o == oid:

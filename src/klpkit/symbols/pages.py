@@ -26,7 +26,7 @@ building); the page keys compare as SQLite compares BLOBs, byte by byte.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from typing import NamedTuple
 
 from klpkit.errors import KlpkitError
@@ -38,7 +38,7 @@ MAX_FLAGS = 0x1000       # flags: 3 hex digits
 PAYLOAD = 13             # hex digits after the NUL
 
 _POS_HEX: list[bytes] = []
-_FLAGS_HEX = [b"%03x" % f for f in range(MAX_FLAGS)]
+FLAGS_HEX = [b"%03x" % f for f in range(MAX_FLAGS)]   # flags -> their 3 hex digits
 
 
 def pos_hex(count: int) -> list[bytes]:
@@ -50,10 +50,6 @@ def pos_hex(count: int) -> list[bytes]:
                               f"stores positions below {MAX_POS}")
         _POS_HEX.extend(b"%06x" % i for i in range(len(_POS_HEX), count))
     return _POS_HEX
-
-
-def flags_hex() -> list[bytes]:
-    return _FLAGS_HEX
 
 
 def oid_prefix(oid: int) -> bytes:
@@ -83,7 +79,7 @@ def column_records(oid: int, names: list, flags: list[int]) -> list[bytes]:
     """Records of one object from its names (str or bytes) and flags in kernel order."""
     if not names:
         return []
-    prefix, ph, fh = oid_prefix(oid), pos_hex(len(names)), _FLAGS_HEX
+    prefix, ph, fh = oid_prefix(oid), pos_hex(len(names)), FLAGS_HEX
     count = len(names)
     if set(map(type, names)) == {str}:
         # encode them all in one C-level call
@@ -96,10 +92,14 @@ def column_records(oid: int, names: list, flags: list[int]) -> list[bytes]:
     return [name + prefix + h + fh[f] for name, h, f in zip(names, ph, flags, strict=False)]
 
 
+def parse_payload(payload: bytes) -> tuple[int, int, int]:
+    """(oid, pos, flags) of a record's payload (the hex digits after its NUL)."""
+    return int(payload[:4], 16), int(payload[4:10], 16), int(payload[10:], 16)
+
+
 def parse_record(record: bytes) -> tuple[bytes, int, int, int]:
     """(name, oid, pos, flags) of one record."""
-    name, payload = record[:-PAYLOAD - 1], record[-PAYLOAD:]
-    return name, int(payload[:4], 16), int(payload[4:10], 16), int(payload[10:], 16)
+    return record[:-PAYLOAD - 1], *parse_payload(record[-PAYLOAD:])
 
 
 def record_oid(record: bytes) -> int:
@@ -163,15 +163,14 @@ class Page(NamedTuple):
             raise ValueError("odd number of fields")
         return cls(parts[0::2], parts[1::2])
 
-    def span(self, name: bytes) -> tuple[int, int]:
-        """[lo, hi) of ``name``'s records in this page (empty when absent)."""
-        lo = bisect_left(self.names, name)
-        return lo, bisect_right(self.names, name, lo)
+    def start(self, name: bytes) -> int:
+        """Index of the first record whose name sorts at or after ``name``."""
+        return bisect_left(self.names, name)
 
     def rows(self, lo: int = 0, hi: int | None = None):
         """(name, oid, pos, flags) of the records [lo, hi)."""
         hi = len(self.names) if hi is None else hi
-        return [(n, int(p[:4], 16), int(p[4:10], 16), int(p[10:], 16))
+        return [(n, *parse_payload(p))
                 for n, p in zip(self.names[lo:hi], self.payloads[lo:hi], strict=True)]
 
     def records(self) -> list[bytes]:
