@@ -15,7 +15,7 @@ from klpkit import __version__
 from klpkit.errors import KlpkitError
 
 # Subcommand modules, in the order they appear in --help.
-COMMANDS = ["inspect", "convert", "symbols", "vm", "setup", "deps", "check"]
+COMMANDS = ["build", "inspect", "convert", "symbols", "vm", "setup", "deps", "check"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -122,6 +122,12 @@ class Intermediate:
     form: str          # "v2" (',<pos>') or "v3" ('.<pos>')
 
 
+def format_intermediate(lp_object: str, obj: str, name: str, sympos: int) -> str:
+    """The v2 intermediate name (``<sym>,<pos>``: it carries dotted names such as
+    ``var.12`` or ``foo.constprop.0``) that :func:`parse_intermediate` reads back."""
+    return f"{INTERMEDIATE_PREFIX}{lp_object}.{obj}.{name},{sympos}"
+
+
 def parse_intermediate(name: str) -> Intermediate | str | None:
     """None when ``name`` is not an intermediate symbol; an error text when it is one
     but malformed; else the parsed :class:`Intermediate`."""

@@ -68,6 +68,19 @@ class ElfFile:
         self.orig_shoff: int | None = None
         self.trailer_dropped = False
 
+    @classmethod
+    def new_relocatable(cls, like: ElfFile) -> ElfFile:
+        """An empty relocatable object of ``like``'s class, byte order, machine and
+        flags: a null section and a section name table, ready for ``add_section``."""
+        elf = cls(like.layout)
+        elf.ident, elf.type, elf.machine, elf.flags = like.ident, C.ET_REL, like.machine, \
+            like.flags
+        null = Section("", C.SHT_NULL)
+        null.elf = elf
+        elf.sections = [null]
+        elf.shstrtab = elf.add_section(Section(".shstrtab", C.SHT_STRTAB, data=b"\0"))
+        return elf
+
     # ------------------------------------------------------------------ reading
     @classmethod
     def read(cls, path: str | os.PathLike) -> ElfFile:
