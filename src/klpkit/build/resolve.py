@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from klpkit.build.objview import ObjectView, cold_parent
+from klpkit.build.objview import ObjectView, base_name, cold_parent
 from klpkit.convert.annotations import INTERMEDIATE_PREFIX, format_intermediate
 from klpkit.elf import Symbol
 from klpkit.elf import constants as C
@@ -33,14 +33,16 @@ class BuildResolveError(SymbolError):
 
 
 def kernel_object_of(db, view: ObjectView, source: str) -> str:
-    """The kernel object (``vmlinux`` or a module name) ``source`` is built into."""
-    names = [s.name for s in view.functions()
-             if not s.name.startswith("__") and cold_parent(s.name) is None
-             and not s.section.name.startswith((".init.", ".exit."))]
-    names = names[:400]
+    """The kernel object (``vmlinux`` or a module name) ``source`` is built into: the
+    one holding most of the file's named functions and variables (init ones included:
+    a file whose only runtime function shares its name with another object's is told
+    apart by its initcall)."""
+    names = sorted({s.name for s in view.defined()
+                    if base_name(s.name) == s.name and cold_parent(s.name) is None
+                    and not s.name.startswith("__")})[:400]
     votes: Counter[str] = Counter()
     for name in names:
-        for obj in {e.object for e in db.lookup(name)}:
+        for obj in {e.object for e in db.lookup(name, include_init=True)}:
             votes[obj] += 1
     if not votes:
         raise BuildResolveError(f"{source}: none of its {len(names)} functions is in the "
