@@ -153,3 +153,51 @@ def pytest_terminal_summary(terminalreporter):
         shown = f"{seconds:8.2f}" if seconds is not None else "       -"
         tr.line(f"{name:32} {shown} s  {'ok' if ok else 'NOT OK'}")
     tr.line(f"{'total':32} {sum(s or 0 for _n, s, _o in boots):8.2f} s")
+
+
+# --- klpkit build: the release's source tree and the corpus of patches ------------------------
+
+BUILD_PATCHES = Path(__file__).resolve().parent / "build" / "patches"
+EXAMPLE_PATCHES = Path(__file__).resolve().parents[1] / "examples" / "patches"
+
+
+@pytest.fixture(scope="session")
+def source_tree(debian_headers):
+    """The prepared source tree of the Debian release (downloaded and prepared on first use,
+    ~2 min; cached under the klpkit cache)."""
+    require_tools("make", "gcc-12", "flex", "bison")
+    from klpkit.build.source import SourceTree
+
+    return _ensure(SourceTree.prepare, "kernel source tree")
+
+
+@pytest.fixture(scope="session")
+def built_patches(source_tree, debian_symdb, tmp_path_factory) -> dict:
+    """Every patch of tests/build/patches and examples/patches built once per test run
+    (shared by the xdist workers): ``{name: {"rc", "report", "error", "output"}}``."""
+    import json
+
+    from klpkit.build.pipeline import Builder, BuildOptions, BuildRefused
+
+    with _run_lock(tmp_path_factory, "klpkit-build-corpus") as root:
+        out = root / "built-patches"
+        index = out / "index.json"
+        if index.exists():
+            return json.loads(index.read_text())
+        out.mkdir(exist_ok=True)
+        results = {}
+        for patch in sorted([*BUILD_PATCHES.glob("*.patch"), *EXAMPLE_PATCHES.glob("*.patch")]):
+            name = patch.stem
+            ko = out / f"livepatch-{name}.ko"
+            opts = BuildOptions([str(patch)], debian.DEFAULT_RELEASE, str(ko),
+                                symbols=str(debian_symdb.path))
+            try:
+                rep = Builder(opts).run()
+                results[name] = {"rc": 0, "report": rep.to_json(), "output": str(ko)}
+            except BuildRefused as e:
+                results[name] = {"rc": 1, "error": str(e), "reasons": e.reasons,
+                                 "report": e.report.to_json() if e.report else None}
+            except KlpkitError as e:
+                results[name] = {"rc": e.exit_code, "error": str(e)}
+        index.write_text(json.dumps(results, default=str))
+        return results
