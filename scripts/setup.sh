@@ -13,6 +13,7 @@ pkgs=(
   qemu-system-x86 busybox-static cpio   # klpkit vm
   graphviz                              # klpkit deps --graph (PNG/SVG)
   "linux-headers-$REL"                  # building test modules against the target kernel
+  gcc-12 flex bison bc dwarves libssl-dev libelf-dev xz-utils  # klpkit build: the kernel source tree
 )
 missing=()
 for p in "${pkgs[@]}"; do

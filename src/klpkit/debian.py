@@ -77,9 +77,12 @@ def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess
         raise DebianError(f"{cmd[0]} not found; klpkit needs a Debian-like system with apt and dpkg") from None
 
 
-def find_deb(package: str) -> Path | None:
-    """A cached ``.deb`` of ``package`` (any version; the newest name sorts last)."""
-    found = sorted(debs_dir().glob(f"{package}_*_{ARCH}.deb"))
+def find_deb(package: str, version: str | None = None) -> Path | None:
+    """A cached ``.deb`` of ``package``: of ``version`` if given, else any (the newest name
+    sorts last).  Architecture-independent packages (``_all.deb``: linux-source-6.1) count too.
+    """
+    ver = version.replace(":", "%3a") if version else "*"  # dpkg's file names escape epochs
+    found = sorted(p for arch in (ARCH, "all") for p in debs_dir().glob(f"{package}_{ver}_{arch}.deb"))
     return found[-1] if found else None
 
 
@@ -94,8 +97,9 @@ def _apt_download(package: str, dest: Path) -> subprocess.CompletedProcess:
     return _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", package], cwd=dest)
 
 
-def fetch_deb(package: str) -> Path:
-    """Return the cached ``.deb`` of ``package``, downloading it with apt if needed.
+def fetch_deb(package: str, version: str | None = None) -> Path:
+    """Return the cached ``.deb`` of ``package`` (pinned to ``version`` if given: apt's
+    ``package=version``), downloading it with apt if needed.
 
     The download goes to a temporary directory first: ``apt-get download`` writes
     straight to the final name, and a partial file must never look cached.  When
@@ -103,11 +107,13 @@ def fetch_deb(package: str) -> Path:
     ``apt-get update`` runs once and the download is retried.
     """
     with _locked(f"deb-{package}"):
-        cached = find_deb(package)
+        cached = find_deb(package, version)
         if cached:
             return cached
         debs_dir().mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=debs_dir()))
+        if version:
+            package = f"{package}={version}"
         try:
             result = _apt_download(package, tmp)
             if result.returncode != 0:
