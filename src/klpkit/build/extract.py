@@ -213,7 +213,7 @@ class _Extractor:
                 place = view.place(anchor)
                 if place.symbol is None or id(place.symbol) not in carried_funcs:
                     continue
-                if src.name == "__jump_table" and not self._jump_key_ok(rels, start):
+                if table.key is not None and not self._key_ok(table, rels, start):
                     continue
                 out = self._out(src)
                 at = self._append(out, src, start, start + table.size, 1)
@@ -227,8 +227,9 @@ class _Extractor:
                 self.special[src.name] = kept
         self.drain()
 
-    def _jump_key_ok(self, rels: list[Relocation], start: int) -> bool:
-        key = next((r for r in rels if r.offset == start + 8), None)
+    def _key_ok(self, table, rels: list[Relocation], start: int) -> bool:
+        """A jump label or static call on a key that a module owns cannot be carried."""
+        key = next((r for r in rels if r.offset == start + table.key), None)
         if key is None:
             return True
         place = self.view.place(key)
@@ -236,16 +237,18 @@ class _Extractor:
         if sym is None or self._must_copy(sym):
             return True
         name = sym.name if place.external else self._outside_name(sym, self.diff.orig_of(sym))
-        if self.outside.module_owned(name):
-            code = self.view.place(next(r for r in rels if r.offset == start))
-            where = code.symbol.name if code.symbol else "?"
-            self.refusals.append(Refusal(
-                where, "module-jump-label",
-                f"{where}: a static branch on key {sym.name}, which belongs to a module: the "
-                "livepatch's jump labels are set up before its module relocations are "
-                "applied; use the key's static_key_enabled() test or patch another function"))
-            return False
-        return True
+        if not self.outside.module_owned(name):
+            return True
+        code = self.view.place(next(r for r in rels if r.offset == start + table.anchor))
+        where = code.symbol.name if code.symbol else "?"
+        what = "static branch" if table.name == "__jump_table" else "static call"
+        self.refusals.append(Refusal(
+            where, "module-key",
+            f"{where}: a {what} on key {sym.name}, which belongs to a module: the "
+            f"livepatch's {table.name} is set up when it loads, before its module "
+            "relocations are applied; test the key with static_key_enabled() or patch "
+            "another function"))
+        return False
 
     # -- the object ------------------------------------------------------------------
     def build(self, aliases: dict[str, str]) -> ElfFile:

@@ -31,6 +31,10 @@ class EntryTable:
 
     ``parallel`` names a section without relocations whose i-th entry belongs to this
     section's i-th entry (``.orc_unwind`` for ``.orc_unwind_ip``), with its entry size.
+    ``key``: where the entry names a static key (jump label) or static call key: the
+    kernel resolves it when the *livepatch* loads (``jump_label_add_module()``,
+    ``static_call_add_module()``), before any module-gated livepatch relocation is
+    applied, so a key that belongs to a module cannot be reached from a livepatch.
     ``fingerprint``: the entry says something about the code's behaviour (a BUG's line
     and flags, an exception fixup, a jump label's key), so a function whose entries
     differ has changed even when its bytes did not; objtool's derived tables (ORC,
@@ -42,14 +46,15 @@ class EntryTable:
     anchor: int = 0
     parallel: tuple[str, int] | None = None
     fingerprint: bool = False
+    key: int | None = None     # offset of a static key / static call key the entry uses
 
 
 ENTRY_TABLES: dict[str, EntryTable] = {t.name: t for t in (
     EntryTable("__bug_table", 12, fingerprint=True),       # disp, file disp, line, flags
     EntryTable("__ex_table", 12, fingerprint=True),        # insn, fixup, data
-    EntryTable("__jump_table", 16, fingerprint=True),      # code, target, key (+branch bit)
+    EntryTable("__jump_table", 16, fingerprint=True, key=8),  # code, target, key (+branch bit)
     EntryTable(".altinstructions", 12, fingerprint=True),  # instr, repl, cpuid, lengths
-    EntryTable(".static_call_sites", 8),                   # addr, key
+    EntryTable(".static_call_sites", 8, key=4),            # addr, key
     EntryTable(".smp_locks", 4),
     EntryTable("__mcount_loc", 8),
     EntryTable(".orc_unwind_ip", 4, parallel=(".orc_unwind", 6)),
