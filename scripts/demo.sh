@@ -10,6 +10,9 @@
 # The first run downloads and prepares the release's source tree (~2 min), later runs
 # reuse it.  KLPKIT_DEMO_VM=0 stops before booting.
 set -euo pipefail
+# klpkit from the project's virtual environment (scripts/setup.sh), when there is one
+venv="$(cd "$(dirname "$0")/.." && pwd)/${KLPKIT_VENV:-.venv}"
+[ -x "$venv/bin/klpkit" ] && export PATH="$venv/bin:$PATH"
 cd "$(dirname "$0")/.."
 REL=${KLPKIT_KREL:-6.1.0-47-amd64}
 out=${KLPKIT_DEMO_DIR:-build/demo}

@@ -8,6 +8,9 @@
 # patch) is proven instead of the hand-written example.
 # Needs `klpkit setup --install` once (qemu, busybox-static, headers).  Exit 0 = PASS.
 set -euo pipefail
+# klpkit from the project's virtual environment (scripts/setup.sh), when there is one
+venv="$(cd "$(dirname "$0")/.." && pwd)/${KLPKIT_VENV:-.venv}"
+[ -x "$venv/bin/klpkit" ] && export PATH="$venv/bin:$PATH"
 repo=$(cd "$(dirname "$0")/.." && pwd)
 rel=6.1.0-47-amd64
 work=$(mktemp -d "${TMPDIR:-/tmp}/klpkit-scenario4.XXXXXX")

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # klpkit set-up on Debian bookworm: installs every system package the tool and its tests
-# use (idempotent, quick when all is there), then klpkit itself with its test extras.
+# use (idempotent, quick when all is there), then klpkit itself with its test extras into
+# the project's own virtual environment, .venv/ (Debian's python3 refuses a system-wide
+# pip install, PEP 668).  Afterwards: `source .venv/bin/activate` (or put .venv/bin on
+# PATH) to have `klpkit` and `klp-convert` as commands.
 # Big downloads (Debian kernel packages) are fetched on demand by klpkit and cached under
 # ${KLPKIT_CACHE:-~/.cache/klpkit}.
 set -euo pipefail
@@ -13,6 +16,7 @@ pkgs=(
   qemu-system-x86 busybox-static cpio   # klpkit vm
   graphviz                              # klpkit deps --graph (PNG/SVG)
   "linux-headers-$REL"                  # building test modules against the target kernel
+  python3 python3-venv                  # klpkit's own virtual environment (.venv)
   gcc-12 flex bison bc dwarves libssl-dev libelf-dev xz-utils  # klpkit build: the kernel source tree
 )
 missing=()
@@ -25,4 +29,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+venv=${KLPKIT_VENV:-.venv}
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"

@@ -5,5 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-python3 -m ruff check src tests bench
-exec python3 -m pytest -q -n "${KLPKIT_TEST_JOBS:-auto}" --dist loadgroup "$@"
+# klpkit and its test tools live in the project's virtual environment
+export PATH="$PWD/${KLPKIT_VENV:-.venv}/bin:$PATH"
+python -m ruff check src tests bench
+exec python -m pytest -q -n "${KLPKIT_TEST_JOBS:-auto}" --dist loadgroup "$@"
