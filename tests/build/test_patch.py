@@ -88,3 +88,16 @@ def test_module_names():
             module_names(bad, None)
     with pytest.raises(InputError, match="longer than"):
         module_names("livepatch-" + "x" * 60 + ".ko", None)
+
+
+def test_output_must_not_be_an_input_nor_in_a_missing_directory(tmp_path):
+    from klpkit.build.pipeline import Builder, BuildOptions
+
+    patch = tmp_path / "livepatch-p.ko"
+    patch.write_bytes(_patch("drivers/a.c", "@@ -1 +1 @@\n-a\n+b\n"))
+    with pytest.raises(InputError, match="overwrite the input"):
+        Builder(BuildOptions([str(patch)], "6.1.0-47-amd64", str(patch))).run()
+    assert patch.read_bytes().startswith(b"From:")
+    with pytest.raises(InputError, match="output directory does not exist"):
+        Builder(BuildOptions([str(patch)], "6.1.0-47-amd64",
+                             str(tmp_path / "no" / "x.ko"))).run()

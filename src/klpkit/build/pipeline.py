@@ -180,8 +180,26 @@ class Builder:
     def _stage(self, name: str, start: float) -> None:
         self.report.stages[name] = self.report.stages.get(name, 0.0) + time.monotonic() - start
 
+    def _check_output(self) -> None:
+        """Before any work: the output's directory exists and the output is none of the
+        inputs (compared by identity, not by name)."""
+        out = Path(self.o.output)
+        parent = out.parent if str(out.parent) else Path(".")
+        if not parent.is_dir():
+            raise InputError("output directory does not exist", path=parent)
+        inputs = [*self.o.patches, *([self.o.symbols] if self.o.symbols else [])]
+        for path in inputs:
+            try:
+                same = out.exists() and os.path.samefile(out, path)
+            except OSError:
+                same = False
+            if same:
+                raise InputError(f"the output would overwrite the input {path}; choose "
+                                 "another -o path", path=out)
+
     def run(self) -> BuildReport:
         o = self.o
+        self._check_output()
         t = time.monotonic()
         patches = []
         for p in o.patches:
