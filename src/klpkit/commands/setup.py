@@ -28,6 +28,8 @@ def packages(release: str) -> list[str]:
         "qemu-system-x86", "busybox-static", "cpio",
         "graphviz",
         f"linux-headers-{release}",
+        "python3", "python3-venv",
+        "gcc-12", "flex", "bison", "bc", "dwarves", "libssl-dev", "libelf-dev", "xz-utils",
     ]
 
 
@@ -103,6 +105,11 @@ def run_checks(release: str) -> list[Check]:
         ("powerpc-linux-gnu-as", "binutils-powerpc-linux-gnu", _tool("powerpc-linux-gnu-as")),
         ("dot", "graphviz", _tool("dot")),
         ("kernel headers", f"linux-headers-{release}", _headers(release)),
+        ("gcc-12 (the kernel's compiler)", "gcc-12", _tool("gcc-12")),
+        ("flex", "flex", _tool("flex")),
+        ("bison", "bison", _tool("bison")),
+        ("bc", "bc", _tool("bc")),
+        ("pahole", "dwarves", _tool("pahole")),
     ]
     result = [Check(name, pkg, ok, detail) for name, pkg, (ok, detail) in checks]
     # Reported for information: not installed by setup.sh, fetched/used on demand.
