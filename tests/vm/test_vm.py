@@ -89,6 +89,9 @@ def test_unexported_symbol_is_rejected(vm_ready, lp_unexported, report):
     assert any("lp_unexported: Unknown symbol saved_command_line (err -2)" in line
                for line in result.failure.lines)
     assert any("Unknown symbol saved_command_line" in line for line in result.steps[0].dmesg)
+    # one load attempt (busybox's insmod would retry with init_module: every line twice)
+    unknown = [ln for ln in result.steps[0].dmesg if "Unknown symbol saved_command_line" in ln]
+    assert len(unknown) == 1, result.steps[0].dmesg
     assert result.steps[0].status == "rejected" and result.steps[0].livepatch == {}
     assert MARKER not in result.steps[1].output[0] and "KLPE2E" not in result.steps[1].output[0]
 

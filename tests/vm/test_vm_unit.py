@@ -308,3 +308,15 @@ def test_require_fails_under_ci_and_skips_locally(monkeypatch, ci):
     expected = pytest.fail.Exception if ci else pytest.skip.Exception
     with pytest.raises(expected):
         conftest.require(False, "qemu missing")
+
+
+def test_guest_loader_is_a_static_binary_used_by_insmod_steps():
+    from klpkit.vm import guest
+    from klpkit.vm.initramfs import is_static_elf
+    from klpkit.vm.loader import GUEST_PATH, guest_loader
+
+    loader = guest_loader()
+    assert loader is not None and is_static_elf(loader.read_bytes())
+    assert guest_loader() == loader                       # cached
+    cmd = guest.step_command(Step("insmod", "/lib/modules/x.ko", "a=1"), insmod=GUEST_PATH)
+    assert cmd == [GUEST_PATH, "/lib/modules/x.ko", "a=1"]

@@ -125,13 +125,15 @@ case "$0" in */lib.sh) "$@" ;; esac
 """
 
 
-def step_command(step: Step, guest_args: tuple[str, ...] | None = None) -> list[str]:
-    """The guest command line for ``step`` (``guest_args`` replaces host paths for insmod)."""
+def step_command(step: Step, guest_args: tuple[str, ...] | None = None,
+                 insmod: str = "insmod") -> list[str]:
+    """The guest command line for ``step`` (``guest_args`` replaces host paths for insmod;
+    ``insmod`` is the loader to run, see :mod:`klpkit.vm.loader`)."""
     args = guest_args if guest_args is not None else step.args
     tmo = str(int(step.timeout))
     match step.kind:
         case "insmod":
-            return ["insmod", *args]
+            return [insmod, *args]
         case "rmmod":
             return ["rmmod", *args]
         case "run":

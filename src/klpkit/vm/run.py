@@ -17,6 +17,7 @@ from klpkit import debian
 from klpkit.errors import InputError, KlpkitError
 from klpkit.vm import guest
 from klpkit.vm.initramfs import build_initramfs, is_static_elf
+from klpkit.vm.loader import GUEST_PATH, guest_loader
 from klpkit.vm.result import MARKER, VmResult, classify, module_name, parse_console
 from klpkit.vm.spec import Step, VmSpec
 
@@ -44,7 +45,15 @@ class Plan:
             self._add_program(Path(path))
         for gpath, content in spec.files.items():
             self.files["/" + gpath.lstrip("/")] = content
-        self.commands = [guest.step_command(s, self._guest_args(s)) for s in spec.steps]
+        # one load attempt per insmod step (busybox's insmod retries a refused module)
+        loader = guest_loader()
+        insmod = "insmod"
+        if loader is not None:
+            self.files[GUEST_PATH] = loader
+            self.executables.add(GUEST_PATH)
+            insmod = GUEST_PATH
+        self.commands = [guest.step_command(s, self._guest_args(s), insmod=insmod)
+                         for s in spec.steps]
         self.files[guest.LIB_PATH] = guest.LIB_SH.encode()
         self.init = guest.init_script(spec.steps, self.commands, spec.keep_going)
 
