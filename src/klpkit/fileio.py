@@ -6,6 +6,7 @@ is replaced only by a complete new file, and only when the user asked for it).
 """
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,27 @@ def read_input(path: str | os.PathLike) -> bytes:
         raise InputError("is a directory, expected a file", path=path) from None
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror}", path=path) from None
+
+
+def read_regular(path: str | os.PathLike, limit: int, what: str = "file") -> bytes:
+    """Read a text input that must be a regular file of at most ``limit`` bytes: a FIFO
+    would hang, ``/dev/zero`` would grow memory without bound."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (no effect on files)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InputError(f"not a regular file (a {what} must be one)", path=path)
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise InputError("no such file", path=path) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, expected a file", path=path) from None
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", path=path) from None
+    if len(data) > limit:
+        raise InputError(f"larger than {limit >> 20} MiB: not a {what}", path=path)
+    return data
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:

@@ -101,3 +101,17 @@ def test_output_must_not_be_an_input_nor_in_a_missing_directory(tmp_path):
     with pytest.raises(InputError, match="output directory does not exist"):
         Builder(BuildOptions([str(patch)], "6.1.0-47-amd64",
                              str(tmp_path / "no" / "x.ko"))).run()
+
+
+@pytest.mark.parametrize("bad", ["/dev/zero", "fifo", "dir"])
+def test_patch_input_must_be_a_regular_file(tmp_path, bad):
+    import os
+
+    from klpkit.build.pipeline import Builder, BuildOptions
+
+    path = {"/dev/zero": "/dev/zero", "fifo": str(tmp_path / "p.fifo"),
+            "dir": str(tmp_path)}[bad]
+    if bad == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(InputError, match="regular file|directory"):
+        Builder(BuildOptions([path], "6.1.0-47-amd64", str(tmp_path / "x.ko"))).run()

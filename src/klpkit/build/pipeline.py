@@ -36,8 +36,11 @@ from klpkit.build.patch import FilePatch, PatchError, apply_file_patch, parse_pa
 from klpkit.build.resolve import KernelNames, kernel_object_of
 from klpkit.elf import ElfFile
 from klpkit.errors import InputError, KlpkitError
-from klpkit.fileio import read_input, write_atomic
+from klpkit.fileio import read_regular, write_atomic
 from klpkit.kernel.livepatch import MODULE_NAME_MAX, module_name_from_path
+
+#: The largest patch klpkit reads (a kernel-wide treewide patch is a few MiB).
+MAX_PATCH_BYTES = 64 << 20
 
 
 class BuildRefused(KlpkitError):
@@ -203,7 +206,7 @@ class Builder:
         t = time.monotonic()
         patches = []
         for p in o.patches:
-            patches.extend(parse_patch(read_input(p), source=p))
+            patches.extend(parse_patch(read_regular(p, MAX_PATCH_BYTES, "patch"), source=p))
         sources, ignored = scope_of(patches, o.sources)
         self.report.ignored_files = ignored
         by_path = {fp.path: fp for fp in patches}
