@@ -11,6 +11,7 @@ Sections (append yours at the end of the file, under its own heading):
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -189,8 +190,10 @@ def built_patches(source_tree, debian_symdb, tmp_path_factory) -> dict:
         for patch in sorted([*BUILD_PATCHES.glob("*.patch"), *EXAMPLE_PATCHES.glob("*.patch")]):
             name = patch.stem
             ko = out / f"livepatch-{name}.ko"
+            # a header patch names the files to rebuild in its subject: X-klpkit-source: F.c
+            sources = re.findall(r"X-klpkit-source: (\S+?)\)?$", patch.read_text(), re.M)
             opts = BuildOptions([str(patch)], debian.DEFAULT_RELEASE, str(ko),
-                                symbols=str(debian_symdb.path))
+                                symbols=str(debian_symdb.path), sources=sources)
             try:
                 rep = Builder(opts).run()
                 results[name] = {"rc": 0, "report": rep.to_json(), "output": str(ko)}

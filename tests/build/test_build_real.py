@@ -102,6 +102,15 @@ def test_two_objects_in_one_patch(built_patches):
     assert any(n.startswith(".klp.rela.cdrom.") for n in names)
 
 
+def test_header_patch_with_named_sources(built_patches):
+    """A header change reaches the objects named with --source: msf_to_lba() is inlined
+    into cdrom.c's callers, which change."""
+    r = built_patches["header-with-source"]
+    assert r["rc"] == 0, r
+    changed = _replaced(r)["drivers/cdrom/cdrom.c"]
+    assert changed and all(name.startswith(("cdrom_", "mmc_")) for name in changed), changed
+
+
 REFUSED = {
     "moves-lines-only": (1, "nothing to patch"),
     "refuse-header": (1, "include/linux/cdrom.h: a header"),

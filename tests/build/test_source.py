@@ -104,6 +104,16 @@ def test_replay_moves_every_output_into_workdir(tmp_path):
     assert [a for a in cmd.compile if a.startswith("-D")] == [a for a in gcc if a.startswith("-D")]
 
 
+def test_replay_puts_patched_headers_first(tmp_path):
+    cmd = S.parse_cmd_file(CDROM_CMD, "drivers/cdrom/cdrom.o")
+    gcc, _ = S.replay_commands(cmd, CDROM, tmp_path, ("include/linux/cdrom.h",))
+    i = gcc.index("-I./include")
+    assert gcc[i - 1] == f"-I{tmp_path}/include"            # the patched copy wins
+    assert f"-I{tmp_path}/arch/x86/include" not in gcc      # no header patched there
+    plain, _ = S.replay_commands(cmd, CDROM, tmp_path)
+    assert not [a for a in plain if a.startswith(f"-I{tmp_path}")]
+
+
 def test_replay_refuses_a_command_for_another_source(tmp_path):
     cmd = S.parse_cmd_file(CDROM_CMD, "drivers/cdrom/cdrom.o")
     with pytest.raises(SourceError, match="does not compile drivers/cdrom/gdrom.c"):

@@ -179,6 +179,7 @@ class Builder:
         kbuild, modname = module_names(options.output, options.name)
         self.kbuild_name = kbuild
         self.report = BuildReport(options.release, modname)
+        self.headers: dict[str, bytes] = {}     # patched headers (with --source)
 
     def _stage(self, name: str, start: float) -> None:
         self.report.stages[name] = self.report.stages.get(name, 0.0) + time.monotonic() - start
@@ -219,6 +220,13 @@ class Builder:
         tree = SourceTree.prepare(o.release, allow_compiler_mismatch=o.allow_compiler_mismatch,
                                   progress=self.progress)
         patched_texts = {}
+        for fp in patches:
+            if fp.path.endswith(".h") and o.sources:
+                if not tree.exists(fp.path):
+                    raise PatchError(f"{fp.path} is not in the {o.release} source "
+                                     f"({tree.version}): is the patch for another kernel?")
+                self.headers[fp.path] = apply_file_patch(fp, tree.read_original(fp.path),
+                                                         source=fp.path).text
         for src in sources:
             if not tree.exists(src):
                 raise PatchError(f"{src} is not in the {o.release} source "
@@ -262,7 +270,7 @@ class Builder:
             for src in sources:
                 jobs[(src, "original")] = ex.submit(tree.compile_original, src)
                 jobs[(src, "patched")] = ex.submit(tree.compile_patched, src, patched_texts[src],
-                                                   workdir / "patched")
+                                                   workdir / "patched", self.headers)
             return {key: fut.result() for key, fut in jobs.items()}
 
     def _build(self, tree, db, sources, patched_texts, workdir: Path) -> BuildReport:

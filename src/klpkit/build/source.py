@@ -242,7 +242,17 @@ def _same_path(arg: str, path: str) -> bool:
     return os.path.normpath(arg) == os.path.normpath(path)
 
 
-def replay_commands(cmd: KbuildCommand, source: str, workdir: Path) -> list[list[str]]:
+def _overlay_include(arg: str, headers: tuple[str, ...], workdir: Path) -> list[str]:
+    """``-I<dir>`` preceded by ``-I<workdir>/<dir>`` when a patched header lives under it,
+    so ``#include <linux/x.h>`` finds the patched copy first."""
+    d = os.path.normpath(arg[2:])
+    if any(h.startswith(d + "/") for h in headers):
+        return [f"-I{workdir / d}", arg]
+    return [arg]
+
+
+def replay_commands(cmd: KbuildCommand, source: str, workdir: Path,
+                    headers: tuple[str, ...] = ()) -> list[list[str]]:
     """The argvs that compile ``workdir/<source>`` exactly as kbuild compiled ``<source>``,
     to be run with the tree root as working directory.
 
@@ -269,6 +279,11 @@ def replay_commands(cmd: KbuildCommand, source: str, workdir: Path) -> list[list
         elif _same_path(arg, source) and argv:
             argv.append(new_source)
             found_input = True
+        elif arg.startswith("-I") and len(arg) > 2 and headers:
+            argv += _overlay_include(arg, headers, workdir)
+        elif headers and argv and argv[-1] == "-include" and \
+                os.path.normpath(arg) in headers:
+            argv.append(str(workdir / os.path.normpath(arg)))
         elif arg == "-c":
             directory = os.path.dirname(source) or "."
             argv += ["-iquote", directory, f"-fmacro-prefix-map={workdir}/=",
@@ -663,11 +678,14 @@ class SourceTree:
                 flags.append("--module")
             self._objtool = [str((self.root / post[0]).resolve()), *flags]
 
-    def compile_patched(self, source: str, patched_text: bytes, workdir: Path) -> CompiledObject:
+    def compile_patched(self, source: str, patched_text: bytes, workdir: Path,
+                        headers: dict[str, bytes] | None = None) -> CompiledObject:
         """Compile ``patched_text`` as ``source`` into ``workdir/<dir>/<name>.o`` by replaying
         kbuild's saved command for the original (see :func:`replay_commands`), objtool
-        included.  Nothing is written into the cached tree, so a failing patch or an
-        interrupted build leaves it pristine, and concurrent builds do not interfere."""
+        included.  ``headers`` (tree-relative path -> patched text) are written under
+        ``workdir`` and found before the tree's copies.  Nothing is written into the cached
+        tree, so a failing patch or an interrupted build leaves it pristine, and concurrent
+        builds do not interfere."""
         rel = self._check_source(source)
         workdir = Path(os.path.abspath(workdir))
         base = self.root.parent.resolve()
@@ -677,10 +695,16 @@ class SourceTree:
         copy = workdir / rel
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_bytes(patched_text.encode() if isinstance(patched_text, str) else patched_text)
+        overlay = []
+        for path, text in (headers or {}).items():
+            hrel = tree_path(path)
+            (workdir / hrel).parent.mkdir(parents=True, exist_ok=True)
+            (workdir / hrel).write_bytes(text)
+            overlay.append(hrel)
         out = workdir / cmd.target
         out.unlink(missing_ok=True)
         start = time.monotonic()
-        for step, argv in enumerate(replay_commands(cmd, rel, workdir)):
+        for step, argv in enumerate(replay_commands(cmd, rel, workdir, tuple(overlay))):
             result = _run(argv, self.root, self._env)
             if result.returncode != 0:
                 what = "does not compile" if step == 0 else "fails objtool"
