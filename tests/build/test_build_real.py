@@ -93,6 +93,14 @@ def test_new_helper_string_bug_entry_and_static_branch(built_patches):
     assert jt and any(x.symbol is key for x in jt[0].relocations)
 
 
+def test_user_access_entries_are_carried(built_patches):
+    r = built_patches["readdir-uaccess"]
+    assert r["rc"] == 0, r
+    assert _replaced(r) == {"fs/readdir.c": ["filldir64"]}     # filldir: unchanged
+    entries = r["report"]["objects"][0]["included"]["special_entries"]
+    assert entries["__ex_table"] > 0 and entries[".altinstructions"] > 0, entries
+
+
 def test_two_objects_in_one_patch(built_patches):
     r = built_patches["two-objects"]
     assert r["rc"] == 0, r

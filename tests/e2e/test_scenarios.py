@@ -17,7 +17,8 @@ Three boots (each prints its boot-to-poweroff time; the session summary lists th
 
 Every scenario ends with scenario 5: disable, transition ends, rmmod of the livepatch.
 
-A boot is a module-scoped fixture; its tests share an ``xdist_group`` so that under
+A boot is a session-scoped fixture (it survives a worker interleaving other modules); its
+tests share an ``xdist_group`` so that under
 ``pytest -n N --dist loadgroup`` (scripts/test.sh) each boot runs once, on one worker.
 """
 
@@ -127,7 +128,7 @@ def _spec(script: Script, **kw) -> VmSpec:
 
 
 # ------------------------------------------------------------------ boot 1: vmlinux + dup
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def boot_vmlinux_dup(boot, e2e_mods):
     m = e2e_mods
     s = Script()
@@ -263,7 +264,7 @@ def test_check_predicts_boot_vmlinux_dup(boot_vmlinux_dup, e2e_db, capsys):
 
 
 # ------------------------------------------------------------------ boot 2: case B
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def boot_case_b(boot, e2e_mods):
     m = e2e_mods
     s = Script()
@@ -400,7 +401,7 @@ def cdrom_steps(lp_cdrom: Path) -> Script:
     return s
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def boot_cdrom(boot, lp_cdrom_converted, cdrom_ioctl):
     s = cdrom_steps(lp_cdrom_converted)
     return Boot(s, boot("cdrom (scenario 4)", _spec(s, programs=[cdrom_ioctl],

@@ -194,11 +194,24 @@ class _Fingerprints:
                 if place.symbol is None or place.symbol.type != C.STT_FUNC:
                     continue
                 data, _ = view.masked_bytes(sec, start, start + table.size)
-                keys = tuple((r.offset - start, r.type, self.key(r)) for r in rels
-                             if r is not anchor)
+                keys = tuple((r.offset - start, r.type, self._entry_key(table, sec, start, r))
+                             for r in rels if r is not anchor)
                 out.setdefault(id(place.symbol), []).append(
                     (sec.name, place.offset, data, keys))
         return out
+
+    def _entry_key(self, table, sec, start: int, rel) -> tuple:
+        """What an entry's reference means; a sized reference (an alternative's
+        replacement) by the bytes and targets of the piece it points at."""
+        if table.sized_ref is None or rel.offset != start + table.sized_ref[0]:
+            return self.key(rel)
+        place = self.view.place(rel)
+        if place.section is None or place.symbol is not None:
+            return self.key(rel)
+        length = sec.data[start + table.sized_ref[1]]
+        at = place.offset + place.bias
+        data, rels = self.view.masked_bytes(place.section, at, at + length)
+        return ("piece", data, tuple((r.offset - at, r.type, self.key(r)) for r in rels))
 
     def key(self, rel) -> tuple:
         return self.place_key(self.view.place(rel))
@@ -211,8 +224,11 @@ class _Fingerprints:
                 return ("none", place.offset)
             if is_string_section(sec):
                 return ("str", string_at(sec, place.offset + place.bias))
+            # a place without a symbol: what is there, not where (it moves between
+            # compiles); a mergeable constant is one entsize-long datum
             at = max(place.offset + place.bias, 0)
-            return ("sec", sec.name, place.offset, bytes(sec.data[at:at + 16]))
+            size = sec.entsize if sec.flags & C.SHF_MERGE and sec.entsize else 16
+            return ("sec", sec.name, bytes(sec.data[at:at + size]))
         if place.external:
             return ("ext", sym.name, place.offset)
         if sym.type == C.STT_OBJECT and (is_fresh_copy(sym) or not is_writable(sym.section)):
@@ -276,7 +292,7 @@ def _describe(key: tuple) -> str:
         name = key[1] if isinstance(key[1], str) else key[1][1]
         return name
     if kind == "sec":
-        return f"{key[1]}+{key[2]:#x}"
+        return f"data in {key[1]}"
     return kind
 
 

@@ -35,6 +35,10 @@ class EntryTable:
     kernel resolves it when the *livepatch* loads (``jump_label_add_module()``,
     ``static_call_add_module()``), before any module-gated livepatch relocation is
     applied, so a key that belongs to a module cannot be reached from a livepatch.
+    ``sized_ref``: the entry points at a piece of another section whose length it gives
+    (``.altinstructions``: the replacement code in ``.altinstr_replacement`` and its
+    ``replacementlen``), so two entries mean the same when those bytes are the same,
+    wherever the piece sits.
     ``fingerprint``: the entry says something about the code's behaviour (a BUG's line
     and flags, an exception fixup, a jump label's key), so a function whose entries
     differ has changed even when its bytes did not; objtool's derived tables (ORC,
@@ -47,13 +51,15 @@ class EntryTable:
     parallel: tuple[str, int] | None = None
     fingerprint: bool = False
     key: int | None = None     # offset of a static key / static call key the entry uses
+    sized_ref: tuple[int, int] | None = None  # (reference offset, offset of its length byte)
 
 
 ENTRY_TABLES: dict[str, EntryTable] = {t.name: t for t in (
     EntryTable("__bug_table", 12, fingerprint=True),       # disp, file disp, line, flags
     EntryTable("__ex_table", 12, fingerprint=True),        # insn, fixup, data
     EntryTable("__jump_table", 16, fingerprint=True, key=8),  # code, target, key (+branch bit)
-    EntryTable(".altinstructions", 12, fingerprint=True),  # instr, repl, cpuid, lengths
+    EntryTable(".altinstructions", 12, fingerprint=True,   # instr, repl, cpuid, lengths
+               sized_ref=(4, 11)),
     EntryTable(".static_call_sites", 8, key=4),            # addr, key
     EntryTable(".smp_locks", 4),
     EntryTable("__mcount_loc", 8),
