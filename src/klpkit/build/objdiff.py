@@ -330,8 +330,9 @@ def diff_objects(orig_elf: ElfFile, patched_elf: ElfFile, source: str = "") -> O
         if is_init(sym):
             result.refusals.append(Refusal(
                 fc.name, "init",
-                f"{fc.name}: changed {sym.section.name} code ran when the kernel or module "
-                "initialised; a livepatch cannot re-run it (patch a function called later)"))
+                f"{fc.name}: changed {sym.section.name} code runs only while the kernel or "
+                "a module initialises or unloads, which a livepatch cannot redo; patch a "
+                "function that runs later"))
         elif fc.status == "changed" and not _has_fentry(patched, sym):
             result.refusals.append(Refusal(
                 fc.name, "no-fentry",
