@@ -127,6 +127,8 @@ REFUSED = {
     "refuse-changed-data": (1, "debug: its initial value changed"),
     "refuse-new-data": (1, "klpkit_reads: new global variable"),
     "refuse-init-function": (1, "proc_cmdline_init: changed .init.text code runs only"),
+    "refuse-weak-default": (1, "arch_dup_task_struct: a __weak default that vmlinux "
+                               "overrides"),
     "refuse-module-static-branch": (1, "dm_bufio_lock: a static branch on key "
                                        "no_sleep_enabled, which belongs to a module"),
 }

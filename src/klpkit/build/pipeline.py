@@ -311,6 +311,12 @@ class Builder:
             tag = c_identifier(f"{i}_{obj.kernel_object}")
             outside = Outside(names.outside, lambda fn, tag=tag: f"__klpkit_new_{tag}_"
                               f"{c_identifier(fn)}", names.is_module_symbol)
+            self._refuse_if([Refusal(
+                fc.name, "weak-overridden",
+                f"{fc.name}: a __weak default that {obj.kernel_object} overrides with a "
+                "strong definition elsewhere: the running kernel never calls this code; "
+                "patch the override") for fc in obj.diff.replaced
+                if names.weak_overridden(orig_view.by_name[fc.orig_name][0])])
             x = obj.extracted = extract(patched_view, obj.diff, outside)
             self._refuse_if(x.refusals)
             for fc in obj.diff.replaced:

@@ -137,6 +137,15 @@ class KernelNames:
                     return name        # an override elsewhere: let convert resolve it
         return self.intermediate(name)
 
+    def weak_overridden(self, sym: Symbol) -> bool:
+        """Whether ``sym``, a weak default of this file, lost to a strong definition
+        elsewhere in the kernel object (the linker keeps the strong one: an arch override
+        of a generic ``__weak`` function), so the kernel never runs this file's code."""
+        if sym.bind != C.STB_WEAK:
+            return False
+        entries = self.db.lookup(sym.name, object=self.kobj)
+        return bool(entries) and all(e.bind != "weak" for e in entries)
+
     def intermediate(self, name: str) -> str:
         return format_intermediate(self.kobj, self.kobj, name, self.sympos(name))
 
