@@ -63,7 +63,10 @@ def debian_image():
 
 @pytest.fixture(scope="session")
 def debian_dbg():
-    """Root of the -dbg extract: usr/lib/debug/boot/{vmlinux,System.map}-<release>."""
+    """Root of the -dbg extract: usr/lib/debug/boot/{vmlinux,System.map}-<release>.
+
+    Only the symbol database's oracle (tests/symbols/test_image.py) asks for it: the
+    database every test uses reads vmlinux's symbols from the image (``debian_symdb``)."""
     return _ensure(debian.ensure_dbg, "Debian kernel debug package")
 
 
@@ -103,8 +106,10 @@ def _run_lock(tmp_path_factory, name: str):
 
 
 @pytest.fixture(scope="session")
-def debian_symdb(debian_image, debian_dbg, tmp_path_factory):
-    """The Debian 6.1.0-47 symbol database (vmlinux from -dbg + all 4,022 modules).
+def debian_symdb(debian_image, tmp_path_factory):
+    """The Debian 6.1.0-47 symbol database from the image package alone: vmlinux from the
+    kallsyms tables in boot/vmlinuz (no -dbg download; equal to the -dbg build, see
+    tests/symbols/test_image.py) + all 4,022 modules, exports read from the objects.
 
     Built once per test run: the first xdist worker builds it, the others open it.
     """
@@ -115,7 +120,7 @@ def debian_symdb(debian_image, debian_dbg, tmp_path_factory):
         if path.exists():
             db = SymbolDB.open(path)
         else:
-            db = build_from_debian(debian_image, debian_dbg, db=path, progress=False)
+            db = build_from_debian(debian_image, db=path, progress=False)
     yield db
     db.close()
 

@@ -9,6 +9,8 @@ kernel.  Everything lands under one cache root (``$KLPKIT_CACHE`` or
     <cache>/debs/<package>_<version>_amd64.deb     downloads, kept for reuse
     <cache>/<release>/image/                        linux-image-<release>-unsigned, unpacked
     <cache>/<release>/dbg/usr/lib/debug/boot/       vmlinux + System.map from the -dbg package
+                                                    (only when asked for: symbols come from
+                                                    the image's own kallsyms tables)
 
 Each tree is unpacked into a temporary directory and renamed into place, so an
 interrupted run never leaves a half tree that a later run would trust; an
@@ -239,6 +241,18 @@ def ensure_headers(release: str = DEFAULT_RELEASE) -> Path:
             f"kernel headers missing: {path} (run `bash scripts/setup.sh` or `klpkit setup --install`)"
         )
     return path
+
+
+def headers_symvers(release: str = DEFAULT_RELEASE) -> Path | None:
+    """The installed headers package's ``Module.symvers`` (every export of the kernel with
+    its CRC and namespace), or None when ``linux-headers-<release>`` is not installed.
+
+    Why optional: a symbol database needs only the image package (vmlinux's kallsyms and
+    export tables are in ``boot/vmlinuz-<release>``); the file, when there, is the
+    kernel build's own record of the exports and spares reading them from 4,000 modules.
+    """
+    path = Path("/usr/src") / f"linux-headers-{release}" / "Module.symvers"
+    return path if path.is_file() else None
 
 
 def modules_dir(release: str = DEFAULT_RELEASE) -> Path:

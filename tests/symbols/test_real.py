@@ -1,5 +1,7 @@
-"""The symbol database of the real Debian kernel 6.1.0-47-amd64 (6.1.170-3): image, -dbg and
-headers packages (fetched and cached by klpkit.debian).  Every check can fail."""
+"""The symbol database of the real Debian kernel 6.1.0-47-amd64 (6.1.170-3) from the image
+and headers packages (fetched and cached by klpkit.debian; vmlinux's symbols from the
+image's kallsyms tables -- the -dbg package is only the oracle's, tests/symbols/
+test_image.py).  Every check can fail."""
 
 import os
 import random
@@ -14,9 +16,9 @@ from klpkit.symbols import (
     build_from_debian,
     export_symbols_list,
     import_symbols_list,
-    rules,
 )
 from klpkit.symbols.build import find_modules
+from klpkit.symbols.vmlinuz import read_image
 
 from .conftest import readelf_counts
 
@@ -25,16 +27,16 @@ RELEASE = "6.1.0-47-amd64"
 
 
 @pytest.fixture(scope="session")
-def real_inputs(debian_image, debian_dbg, debian_headers):
+def real_inputs(debian_image, debian_headers):
     symvers = Path(debian_headers) / "Module.symvers"
     assert symvers.is_file(), f"{symvers} missing"
-    return Path(debian_image), Path(debian_dbg), symvers
+    return Path(debian_image), symvers
 
 
 @pytest.fixture(scope="session")
 def real_db(real_inputs, tmp_path_factory):
-    image, dbg, symvers = real_inputs
-    return build_from_debian(image, dbg, symvers, db=tmp_path_factory.mktemp("db") / "k.sqlite",
+    image, symvers = real_inputs
+    return build_from_debian(image, None, symvers, db=tmp_path_factory.mktemp("db") / "k.sqlite",
                              progress=False)
 
 
@@ -64,32 +66,16 @@ def test_cdrom_spot_checks(real_db):
     assert real_db.exporter("printk") is None and real_db.exporter("_printk") == "vmlinux"
 
 
-def _system_map_kallsyms_order(path):
-    """The real System.map (nm -n, filtered by mksysmap) re-sorted exactly as
-    scripts/kallsyms sorts its input, minus what kallsyms.c ignores."""
-    entries = []
-    for i, line in enumerate(Path(path).read_text().splitlines()):
-        addr, letter, name = line.split()[:3]
-        if letter in "Aa" or rules.vmlinux_name_ignored(name):
-            continue
-        entries.append((int(addr, 16), letter in "wWvV", rules.linker_provided(name),
-                        len(name) - len(name.lstrip("_")), i, name))
-    entries.sort()
-    return [(e[5], e[0]) for e in entries]
-
-
-def test_vmlinux_sympos_matches_real_system_map(real_db, real_inputs):
-    dbg = real_inputs[1]
-    smap = dbg / "usr/lib/debug/boot" / f"System.map-{RELEASE}"
-    order = _system_map_kallsyms_order(smap)
-    ours = [n for n, _f in real_db.symbols_of("vmlinux")]
-    assert ours == [n for n, _a in order]
-    # every duplicated name: sympos 1..N is ascending address in the real System.map
+def test_vmlinux_sympos_is_kallsyms_address_order(real_db, real_inputs):
+    """Every duplicated vmlinux name: sympos 1..N is the kallsyms table's order, which is
+    ascending address (the real System.map agrees: the oracle in test_image.py)."""
+    ks = read_image(real_inputs[0] / "boot" / f"vmlinuz-{RELEASE}", exports=False).kallsyms
+    assert [n for n, _f in real_db.symbols_of("vmlinux")] == ks.names
     addrs = defaultdict(list)
-    for name, addr in order:
+    for name, addr in zip(ks.names, ks.addresses, strict=True):
         addrs[name].append(addr)
     dups = {n: a for n, a in addrs.items() if len(a) > 1}
-    assert len(dups) > 1000
+    assert len(dups) == 1120
     for name in ["__func__.0", "_rs.1", "cpu_has_perm"] + sorted(dups)[:200]:
         if name not in dups:
             continue
@@ -113,10 +99,10 @@ def test_module_counts_match_readelf(real_db, real_inputs):
         assert (core, len(flags)) == readelf_counts(Path(path)), base
 
 
-def test_exports_from_objects_equal_module_symvers(real_inputs, real_db, tmp_path):
-    image, dbg, _symvers = real_inputs
-    derived = build_from_debian(image, dbg, None, db=tmp_path / "nosymvers.sqlite",
-                                progress=False)
+def test_exports_from_objects_equal_module_symvers(real_inputs, real_db, debian_symdb):
+    """vmlinux's exports from the image's own __ksymtab/__kcrctab and the modules' from
+    their objects (``debian_symdb``) equal the headers' Module.symvers."""
+    derived = debian_symdb
     q = ("SELECT e.name, o.name, e.type, e.namespace, e.crc FROM exports e "
          "JOIN objects o ON o.id = e.obj ORDER BY e.name")
     assert derived._query(q) == real_db._query(q)
@@ -132,10 +118,12 @@ def test_symbols_list_round_trip(real_db, tmp_path):
 
 
 def test_corrupt_module_among_thousands(real_inputs, tmp_path):
-    image, dbg, symvers = real_inputs
+    image, symvers = real_inputs
     fake = tmp_path / "image"
     moddir = fake / "lib" / "modules" / RELEASE
     moddir.mkdir(parents=True)
+    (fake / "boot").mkdir()
+    os.symlink(image / "boot" / f"vmlinuz-{RELEASE}", fake / "boot" / f"vmlinuz-{RELEASE}")
     for p in find_modules(image / "lib" / "modules" / RELEASE):
         rel = Path(p).relative_to(image / "lib" / "modules" / RELEASE)
         (moddir / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -143,9 +131,9 @@ def test_corrupt_module_among_thousands(real_inputs, tmp_path):
     bad = moddir / "kernel" / "zz_corrupt.ko"
     bad.write_bytes(b"\x7fELF" + os.urandom(4000))
     with pytest.raises(KlpkitError, match=r"zz_corrupt\.ko: .*--skip-bad"):
-        build_from_debian(fake, dbg, symvers, db=tmp_path / "x.sqlite", progress=False)
+        build_from_debian(fake, None, symvers, db=tmp_path / "x.sqlite", progress=False)
     assert not (tmp_path / "x.sqlite").exists()
-    db = build_from_debian(fake, dbg, symvers, db=tmp_path / "x.sqlite", progress=False,
+    db = build_from_debian(fake, None, symvers, db=tmp_path / "x.sqlite", progress=False,
                            skip_bad=True)
     assert [p for p, _r in db.skipped] == [str(bad)]
     assert len(db.objects()) == 4023
@@ -161,27 +149,15 @@ def test_real_db_refusals(real_db, tmp_path):
         SymbolDB.open(cut)
 
 
-def test_system_map_source_equals_vmlinux_source(real_db, real_inputs, tmp_path):
-    """Only the real System.map (no vmlinux): same vmlinux symbols, same order."""
-    _image, dbg, _symvers = real_inputs
-    fake_img = tmp_path / "image"
-    (fake_img / "lib" / "modules" / RELEASE).mkdir(parents=True)
-    boot = tmp_path / "dbg" / "usr" / "lib" / "debug" / "boot"
-    boot.mkdir(parents=True)
-    os.symlink(dbg / "usr/lib/debug/boot" / f"System.map-{RELEASE}",
-               boot / f"System.map-{RELEASE}")
-    db = build_from_debian(fake_img, tmp_path / "dbg", db=tmp_path / "m.sqlite",
-                           progress=False)
-    # names and bindings agree (nm letters do not carry the ELF symbol type exactly)
-    assert [(n, f & 0xF) for n, f in db.symbols_of("vmlinux")] == [
-        (n, f & 0xF) for n, f in real_db.symbols_of("vmlinux")]
-    dup = db.lookup("__func__.0", "vmlinux")
-    assert [e.sympos for e in dup] == list(range(1, len(dup) + 1)) and len(dup) > 100
-
-
 def test_debian_placeholder_system_map(real_inputs, tmp_path):
+    """A root without boot/vmlinuz and only Debian's placeholder System.map: the error
+    says where vmlinux's symbols are."""
     image = real_inputs[0]
     placeholder = image / "boot" / f"System.map-{RELEASE}"
     assert placeholder.stat().st_size < 200
+    fake = tmp_path / "image"
+    (fake / "lib" / "modules" / RELEASE).mkdir(parents=True)
+    (fake / "boot").mkdir()
+    os.symlink(placeholder, fake / "boot" / f"System.map-{RELEASE}")
     with pytest.raises(KlpkitError, match=f"placeholder.*linux-image-{RELEASE}-dbg"):
-        build_from_debian(image, None, db=tmp_path / "p.sqlite", progress=False)
+        build_from_debian(fake, None, db=tmp_path / "p.sqlite", progress=False)

@@ -171,7 +171,7 @@ def test_older_schema_refused_then_rebuilt(tmp_path):
     path = tmp_path / "old.sqlite"
     build_from_kallsyms("ffffffff81000000 T _text\n", release="6.1.0-x", db=path).close()
     _sql(path, "UPDATE meta SET value = '1' WHERE key = 'schema'")
-    with pytest.raises(KlpkitError, match="schema 1 is not 2.*klpkit symbols build"):
+    with pytest.raises(KlpkitError, match="schema 1 is not 3.*klpkit symbols build"):
         SymbolDB.open(path)
     db = build_from_kallsyms("ffffffff81000000 T _text\n", release="6.1.0-x", db=path)
     assert db.lookup("_text")[0].object == "vmlinux"

@@ -249,18 +249,26 @@ class Builder:
             db.close()
 
     def _open_db(self):
-        from klpkit.symbols import SymbolDB
+        """The release's symbol database: ``--symbols``, else the cached one, built from
+        the image package (and the headers' Module.symvers) when missing or written by
+        another klpkit version (it is a cache)."""
+        from klpkit.symbols import SymbolDB, SymbolDBError
         from klpkit.symbols.build import default_db_path
 
         path = default_db_path(self.o.release, self.o.symbols)
-        if not path.is_file() and not self.o.symbols:
-            self.progress(f"symbol database of {self.o.release}")
-            from klpkit import debian
-            from klpkit.symbols import build_from_debian
+        if self.o.symbols:
+            return SymbolDB.open(path, release=self.o.release)
+        try:
+            return SymbolDB.open(path, release=self.o.release)
+        except (SymbolDBError, InputError):
+            pass
+        self.progress(f"symbol database of {self.o.release} (from the image package)")
+        from klpkit import debian
+        from klpkit.symbols import build_from_debian
 
-            image, dbg = debian.ensure_image(self.o.release), debian.ensure_dbg(self.o.release)
-            build_from_debian(image, dbg, db=path, progress=False,
-                              release=self.o.release).close()
+        build_from_debian(debian.ensure_image(self.o.release), None,
+                          debian.headers_symvers(self.o.release), db=path, progress=False,
+                          release=self.o.release).close()
         return SymbolDB.open(path, release=self.o.release)
 
     def _compile(self, tree, sources, patched_texts, workdir):

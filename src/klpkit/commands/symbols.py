@@ -33,15 +33,24 @@ def register(sub) -> None:
     src.add_argument("--tree", metavar="DIR", help="kernel build tree (vmlinux, *.ko, "
                      "Module.symvers)")
     src.add_argument("--debian-image", metavar="DIR", help="unpacked linux-image package or "
-                     "installed root (lib/modules/<release>/)")
+                     "installed root (boot/vmlinuz-<release>, lib/modules/<release>/); "
+                     "a kernel image file is read as with --vmlinuz")
     src.add_argument("--debian", metavar="RELEASE", help="a Debian kernel release (e.g. "
-                     "6.1.0-47-amd64): fetch its image and -dbg packages with apt-get "
-                     "download (cached) and build from them")
+                     "6.1.0-47-amd64): fetch its image package with apt-get download "
+                     "(cached) and build from it: vmlinux's symbols from the kallsyms "
+                     "tables in boot/vmlinuz, exports from the installed headers' "
+                     "Module.symvers (else from the image and modules)")
+    src.add_argument("--vmlinuz", metavar="FILE", help="a kernel image (bzImage, e.g. "
+                     "/boot/vmlinuz-$(uname -r)) or stripped vmlinux: vmlinux's symbols "
+                     "from its kallsyms tables; with --modules-dir, its modules too")
     src.add_argument("--kallsyms", metavar="FILE", help="a saved /proc/kallsyms")
     src.add_argument("--symbols-list", metavar="FILE", help="klp-convert's Symbols.list")
-    b.add_argument("--dbg", metavar="DIR", help="with --debian-image: the unpacked -dbg "
-                   "package (vmlinux, real System.map)")
+    b.add_argument("--dbg", metavar="DIR", help="with --debian-image or --debian: read "
+                   "vmlinux from this unpacked -dbg package (vmlinux, real System.map) "
+                   "instead of the image (the same database)")
     b.add_argument("--modules", metavar="FILE", help="with --kallsyms: a saved /proc/modules")
+    b.add_argument("--modules-dir", metavar="DIR", help="with --vmlinuz: the kernel's "
+                   "modules (lib/modules/<release>)")
     b.add_argument("--symvers", metavar="FILE", help="Module.symvers for exports and CRCs")
     b.add_argument("--skip-bad", action="store_true", help="leave out unreadable modules "
                    "(reported) instead of failing")
@@ -106,20 +115,33 @@ def run_build(args) -> int:
 
     progress = not args.json
     start = time.perf_counter()
+    image_file = bool(args.vmlinuz or args.debian_image and os.path.isfile(args.debian_image))
+    if args.modules_dir and not image_file:
+        raise InputError("--modules-dir goes with --vmlinuz (a kernel image file)")
     if args.tree:
         db = S.build_from_tree(args.tree, symvers=args.symvers, release=args.release,
                                db=args.db, skip_bad=args.skip_bad, progress=progress)
     elif args.debian:
         from klpkit import debian
 
-        image, dbg = debian.ensure_image(args.debian), debian.ensure_dbg(args.debian)
+        # the image package alone: no -dbg download (klpkit.symbols.vmlinuz)
+        image = debian.ensure_image(args.debian)
+        symvers = args.symvers or debian.headers_symvers(args.debian)
         start = time.perf_counter()   # the build, not the first download
-        db = S.build_from_debian(image, dbg, args.symvers, db=args.db, skip_bad=args.skip_bad,
+        db = S.build_from_debian(image, args.dbg, symvers, db=args.db, skip_bad=args.skip_bad,
                                  progress=progress, release=args.release or args.debian)
-    elif args.debian_image:
+    elif args.debian_image and not image_file:
         db = S.build_from_debian(args.debian_image, args.dbg, args.symvers, db=args.db,
                                  skip_bad=args.skip_bad, progress=progress,
                                  release=args.release)
+    elif image_file:
+        if args.dbg:
+            raise InputError("--dbg goes with --debian or an image directory, not with a "
+                             "kernel image file")
+        db = S.build_from_vmlinuz(args.vmlinuz or args.debian_image,
+                                  modules_dir=args.modules_dir, symvers=args.symvers,
+                                  release=args.release, db=args.db, skip_bad=args.skip_bad,
+                                  progress=progress)
     elif args.kallsyms:
         if not args.release and os.path.realpath(args.kallsyms) != "/proc/kallsyms":
             raise InputError("--kallsyms FILE needs --release R (a saved copy does not say "

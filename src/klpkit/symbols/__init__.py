@@ -5,7 +5,9 @@ core's sympos semantics, exports and module dependencies.
     db = SymbolDB.open(path)
     db.lookup("cdrom_check_events", object="cdrom")  # -> [SymbolEntry(...)]
 
-Builders write one SQLite file per kernel release (see :func:`default_db_path`) and
+vmlinux's symbols can come from the kernel image alone (its kallsyms tables, see
+:mod:`klpkit.symbols.vmlinuz`) or from an unstripped vmlinux; both give the same
+database.  Builders write one SQLite file per kernel release (see :func:`default_db_path`) and
 return the opened database.  The sympos rules and the kernel versions they hold
 for are documented in :mod:`klpkit.symbols.rules`.
 """
@@ -14,6 +16,7 @@ from klpkit.symbols.build import (
     build_from_debian,
     build_from_kallsyms,
     build_from_tree,
+    build_from_vmlinuz,
     cache_dir,
     default_db_path,
 )
@@ -22,5 +25,5 @@ from klpkit.symbols.extend import add_modules
 from klpkit.symbols.symbols_list import export_symbols_list, import_symbols_list
 
 __all__ = ["SymbolDB", "SymbolDBError", "SymbolEntry", "add_modules", "build_from_debian",
-           "build_from_kallsyms", "build_from_tree", "cache_dir", "default_db_path",
-           "export_symbols_list", "import_symbols_list"]
+           "build_from_kallsyms", "build_from_tree", "build_from_vmlinuz", "cache_dir",
+           "default_db_path", "export_symbols_list", "import_symbols_list"]

@@ -1,11 +1,13 @@
 """Build a symbol database from where users actually have a kernel's symbols.
 
-Sources: a kernel build tree, an installed/unpacked distribution kernel
-(Debian: image + ``-dbg`` package), a saved ``/proc/kallsyms`` (+ ``/proc/modules``)
-and klp-convert's ``Symbols.list``.  Every builder fills a :class:`SymbolSet`
-(objects with their symbols in kernel order, exports, provenance) and
-:func:`write_db` stores it; see :mod:`klpkit.symbols.rules` for which symbols
-and which order.
+Sources: a kernel build tree, an installed/unpacked distribution kernel (Debian: the
+image package alone, vmlinux's symbols from the kallsyms tables of its compressed
+``boot/vmlinuz``, see :mod:`klpkit.symbols.vmlinuz`; or with the ``-dbg`` package's
+vmlinux, which gives the same database), a bare kernel image, a saved
+``/proc/kallsyms`` (+ ``/proc/modules``) and klp-convert's ``Symbols.list``.  Every
+builder fills a :class:`SymbolSet` (objects with their symbols in kernel order,
+exports, provenance) and :func:`write_db` stores it; see :mod:`klpkit.symbols.rules`
+for which symbols and which order.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from klpkit.symbols.pages import (
     record_oid,
 )
 from klpkit.symbols.symvers import Export, read_symvers
+from klpkit.symbols.vmlinuz import KernelImage, gnu_build_id, read_image
 
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz")
 
@@ -350,21 +353,12 @@ def _export_type(secname: str) -> str | None:
 
 def _build_id(scan: ElfScan) -> str:
     """The GNU build id (NT_GNU_BUILD_ID note; vmlinux keeps it in ``.notes``)."""
-    le = "little" if scan.little_endian else "big"
     for i, (stype, size) in enumerate(zip(scan.sh_types, scan.sh_sizes, strict=True)):
         if stype != C.SHT_NOTE or size > 1 << 20:
             continue
-        data = scan.section_data(i)
-        off = 0
-        while off + 12 <= len(data):
-            namesz = int.from_bytes(data[off:off + 4], le)
-            descsz = int.from_bytes(data[off + 4:off + 8], le)
-            ntype = int.from_bytes(data[off + 8:off + 12], le)
-            name_end = off + 12 + namesz
-            desc = name_end + (-namesz % 4)
-            if data[off + 12:name_end].rstrip(b"\0") == b"GNU" and ntype == 3:
-                return data[desc:desc + descsz].hex()
-            off = desc + descsz + (-descsz % 4)
+        found = gnu_build_id(scan.section_data(i), scan.little_endian)
+        if found:
+            return found
     return ""
 
 
@@ -394,13 +388,32 @@ def read_vmlinux(path: str | os.PathLike, *, derive_exports: bool = True
         if scan.type not in (C.ET_EXEC, C.ET_DYN):
             raise ElfError("not a linked vmlinux (ELF type is not EXEC/DYN)", path=path)
         table = rules.vmlinux_kallsyms(scan)
-        ft = _INFO_FLAGS   # (the table holds no section or file symbols)
+        # binding and type as kallsyms' type letter says them (rules: why)
+        letters = rules.vmlinux_letters(scan, table)
         rows = column_records(0, list(map(itemgetter(0), table)),
-                              [ft[info] for _n, info, _x, _v in table])
+                              letters.translate(rules.LETTER_FLAGS))
         return (ObjectRecord("vmlinux", "vmlinux", path, rows, machine=scan.machine),
                 _build_id(scan),
                 _banner_release(scan),
                 exports_from_object(scan, "vmlinux") if derive_exports else [])
+
+
+@gc_paused
+def read_vmlinuz(path: str | os.PathLike, *, derive_exports: bool = True
+                 ) -> tuple[ObjectRecord, str, str | None, list[Export], KernelImage]:
+    """vmlinux from a compressed kernel image (bzImage) or a stripped vmlinux: its
+    kallsyms tables, decoded by :mod:`klpkit.symbols.vmlinuz`.  Returns what
+    :func:`read_vmlinux` returns, and the image read.
+
+    The table *is* the kernel's order and the kernel's selection of symbols (what
+    :func:`rules.vmlinux_kallsyms` reconstructs from an ELF symbol table), and each
+    entry's type letter gives binding and type (``rules.LETTER_FLAGS``)."""
+    path = os.fspath(path)
+    img = read_image(path, exports=derive_exports)
+    letters = img.kallsyms.types.encode("latin-1")
+    rows = column_records(0, img.kallsyms.names, letters.translate(rules.LETTER_FLAGS))
+    rec = ObjectRecord("vmlinux", "vmlinux", path, rows, machine=img.machine)
+    return rec, img.build_id, img.release, img.exports or [], img
 
 
 # st_info -> stored flags (bind | type << 4); -1 for section and file symbols
@@ -623,26 +636,41 @@ def build_from_debian(image_dir: str | os.PathLike, dbg_dir: str | os.PathLike |
                       symvers: str | os.PathLike | None = None, *, db=None,
                       skip_bad: bool = False, progress: bool = True,
                       release: str | None = None) -> SymbolDB:
-    """An unpacked Debian ``linux-image-<rel>[-unsigned]`` package (or an installed root)
-    plus the unpacked ``-dbg`` package for vmlinux / the real System.map."""
+    """An unpacked Debian ``linux-image-<rel>[-unsigned]`` package (or an installed root).
+
+    vmlinux's symbols come from the kallsyms tables of the image's own
+    ``boot/vmlinuz-<rel>`` (:func:`read_vmlinuz`), or, with ``dbg_dir``, from the unpacked
+    ``-dbg`` package's vmlinux / real System.map; both give the same database (rules:
+    ``LETTER_FLAGS``).  A root without ``boot/vmlinuz-<rel>`` falls back to a debug
+    vmlinux or System.map found in it."""
     image_dir = Path(image_dir)
     rel, moddir = _find_release_dir(image_dir, release)
-    vm = sm = None
+    vm = sm = image = None
     if dbg_dir is not None:
         vm, sm = find_debug_vmlinux(Path(dbg_dir), rel)
         if vm is None and sm is None:
             raise InputError(f"no vmlinux-{rel} or System.map-{rel} in the -dbg tree",
                              path=dbg_dir)
+    elif (image_dir / "boot" / f"vmlinuz-{rel}").is_file():
+        image = image_dir / "boot" / f"vmlinuz-{rel}"
     else:
         vm, sm = find_debug_vmlinux(image_dir, rel)
-    if vm is None and sm is None:
+    if image is None and vm is None and sm is None:
         placeholder = image_dir / "boot" / f"System.map-{rel}"
         hint = (f"{placeholder} is Debian's one-line placeholder; " if
                 is_placeholder_system_map(placeholder) else "")
-        raise InputError(f"{hint}vmlinux symbols are needed: the real System.map and vmlinux "
-                         f"are in the linux-image-{rel}-dbg package (pass --dbg DIR)")
+        raise InputError(f"{hint}no boot/vmlinuz-{rel} here to read vmlinux's symbols from, "
+                         f"nor a vmlinux or real System.map (those are in the "
+                         f"linux-image-{rel}-dbg package: pass --dbg DIR)", path=image_dir)
     sources = []
-    if vm is not None:
+    if image is not None:
+        rec, build_id, image_rel, vexports, _img = read_vmlinuz(
+            image, derive_exports=symvers is None)
+        if image_rel and image_rel != rel:
+            raise KlpkitError(f"{image} is kernel {image_rel}, not {rel}")
+        rec.exports = vexports
+        sources.append(str(image))
+    elif vm is not None:
         rec, build_id, _br, vexports = read_vmlinux(vm, derive_exports=symvers is None)
         rec.exports = vexports
         sources.append(str(vm))
@@ -659,20 +687,38 @@ def build_from_debian(image_dir: str | os.PathLike, dbg_dir: str | os.PathLike |
     return _finish(symset, symvers, db, True)
 
 
+@gc_paused
+def build_from_vmlinuz(image: str | os.PathLike, *, modules_dir: str | os.PathLike | None = None,
+                       symvers: str | os.PathLike | None = None, release: str | None = None,
+                       db=None, skip_bad: bool = False, progress: bool = True) -> SymbolDB:
+    """A bare kernel image (bzImage, e.g. ``/boot/vmlinuz-$(uname -r)``, or a stripped
+    vmlinux), and optionally its modules (a ``lib/modules/<release>`` tree): vmlinux's
+    symbols from the image's kallsyms tables (:func:`read_vmlinuz`)."""
+    image = Path(image)
+    rec, build_id, found, vexports, _img = read_vmlinuz(image, derive_exports=symvers is None)
+    if release and found and release != found:
+        raise KlpkitError(f"{image} is kernel {found}, not {release}")
+    release = release or found
+    if not release:
+        raise InputError("cannot tell the kernel release of the image; pass --release",
+                         path=image)
+    rec.exports = vexports
+    symset = SymbolSet(release, "vmlinuz", build_id, [str(image.resolve())], [rec])
+    if modules_dir is not None:
+        moddir = Path(modules_dir)
+        if not moddir.is_dir():
+            raise InputError("no such directory", path=moddir)
+        scan_modules(find_modules(moddir), symset, release=release, skip_bad=skip_bad,
+                     derive_exports=symvers is None, progress=progress)
+        apply_modules_dep(symset, moddir)
+        symset.sources.append(str(moddir.resolve()))
+    return _finish(symset, symvers, db, True)
+
+
 # --- System.map / kallsyms text -----------------------------------------------------
-_NM_TYPES = {"t": 2, "w": 0, "v": 1, "d": 1, "b": 1, "r": 1, "g": 1, "s": 1, "a": 0, "u": 1}
-
-
 def _nm_flags(letter: str) -> int:
-    lower = letter.lower()
-    if letter in "wWvV":
-        bind = 2
-    elif letter.isupper():
-        bind = 1
-    else:
-        bind = 0
-    typ = _NM_TYPES.get(lower, 0)
-    return bind | (typ << 4)
+    """Flags of a vmlinux symbol from its type letter (rules: ``LETTER_FLAGS``)."""
+    return rules.letter_flags(letter)
 
 
 def system_map_record(path) -> ObjectRecord:
@@ -700,8 +746,14 @@ def system_map_record(path) -> ObjectRecord:
         entries.append((addr, weak, rules.linker_provided(name),
                         len(name) - len(name.lstrip("_")), lineno, name, letter))
     entries.sort()
+    # scripts/kallsyms.c make_percpus_absolute(): a per-cpu area linked at 0 (x86_64 SMP,
+    # rules.absolute_percpu()) has its symbols typed 'A' in kallsyms
+    bounds = {e[5]: e[0] for e in entries if e[5] in ("__per_cpu_start", "__per_cpu_end")}
+    lo, hi = bounds.get("__per_cpu_start"), bounds.get("__per_cpu_end")
+    absolute = lo == 0 and hi is not None
     return ObjectRecord("vmlinux", "vmlinux", str(path),
-                        [(e[5], _nm_flags(e[6])) for e in entries])
+                        [(e[5], _nm_flags("A" if absolute and lo <= e[0] <= hi else e[6]))
+                         for e in entries])
 
 
 @gc_paused
@@ -739,8 +791,7 @@ def build_from_kallsyms(kallsyms_text: str, modules_text: str | None = None, *,
         if obj == "vmlinux":
             flags = _nm_flags(letter)
         else:
-            typ = _NM_TYPES.get(letter.lower(), 0)
-            flags = 15 | (typ << 4)
+            flags = rules.KALLSYMS_BIND_UNKNOWN | (rules.letter_flags(letter) & 0xF0)
             if letter.isupper():
                 exported.setdefault(obj, set()).add(name)
         rec.rows.append((name, flags))

@@ -42,7 +42,7 @@ from klpkit.errors import KlpkitError
 from klpkit.symbols.pages import Page, decode_name, encode_name, payloads_of
 
 FORMAT = "klpkit-symbols"
-SCHEMA = 2
+SCHEMA = 3  # 3: vmlinux binding and type from the kallsyms type letter (image and -dbg agree)
 MMAP_SIZE = 1 << 30   # map the whole file (a full kernel's is ~30 MiB)
 USER_VERSION = 0x6B6C7031  # "klp1": marks our files before any table is read
 NONCORE = 0x100  # flag: not in the module's kallsyms after init (init section, .modinfo, ABS)

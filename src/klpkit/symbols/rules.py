@@ -57,12 +57,39 @@ modules
     module's function symbols first, sorted by address: if it lands, the module
     rule needs a version switch here.
 
+binding and type of vmlinux symbols
+    are what kallsyms' type letter says (:data:`LETTER_FLAGS`), whatever the source,
+    because that letter is all the kernel keeps (``kallsyms_get_symbol_type()``, the
+    letter /proc/kallsyms prints) and all a kernel image carries: the database built
+    from the ``-dbg`` vmlinux's ELF symbol table (:func:`vmlinux_letters` computes the
+    letter nm would print, then kallsyms' per-cpu override) and the one built from the
+    image's kallsyms tables (:mod:`klpkit.symbols.vmlinuz`) are then equal
+    (tests/symbols/test_image.py, the oracle).  Binding is the letter's case (nm: upper
+    case = global), 'W'/'V' weak; type is 'func' for code ('t', and 'W': a weak
+    non-object), 'object' for data ('d', 'r', 'b', 'V', ...).  Two fields lose what the
+    ELF symbol table knows, and on Debian 6.1.0-47 these symbols read differently from
+    their ``st_info``:
+      - *type*, within a section class: 't'/'T' is any symbol in executable code, so an
+        assembler label (``STT_NOTYPE``: ``entry_SYSCALL_64``, ``_stext``; 225 symbols)
+        reads 'func'; 'd'/'r'/'b' is any symbol in data, so a linker-script or assembler
+        label there (``STT_NOTYPE``: ``__start_rodata``, the 10,555 ``__ksymtab_*``;
+        11,411 symbols) reads 'object'.  ftrace, not the type, decides whether a
+        function can be patched (``klp_patch_func()`` -> ``ftrace_location()``);
+      - *binding* of per-cpu symbols: with ``--absolute-percpu``
+        (``CONFIG_KALLSYMS_ABSOLUTE_PERCPU``, x86_64 SMP, whose per-cpu area is linked
+        at 0) scripts/kallsyms.c ``make_percpus_absolute()`` types every symbol in
+        ``[__per_cpu_start, __per_cpu_end]`` 'A', so static and global per-cpu
+        variables look alike: binding 'unknown', type 'object' (382 symbols).
+    Modules keep their ELF binding and type (their .ko files are always at hand).
+
 Verified on Debian 6.1.0-47-amd64 (6.1.170-3): the vmlinux table computed from the
 unstripped vmlinux equals the real System.map minus the 8 ``kallsyms_*`` tables
-(94,105 symbols, 1,120 duplicated names, each in ascending address order); that
-kernel already carries ``kallsyms_seqs_of_names`` (the v6.2 name index, backported),
-which orders duplicates the same way.  Module counts equal ``readelf -sW`` filtered
-by the rules above (tests/symbols/test_real.py).
+(94,105 symbols, 1,120 duplicated names, each in ascending address order) and the
+kallsyms table decoded from the image's boot/vmlinuz, name for name, letter for letter,
+address for address (tests/symbols/test_image.py); that kernel already carries
+``kallsyms_seqs_of_names`` (the v6.2 name index, backported), which orders duplicates
+the same way.  Module counts equal ``readelf -sW`` filtered by the rules above
+(tests/symbols/test_real.py).
 """
 
 from __future__ import annotations
@@ -239,6 +266,88 @@ def _tie_key(sym):
     name, info = sym[0], sym[1]
     return ((info >> 4) == C.STB_WEAK, linker_provided(name),
             len(name) - len(name.lstrip("_")), name)
+
+
+# --- vmlinux: binding and type as the kernel's type letter says them -----------
+# (why, and what the letter cannot say: the module doc, "binding and type")
+KALLSYMS_BIND_UNKNOWN = 15
+_LETTER_TYPES = {"t": C.STT_FUNC, "w": C.STT_FUNC, "v": C.STT_OBJECT, "d": C.STT_OBJECT,
+                 "b": C.STT_OBJECT, "r": C.STT_OBJECT, "g": C.STT_OBJECT, "s": C.STT_OBJECT,
+                 "a": C.STT_OBJECT}
+
+
+def _letter_flags(code: int) -> int:
+    letter = chr(code)
+    if not letter.isalpha():
+        return KALLSYMS_BIND_UNKNOWN
+    lower = letter.lower()
+    if lower == "a":
+        bind = KALLSYMS_BIND_UNKNOWN
+    elif lower in "wv":
+        bind = C.STB_WEAK
+    else:
+        bind = C.STB_GLOBAL if letter.isupper() else C.STB_LOCAL
+    return bind | _LETTER_TYPES.get(lower, C.STT_NOTYPE) << 4
+
+
+# type letter (a byte) -> the database's flags (bind | type << 4); every value fits a
+# byte, so ``letters.translate(LETTER_FLAGS)`` maps a whole table at once
+LETTER_FLAGS = bytes(_letter_flags(c) for c in range(256))
+
+
+def letter_flags(letter: str) -> int:
+    """The database flags of a vmlinux symbol whose kallsyms type letter is ``letter``."""
+    return LETTER_FLAGS[ord(letter[:1] or "?")]
+
+
+def _section_letter(sh_type: int, sh_flags: int) -> str:
+    """nm's letter class of a defined symbol in a section (binutils bfd_decode_symclass()
+    on the BFD flags ELF sections get: code 't', no contents 'b', read-only data 'r',
+    other data 'd').  x86's vmlinux links .rodata writable, so its symbols are 'd'."""
+    if sh_flags & C.SHF_EXECINSTR:
+        return "t"
+    if sh_type == C.SHT_NOBITS:
+        return "b"
+    return "d" if sh_flags & C.SHF_WRITE else "r"
+
+
+def absolute_percpu(scan) -> bool:
+    """Whether the kernel's kallsyms marks per-cpu symbols 'A': CONFIG_KALLSYMS_ABSOLUTE_PERCPU
+    is ``X86_64 && SMP``, exactly the kernels whose ``.data..percpu`` is linked at address
+    0 (arch/x86/kernel/vmlinux.lds.S, ``PERCPU_VADDR(..., 0, ...)`` for X86_64_SMP)."""
+    i = scan.section_index(PERCPU_SECTION)
+    return bool(i) and scan.machine == C.EM_X86_64 and scan.sh_addrs[i] == 0
+
+
+def vmlinux_letters(scan, table: list[tuple[str, int, int, int]]) -> bytes:
+    """The kallsyms type letter of each row of :func:`vmlinux_kallsyms`: what nm prints
+    for it (scripts/mksysmap feeds ``nm -n`` to kallsyms since v6.1), then
+    make_percpus_absolute()'s 'A' (see :func:`absolute_percpu`)."""
+    types, flags = scan.sh_types, scan.sh_flags
+    nsec = len(types)
+    tables = {}
+    for x in {row[2] for row in table}:
+        cls = "a" if x == C.SHN_ABS or x >= nsec else _section_letter(types[x], flags[x])
+        tables[x] = bytes(ord(_nm_letter(cls, info)) for info in range(256))
+    letters = bytearray(tables[x][info] for _n, info, x, _v in table)
+    if absolute_percpu(scan):
+        bounds = {name: value for name, _i, _x, value in table
+                  if name in ("__per_cpu_start", "__per_cpu_end")}
+        lo, hi = bounds.get("__per_cpu_start"), bounds.get("__per_cpu_end")
+        if lo is not None and hi is not None:
+            for i, row in enumerate(table):
+                if lo <= row[3] <= hi:
+                    letters[i] = ord("A")
+    return bytes(letters)
+
+
+def _nm_letter(cls: str, info: int) -> str:
+    bind, typ = info >> 4, info & 0xF
+    if bind == C.STB_WEAK:
+        return "V" if typ == C.STT_OBJECT else "W"
+    if bind == C.STB_GNU_UNIQUE:
+        return "u"
+    return cls.upper() if bind == C.STB_GLOBAL else cls
 
 
 # --- modules: kernel/module/kallsyms.c is_core_symbol() ------------------------
