@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 REL=${KLPKIT_KREL:-6.1.0-47-amd64}
 out=${KLPKIT_DEMO_DIR:-build/demo}
 mkdir -p "$out"
+started=$(mktemp)      # downloads newer than this are this run's
 ko="$out/livepatch-cdrom-media-changed.ko"
 verify=--verify
 [ "${KLPKIT_DEMO_VM:-1}" != 0 ] || verify=
@@ -32,3 +33,13 @@ if [ -n "$verify" ]; then
   echo "== the seed's proof: ioctl(CDROM_MEDIA_CHANGED) on an emulated drive (qemu)"
   bash scripts/scenario4.sh "$ko"
 fi
+
+debs="${KLPKIT_CACHE:-$HOME/.cache/klpkit}/debs"
+fetched=$(find "$debs" -name '*.deb' -newer "$started" 2>/dev/null || true)
+echo "== downloaded by this run (image, source, no -dbg package):"
+if [ -n "$fetched" ]; then
+  ls -l $fetched | awk '{ printf "   %6.1f MB  %s\n", $5 / 1e6, $9; t += $5 } END { printf "   %6.1f MB  in all\n", t / 1e6 }'
+else
+  echo "   nothing: everything was cached"
+fi
+rm -f "$started"
