@@ -184,3 +184,27 @@ def test_non_unique_static_resolves_to_this_files_symbol(boot_corpus):
 @pytest.mark.xdist_group("e2e-build-corpus")
 def test_check_predicts_corpus(boot_corpus, debian_symdb):
     assert cross_check(boot_corpus, debian_symdb)
+
+
+# ------------------------------------------------------------------ klpkit build --verify
+@pytest.mark.xdist_group("e2e-build-verify")
+def test_build_verify_loads_in_both_orders(vm_ready, source_tree, debian_symdb, tmp_path):
+    """`klpkit build --verify`: the seed's livepatch loaded before cdrom (late patching)
+    and after it, transitions complete, disabled and removed each time."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import EXAMPLE_PATCHES
+
+    out = tmp_path / "livepatch-verify.ko"
+    r = subprocess.run([sys.executable, "-m", "klpkit.cli", "build",
+                        str(EXAMPLE_PATCHES / "cdrom-media-changed.patch"), "-o", str(out),
+                        "--symbols", str(debian_symdb.path), "--verify", "--json"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-2000:])
+    doc = json.loads(r.stdout)
+    v = doc["verify"]
+    assert v["ok"] and v["orders"] == {"A": "ok", "B": "ok"}, v
+    assert any("applying patch 'livepatch_verify' to loading module 'cdrom'" in ln
+               for ln in v["kernel_lines"]), v["kernel_lines"]
