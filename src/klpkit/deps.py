@@ -2,9 +2,13 @@
 module dependency graph the loader/depmod would build, find pins and load recursions.
 
 This module *analyses*; it reuses the conversion policy of :mod:`klpkit.convert.plan`
-(:class:`~klpkit.convert.plan.Classifier`) for every plain undefined symbol and never
-re-derives it.  Pure: reads ELF models and a symbol database, writes nothing (except
-:func:`write_graph`, which the command calls).
+(:class:`~klpkit.convert.plan.Classifier`) for every plain undefined symbol, and takes
+its verdict on every livepatch relocation from ``klpkit check``'s rules
+(:func:`klpkit.check.klp_rules.reference_findings`, on the kernel's rules of
+:mod:`klpkit.kernel.klp`): it re-derives neither.  A module's patched objects are read
+as the kernel reads them (:func:`klpkit.convert.objects.read_patched_objects`).  Pure:
+reads ELF models and a symbol database, writes nothing (except :func:`write_graph`,
+which the command calls).
 
     from klpkit.deps import analyze, to_dot
     report = analyze([Path("lp_cdrom.ko")], db, objects={"lp_cdrom": ["cdrom"]},
@@ -36,10 +40,16 @@ other-module             export of a module that is neither patched nor a    ok 
 non-exported-unconverted not exported, still a plain undefined symbol: the   error
                          module loader refuses the module (Unknown symbol)
 unresolved               found nowhere, or ambiguous                         error
-klp-ok                   livepatch relocation, gated and resolvable          ok
-klp-wrong-object         livepatch relocation the kernel would never apply   error
-                         or would refuse (object not patched, vmlinux
-                         symbol in a module-gated section, symbol missing)
+klp-ok                   livepatch relocation, applied and resolvable        ok, or
+                         (check's warnings: warn)                            warn
+klp-wrong-object         livepatch relocation check finds an error on: the   error
+                         kernel would never apply it (module-gated on an
+                         object the klp_patch does not list; since 5.8 the
+                         loader applies vmlinux-gated ones whatever the
+                         objects) or would refuse it (vmlinux symbol in a
+                         module-gated section, symbol missing, bad name)
+objects-contradicted     ``--object`` names an object the module does not    error
+                         patch (``force``: warn)                             (warn)
 =======================  ==================================================  =======
 
 Graph: nodes ``vmlinux``, patched modules, livepatch modules, other modules; edges
@@ -51,10 +61,13 @@ relocations gated on an object: no load dependency).  A cycle through ``needs`` 
 
 Per-object: a livepatch module patching one module is *per-object* (loaded by that
 module's load, so it gets a ``triggers`` edge) when the set is a split livepatch
-(several livepatch modules each patching one object, e.g. a main one for vmlinux and one
-for cdrom), or when the caller says so (``per_object=True``, ``--per-object``).  A lone
-livepatch for one module is a normal livepatch: a B reference pins the module but makes
-no recursion.  ``ModuleInfo.per_object_reason`` says which rule decided.
+(several livepatch modules each patching a different object, e.g. a main one for
+vmlinux and one for cdrom: one patch cut by object), or when the caller says so
+(``per_object=True``, ``--per-object``).  A lone livepatch for one module is a normal
+livepatch: a B reference pins the module but makes no recursion; so are livepatches
+*stacked* on one object (a fix and a later fix on top: each its own klp_patch), and a
+set holding such a pair is no split set.  ``ModuleInfo.per_object_reason`` says which
+rule decided.
 """
 
 from __future__ import annotations
@@ -66,13 +79,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from klpkit.convert.objects import find_patched_objects
+from klpkit.check.context import Context
+from klpkit.check.findings import Severity, Stage
+from klpkit.check.klp_rules import reference_findings
+from klpkit.convert.objects import read_patched_objects
 from klpkit.convert.plan import Category, Classifier, read_modinfo
-from klpkit.elf import ElfFile, Section
+from klpkit.elf import ElfFile
 from klpkit.elf import constants as C
 from klpkit.errors import InputError
 from klpkit.fileio import write_atomic
-from klpkit.kernel.livepatch import KLP_RELA_PREFIX, parse_klp_rela_object, parse_klp_symbol_name
+from klpkit.kernel.exports import exported_names
+from klpkit.kernel.kver import kernel_version
+from klpkit.kernel.livepatch import (
+    meant_as_klp_rela,
+    parse_klp_rela_object,
+    parse_klp_symbol_name,
+)
 from klpkit.kernel.modinfo import module_name
 
 OK, WARN, ERROR = "ok", "warn", "error"
@@ -88,6 +110,7 @@ CAT_LOCAL = "non-exported-unconverted"
 CAT_UNRESOLVED = "unresolved"
 CAT_KLP_OK = "klp-ok"
 CAT_KLP_WRONG = "klp-wrong-object"
+CAT_OBJECTS = "objects-contradicted"
 
 # node kinds
 VMLINUX, PATCHED, LIVEPATCH, OTHER = "vmlinux", "patched", "livepatch", "other"
@@ -224,12 +247,8 @@ class Report:
 
 # --------------------------------------------------------------------------- reading
 def _exports(elf: ElfFile) -> list[str]:
-    """Names the module exports (6.1 layout: defined ``__ksymtab_<name>`` symbols)."""
-    out = []
-    for sym in elf.symtab.symbols if elf.symtab else []:
-        if sym.name.startswith("__ksymtab_") and isinstance(sym.shndx, Section):
-            out.append(sym.name[len("__ksymtab_"):])
-    return sorted(set(out))
+    """Names the module exports (klpkit.kernel.exports: ``__ksymtab_<name>``)."""
+    return exported_names(elf)
 
 
 def _sites(elf: ElfFile) -> tuple[dict[str, list[str]], list[tuple[str, str, str, str]]]:
@@ -239,7 +258,7 @@ def _sites(elf: ElfFile) -> tuple[dict[str, list[str]], list[tuple[str, str, str
     klp: list[tuple[str, str, str, str]] = []
     for rs in elf.relocation_sections():
         target = rs.target.name if rs.target is not None else f"#{rs.info}"
-        is_klp = bool(rs.flags & C.SHF_RELA_LIVEPATCH) or rs.name.startswith(KLP_RELA_PREFIX)
+        is_klp = meant_as_klp_rela(rs)
         gate = parse_klp_rela_object(rs.name) if is_klp else None
         for r in rs.relocations:
             sym = r.symbol
@@ -297,15 +316,16 @@ def parse_object_map(items: Iterable[str]) -> dict[str, list[str]]:
 
 
 def analyze(paths: Iterable[str | os.PathLike], db, objects: dict[str, list[str]] | None = None,
-            per_object: bool | None = None) -> Report:
+            per_object: bool | None = None, *, force: bool = False) -> Report:
     """Analyse a set of modules (one livepatch, or a per-object livepatch set).
 
     ``per_object`` says whether the livepatch modules that patch one module are loaded by
     that module's load (a split livepatch): ``None`` decides from the set (several
-    livepatch modules each patching one object), ``True``/``False`` is the user's word
-    (``--per-object``/``--no-per-object``).  It matters because only a per-object
-    livepatch turns a B pin into a load recursion."""
-    return _Analysis(db, objects, per_object).run(paths)
+    livepatch modules each patching a different object), ``True``/``False`` is the
+    user's word (``--per-object``/``--no-per-object``).  It matters because only a
+    per-object livepatch turns a B pin into a load recursion.  ``objects`` (--object)
+    naming an object a module does not patch is an error reference unless ``force``."""
+    return _Analysis(db, objects, per_object, force).run(paths)
 
 
 class _Analysis:
@@ -317,10 +337,16 @@ class _Analysis:
     need every module read; per-object needs every module's objects; the nodes need
     every edge; the cycles need the whole graph."""
 
-    def __init__(self, db, objects: dict[str, list[str]] | None, per_object: bool | None):
+    def __init__(self, db, objects: dict[str, list[str]] | None, per_object: bool | None,
+                 force: bool = False):
         self.db = db
         self.object_map = dict(objects or {})     # --object; emptied as modules claim it
         self.per_object = per_object
+        self.force = force
+        # the kernel whose rules judge the livepatch relocations: check's (the database's)
+        self.kver = kernel_version(None, getattr(db, "release", None) if db is not None
+                                   else None)
+        self.registers: dict[str, bool] = {}      # module -> calls klp_enable_patch()
         self.modules: list[ModuleInfo] = []
         self.by_name: dict[str, ModuleInfo] = {}
         self.elves: dict[str, ElfFile] = {}
@@ -366,35 +392,63 @@ class _Analysis:
         name = module_name(path, mi)
         if name in self.by_name:
             raise InputError(f"module {name} given twice", path=path)
-        objs, source = self._patched_objects(name, elf)
-        # klp_object names or --object make it a livepatch even without livepatch=Y
-        is_lp = bool(mi is not None and mi.is_livepatch) or source != "none"
+        po = read_patched_objects(elf)
+        objs, source, contradiction = self._patched_objects(name, po)
+        # what it patches, --object or calling klp_enable_patch() make it a livepatch even
+        # without livepatch=Y (the kernel then refuses it: check says so)
+        is_lp = bool(mi is not None and mi.is_livepatch) or po.registers or source != "none"
         info = ModuleInfo(name, str(path), is_lp, objs, source, False, _exports(elf),
                           mi.depends if mi is not None else [])
         if is_lp and not objs:
             info.notes.append("no klp_object names found: pass --object MOD=OBJ")
+        if contradiction:
+            info.references.append(Reference(
+                name, "objects", "--object", CAT_OBJECTS, None, WARN if self.force else ERROR,
+                contradiction + (" (--force)" if self.force else ""),
+                "drop --object (the module's own objects are what the kernel reads), or "
+                "--force to analyse it as said"))
+        self.registers[name] = po.registers or source == "--object"
         self.modules.append(info)
         self.by_name[name] = info
         self.elves[name] = elf
 
-    def _patched_objects(self, name: str, elf: ElfFile) -> tuple[list[str], str]:
-        """(objects, where from): ``--object`` wins over the klp_object names, which a
-        module may lack or which may be what the user wants to question."""
-        found = [o.name for o in find_patched_objects(elf)]
-        if name in self.object_map:
-            return self.object_map.pop(name), "--object"
-        return found, "klp_object" if found else "none"
+    def _patched_objects(self, name: str, po) -> tuple[list[str], str, str | None]:
+        """(objects, where from, contradiction): ``--object`` wins over the module's own
+        objects (its klp_patch, else its klp_object entries and annotations), which a
+        module may lack or which may be what the user wants to question; naming one the
+        module does not patch contradicts it (the kernel reads its klp_patch)."""
+        own, own_source = po.effective()
+        if name not in self.object_map:
+            return own, own_source, None
+        given = self.object_map.pop(name)
+        foreign = [o for o in given if own and o not in own]
+        if not foreign or own_source == "annotations":
+            return given, "--object", None
+        return given, "--object", (f"--object {', '.join(foreign)} contradicts {name}, which "
+                                   f"patches {', '.join(own)} (its {own_source}): the kernel "
+                                   "never applies relocations gated on an object its "
+                                   "klp_patch does not list")
 
     # -------------------------------------------------------------------- per-object
     def _decide_per_object(self) -> None:
         """Mark the per-object livepatch modules: those the patched module's load loads.
         Nothing in a module says so (a lone livepatch for cdrom and cdrom's part of a
-        split livepatch look alike), so the set or the user decides."""
-        single = [m.name for m in self.modules if m.livepatch and len(m.objects) == 1]
+        split livepatch look alike), so the set or the user decides.  A split set is one
+        patch cut by object: each module patches a different object.  Two livepatch
+        modules patching the same object are stacked (a fix and a later fix on top, each
+        its own klp_patch and klp_enable_patch()): separate livepatches, no split set."""
+        lps = [m for m in self.modules if m.livepatch]
+        by_object: dict[str, list[str]] = {}
+        for m in lps:
+            for o in m.objects:
+                by_object.setdefault(o, []).append(m.name)
+        stacked = {o: names for o, names in by_object.items() if len(names) > 1}
+        single = [m.name for m in lps if len(m.objects) == 1]
         for m in self.modules:
-            m.per_object, m.per_object_reason = self._per_object(m, single)
+            m.per_object, m.per_object_reason = self._per_object(m, single, stacked)
 
-    def _per_object(self, m: ModuleInfo, single: list[str]) -> tuple[bool, str]:
+    def _per_object(self, m: ModuleInfo, single: list[str], stacked: dict[str, list[str]]
+                    ) -> tuple[bool, str]:
         if not m.livepatch:
             return False, "not a livepatch module"
         if len(m.objects) != 1 or m.objects[0] == "vmlinux":
@@ -405,6 +459,12 @@ class _Analysis:
             return True, f"--per-object: loading {obj} loads {m.name}"
         if self.per_object is False:
             return False, f"--no-per-object: {m.name} is loaded on its own, not by {obj}"
+        if stacked:
+            o, names = next(iter(stacked.items()))
+            return False, (f"stacked livepatches, not a split set: {' and '.join(names)} both "
+                           f"patch {o} (each its own klp_patch: a fix and a fix on top); "
+                           f"{m.name} is loaded on its own, not by {obj}'s load "
+                           "(--per-object if it is one part of a split livepatch)")
         if len(single) > 1:
             return True, (f"split livepatch: {len(single)} livepatch modules of the set each "
                           f"patch one object ({', '.join(single)}); loading {obj} loads "
@@ -418,7 +478,7 @@ class _Analysis:
         """One reference per undefined symbol (all its sites), and a ``needs`` edge to
         the module the loader must load to resolve it.  An export of another module of
         the set comes first: modpost resolved it there, and C/D are about the set."""
-        clf = Classifier(self.db, m.objects)
+        clf = Classifier(self.db, m.objects, kernel_version=self.kver)
         for name, weak in _undefined(self.elves[m.name]):
             sites = undef_sites.get(name, [])
             owner = self.set_exports.get(name)
@@ -544,79 +604,51 @@ class _Analysis:
     def _klp_references(self, m: ModuleInfo, klp_relocs: list[tuple[str, str, str, str]]
                         ) -> None:
         """One reference per (gate, symbol); a ``klp`` edge to the gate, drawn but no
-        load dependency (the livepatch core applies it when the gate loads)."""
+        load dependency (the livepatch core applies it when the gate loads).  The
+        verdicts are check's (:func:`klpkit.check.klp_rules.reference_findings`)."""
         grouped: dict[tuple[str, str], list[str]] = {}
         for _sec, gate, site, sname in klp_relocs:
             grouped.setdefault((gate, sname), []).append(site)
+        judged = self._judge(m) if grouped else {}
         for (gate, sname), sites in grouped.items():
-            ref = self._klp_reference(m, gate, sname, sites)
+            ref = self._klp_reference(m, gate, sname, sites, judged.get((gate, sname), []))
             m.references.append(ref)
             if gate:
                 self._add_edge(m.name, gate, KLP, ref.category, ref.verdict, ref.symbol,
                                ref.reason)
 
-    def _klp_reference(self, m: ModuleInfo, gate: str, sname: str, sites: list[str]
-                       ) -> Reference:
-        """klp-ok, or klp-wrong-object with what the kernel would say."""
-        parsed = parse_klp_symbol_name(sname)
-        problem = self._klp_gate_problem(m, gate, parsed)
-        entries = []
-        if problem is None:
-            entries = (self.db.lookup(parsed.name, object=parsed.object)
-                       if self.db is not None else [])
-            problem = self._klp_symbol_problem(parsed, entries)
-        if problem is not None:
-            reason, obj = problem
-            return Reference(m.name, "klp", sname, CAT_KLP_WRONG, obj, ERROR, reason,
-                             FIX_WRONG, gate=gate or None, sites=sites)
-        exported = any(e.exported for e in entries)
-        obj = parsed.object
+    def _judge(self, m: ModuleInfo) -> dict:
+        """check's findings per (gate, symbol) of ``m``, for the objects deps works with
+        (``--object`` included) on the database's kernel."""
+        ctx = Context(path=m.path, data=b"", db=self.db, kver=self.kver,
+                      elf=self.elves[m.name], name=m.name,
+                      given=(m.objects or None, self.registers.get(m.name, False)))
+        return reference_findings(ctx)
+
+    def _klp_reference(self, m: ModuleInfo, gate: str, sname: str, sites: list[str],
+                       findings: list) -> Reference:
+        """klp-ok, or klp-wrong-object when check finds an error on the way (warnings:
+        klp-ok, verdict warn).  What happens later (a target's reload) is check's alone."""
+        parsed = parse_klp_symbol_name(sname, self.kver)
+        obj = parsed.object if parsed is not None else None
+        now = [f for f in findings if f.stage is not Stage.LATER]
+        errors = [f for f in now if f.severity is Severity.ERROR]
+        if errors:
+            return Reference(m.name, "klp", sname, CAT_KLP_WRONG, obj, ERROR,
+                             f"{errors[0].rule}: {errors[0].message}", FIX_WRONG,
+                             gate=gate or None, sites=sites)
+        warnings = [f for f in now if f.severity is Severity.WARNING]
+        resolved = next((f for f in now if f.rule == "klp.sym.resolved"), None)
+        exported = bool(resolved is not None and resolved.details.get("exported"))
         policy = ("B" if exported and obj != "vmlinux" and obj in m.objects else
                   "A" if exported and obj == "vmlinux" else "local")
         what = ("an export of the patched module, converted: no pin, no depends="
                 if policy == "B" else "resolved by the livepatch core")
-        return Reference(m.name, "klp", sname, CAT_KLP_OK, obj, OK,
-                         f"livepatch relocation gated on {gate}: {what}", gate=gate,
-                         sites=sites, policy=policy)
-
-    def _klp_gate_problem(self, m: ModuleInfo, gate: str, parsed
-                          ) -> tuple[str, str | None] | None:
-        """Why the kernel would never apply, or would refuse, the section's gate."""
-        if not gate:
-            return ("malformed livepatch relocation section name (the kernel cannot tell "
-                    "which object it belongs to)"), None
-        if parsed is None:
-            return ("not a well-formed .klp.sym.<obj>.<name>,<pos> symbol: the kernel "
-                    "refuses the module ('incorrectly formatted name')"), None
-        obj = parsed.object
-        if gate not in m.objects:
-            return (f"gated on {gate}, which this livepatch does not patch "
-                    f"({', '.join(m.objects) or 'none'}): the kernel never applies it and "
-                    "the site stays zero"), obj
-        if gate != "vmlinux" and obj == "vmlinux":
-            return (f"vmlinux symbol in a section gated on {gate}: refused since 5.8 "
-                    "('invalid access to vmlinux symbol')"), obj
-        if obj not in ("vmlinux", gate) and obj not in self._closure(gate):
-            return (f"symbol of {obj} in a section gated on {gate}, which does not depend "
-                    f"on {obj}: {obj} may be missing when the relocation is applied"), obj
-        return None
-
-    def _klp_symbol_problem(self, parsed, entries: list) -> tuple[str, str] | None:
-        """Why the kernel would not resolve the symbol (checked only with a database)."""
-        obj = parsed.object
-        if self.db is not None and not entries:
-            return (f"{obj} has no symbol {parsed.name} in the symbol database "
-                    "('symbol not found')"), obj
-        if not entries:
-            return None
-        count = entries[0].count
-        if parsed.sympos == 0 and count > 1:
-            return (f"sympos 0 but {obj} has {count} symbols named {parsed.name} "
-                    "('unresolvable ambiguity')"), obj
-        if parsed.sympos > count:
-            return (f"sympos {parsed.sympos} but {obj} has only {count} symbol(s) named "
-                    f"{parsed.name}"), obj
-        return None
+        reason = f"livepatch relocation gated on {gate}: {what}"
+        if warnings:
+            reason += f"; {warnings[0].rule}: {warnings[0].message}"
+        return Reference(m.name, "klp", sname, CAT_KLP_OK, obj, WARN if warnings else OK,
+                         reason, gate=gate, sites=sites, policy=policy)
 
     # ---------------------------------------------------------------------- depends=
     def _depends(self, m: ModuleInfo) -> None:

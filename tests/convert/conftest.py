@@ -17,6 +17,11 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import require, require_tools
+from tests.convert.lp_issue12 import (  # noqa: F401 - fixtures
+    debian_symbols_list,
+    issue12_converted,
+    issue12_modules,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_CDROM = REPO / "examples" / "cdrom"

@@ -92,3 +92,83 @@ def test_edits_round_trip(cc, arch, tmp_path):
 
 def test_no_livepatch_no_functions(cc):
     assert find_patched_functions(ElfFile.read(cc("int x = 1; int f(void) { return x; }"))) == []
+
+
+# ------------------------------------------------------- klp_patch.objs, as the kernel reads
+# struct klp_patch: mod (THIS_MODULE), objs, states, replace, then internal fields.
+PATCH = LAYOUT + r"""
+struct klp_state { unsigned long id; unsigned int version; void *data; };
+struct klp_patch { void *mod; struct klp_object *objs; struct klp_state *states;
+                   _Bool replace; void *internal[24]; };
+extern char __this_module[];
+int pre(void *obj) { return 0; }
+void post(void *obj) { }
+static struct klp_func no_funcs[] = { { } };
+static struct klp_object pobjs[] = {
+	{ .funcs = vfuncs, },
+	{ .name = "cdrom", .funcs = no_funcs, .callbacks = { .pre = pre, .post_un = post }, },
+	{ .name = "sr_mod", .funcs = no_funcs, },
+	{ }
+};
+static struct klp_state states[] = { { .id = 0x12, .version = 1 }, { } };
+struct klp_patch patch = { .mod = __this_module, .objs = pobjs, .states = states,
+                           .replace = 1 };
+extern int klp_enable_patch(struct klp_patch *);
+int init(void) { return klp_enable_patch(&patch); }
+"""
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "i386", "s390x"])
+def test_klp_patch_objects_with_empty_funcs(cc, arch):
+    """klp_patch.objs is what klp_enable_patch() walks: objects with empty funcs
+    (callbacks only, nothing at all) count; the stand-in's other array, which no
+    klp_patch lists, does not."""
+    from klpkit.convert.objects import read_patched_objects
+
+    po = read_patched_objects(ElfFile.read(cc(PATCH, arch=arch)))
+    assert po.source == "klp_patch" and po.registers
+    assert [(o.name, o.funcs, o.callbacks) for o in po.objects] == [
+        ("vmlinux", 3, ()), ("cdrom", 0, ("pre_patch", "post_unpatch")), ("sr_mod", 0, ())]
+    assert po.effective() == (["vmlinux", "cdrom", "sr_mod"], "klp_object")
+    [patch] = po.patches
+    assert patch.states and patch.replace and patch.objs is not None
+    # the functions are those of the objects the kernel walks
+    assert [(f.object, f.old_name) for f in find_patched_functions(
+        ElfFile.read(cc(PATCH, arch=arch)))] == [(o, n) for o, n, *_r in WANT[:3]]
+
+
+def test_objects_set_at_run_time_fall_back_to_annotations(cc):
+    """A klp_patch whose objs array is filled by code: nothing static to read, so the
+    annotations name the objects (and the module still registers a patch)."""
+    from klpkit.convert.objects import read_patched_objects
+
+    src = r"""
+extern char __this_module[];
+struct klp_patch { void *mod; void *objs; void *states; _Bool replace; void *in[24]; };
+static struct { const char *name; void *funcs; void *rest[30]; } objs[2];
+struct klp_patch patch = { .mod = __this_module, .objs = objs, };
+struct r { void *sym; unsigned int pos; } __attribute__((packed));
+extern int cdrom_read_mech_status(void);
+struct r rel[] __attribute__((section(".klp.module_relocs.cdrom"), used)) =
+	{ { cdrom_read_mech_status, 0 } };
+extern int st(void) __asm__(".klp.sym.rela.sr_mod.sr_mod.sr_block_open.0");
+extern int klp_enable_patch(void *);
+int init(void) { objs[0].name = "cdrom"; return st() + klp_enable_patch(&patch); }
+"""
+    po = read_patched_objects(ElfFile.read(cc(src)))
+    assert po.objects == [] and not po.known and po.registers
+    assert po.source == "none" and len(po.patches) == 1 and po.patches[0].objs is not None
+    assert po.annotated == ["cdrom", "sr_mod"]
+    assert po.effective() == (["cdrom", "sr_mod"], "annotations")
+
+
+def test_entries_without_klp_patch_add_the_annotations(cc):
+    """No klp_patch anchor: the klp_object entries found by their funcs, plus what the
+    annotations name (an empty-funcs object the entries cannot show)."""
+    from klpkit.convert.objects import read_patched_objects
+
+    src = LAYOUT + ('extern int st(void) __asm__(".klp.sym.rela.sr_mod.sr_mod.x.0");\n'
+                    "int g(void) { return st(); }\n")
+    po = read_patched_objects(ElfFile.read(cc(src)))
+    assert po.source == "klp_object" and not po.registers
+    assert po.effective() == (["vmlinux", "cdrom", "sr_mod"], "klp_object, annotations")

@@ -120,9 +120,11 @@ def test_category_b_after_conversion(deps_modules, debian_symdb, tmp_path):
 
 # ------------------------------------------------------------------------- B recursion
 def test_b_recursion_on_per_object_set(deps_modules, debian_symdb, capsys):
-    """A split set (several livepatch modules each patching one object): lp_cdrom is
-    per-object without being told, so cdrom's load loads it: the recursion."""
-    paths = [deps_modules[n] for n in ("lp_vm", "lp_cd", "lp_sr", "lp_cdrom")]
+    """A split set (several livepatch modules each patching a different object):
+    lp_cdrom is per-object without being told, so cdrom's load loads it: the recursion.
+    (Issue 12: the set is lp_vm + lp_sr + lp_cdrom; with lp_cd too, lp_cd and lp_cdrom
+    both patch cdrom: stacked livepatches, not a split set -- see test_stacked_*.)"""
+    paths = [deps_modules[n] for n in ("lp_vm", "lp_sr", "lp_cdrom")]
     report = analyze(paths, debian_symdb)
     lp_cdrom = next(m for m in report.modules if m.name == "lp_cdrom")
     assert lp_cdrom.per_object and "split livepatch" in lp_cdrom.per_object_reason
@@ -134,7 +136,6 @@ def test_b_recursion_on_per_object_set(deps_modules, debian_symdb, capsys):
     assert cyc[0]["steps"] == ["lp_cdrom -needs-> cdrom", "cdrom -triggers-> lp_cdrom"]
     assert "recursion" in cyc[0]["reason"]
     assert report.edge("cdrom", "lp_cdrom", "triggers").verdict == "error"
-    assert report.edge("cdrom", "lp_cd", "triggers").verdict == "ok"
     assert report.edge("sr_mod", "lp_sr", "triggers").verdict == "ok"
     assert report.verdict == "error"
     # the same through the CLI, --json

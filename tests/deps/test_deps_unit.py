@@ -99,3 +99,15 @@ def test_write_graph_extensions(tmp_path):
     assert dot.read_text().startswith("digraph") and pic is None and warn is None
     with pytest.raises(InputError):
         write_graph(_report(), tmp_path / "g.jpeg2")
+
+
+def test_stacked_livepatches_are_no_split_set():
+    """Issue 12: two livepatches of one module (a fix and a fix on top) are stacked,
+    each its own klp_patch: neither is loaded by the module's load."""
+    stacked = [("lp_fix1", True, ["cdrom"]), ("lp_fix2", True, ["cdrom"])]
+    assert _per_object(stacked) == {"lp_fix1": False, "lp_fix2": False}
+    assert _per_object(stacked, True) == {"lp_fix1": True, "lp_fix2": True}
+    # a split set with a stacked fix on top of one of its parts is no split set either
+    mixed = [("lp_vm", True, ["vmlinux"]), ("lp_cd", True, ["cdrom"]),
+             ("lp_sr", True, ["sr_mod"]), ("lp_cd_fix", True, ["cdrom"])]
+    assert not any(_per_object(mixed).values())

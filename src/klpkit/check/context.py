@@ -20,6 +20,9 @@ class Context:
     versions: dict[str, int] | None = None   # __versions (None: no section)
     findings: list[Finding] = field(default_factory=list)
     klp_symbols_used: set[int] = field(default_factory=set)  # id() of symbols in klp sections
+    patched: object = None        # klpkit.convert.objects.PatchedObjects, read once
+    given: tuple | None = None    # (objects, registers) a caller states instead (deps)
+    loaded: list = field(default_factory=list)   # livepatches already loaded, in order
     _order: int = 0
 
     def add(self, rule: str, place: Place | None, message: str,
@@ -35,6 +38,32 @@ class Context:
         f.details.setdefault("_order", self._order)
         self.findings.append(f)
         return f
+
+    # --- the module as a livepatch -----------------------------------------------------
+    def livepatch(self):
+        """What the module patches and whether it registers a livepatch, read once
+        (:func:`klpkit.convert.objects.read_patched_objects`)."""
+        if self.patched is None:
+            from klpkit.convert.objects import read_patched_objects
+
+            self.patched = read_patched_objects(self.elf)
+        return self.patched
+
+    @property
+    def registers(self) -> bool:
+        """Does the module call klp_enable_patch(): is it a livepatch to the kernel?"""
+        if self.given is not None:
+            return self.given[1]
+        return self.livepatch().registers
+
+    @property
+    def objects(self) -> list[str] | None:
+        """The objects its klp_patch lists (else what its annotations name); None when
+        they are set at run time."""
+        if self.given is not None:
+            return self.given[0]
+        names, _source = self.livepatch().effective()
+        return names or None
 
     # --- shared lookups --------------------------------------------------------------
     def object_exists(self, obj: str) -> bool:

@@ -16,6 +16,8 @@ from klpkit.elf import constants as C
 from klpkit.elf.reloc_types import reloc_type_name
 from klpkit.elf.structs import layout_for
 from klpkit.errors import ElfError
+from klpkit.kernel import klp
+from klpkit.kernel.livepatch import is_klp_rela, parse_klp_rela_object
 
 ELFMAG = b"\x7fELF"
 
@@ -133,7 +135,7 @@ def _relocations(ctx: Context) -> None:
         tname = target.name if target is not None else f"[{rs.info}]"
         if target is None or not target.is_alloc:
             continue  # apply_relocations() skips non-allocated targets
-        is_klp = bool(rs.flags & C.SHF_RELA_LIVEPATCH)
+        is_klp = is_klp_rela(rs)
         raw = data[rs.orig_offset:rs.orig_offset + rs.size] if rs.orig_offset else rs.data
         if rs.type == C.SHT_REL:
             ctx.add("elf.rel", Place(rs.name), "SHT_REL relocations: the x86_64 loader "
@@ -177,8 +179,15 @@ def _relocations(ctx: Context) -> None:
                             f"{size} target bytes are {tdata[off:off + size].hex()}, the x86 "
                             "loader refuses to overwrite a nonzero value",
                             nonzero_message(ctx.kver).replace("type %d", f"type {rtype}", 1))
-                if f is not None and is_klp and not rs.name.startswith(".klp.rela.vmlinux."):
+                if f is not None and is_klp and not _applied_at_load(ctx, rs):
                     f.stage = Stage.OBJECT
+
+
+def _applied_at_load(ctx: Context, rs) -> bool:
+    """Does the module loader write this livepatch relocation section while the module
+    loads (klp.when_applied: vmlinux-gated, since 5.8)?"""
+    gate = parse_klp_rela_object(rs.name) or ""
+    return klp.when_applied(gate, ctx.objects, ctx.kver, ctx.registers).when is klp.When.LOAD
 
 
 def run(ctx: Context):

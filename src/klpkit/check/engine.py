@@ -9,44 +9,36 @@ from klpkit.check import (
     elf_rules,
     func_rules,
     klp_rules,
+    loaded_rules,
     modinfo_rules,
     symbol_rules,
 )
 from klpkit.check.context import Context
 from klpkit.check.findings import Finding, Place, Severity
-from klpkit.errors import InputError, KlpkitError
+from klpkit.errors import KlpkitError
 from klpkit.fileio import read_input
+from klpkit.kernel.kver import kernel_version as _kernel_version
+from klpkit.kernel.kver import parse_kernel_version  # noqa: F401 - klpkit.check's API
 
-FAMILIES = (elf_rules, modinfo_rules, symbol_rules, klp_rules, func_rules, deps_rules)
+FAMILIES = (elf_rules, modinfo_rules, symbol_rules, klp_rules, func_rules, loaded_rules,
+            deps_rules)
 
-
-def parse_kernel_version(text) -> tuple[int, int]:
-    """``"6.1"``, ``"6.1.0-47-amd64"``, ``(6, 1)`` -> ``(6, 1)``."""
-    if isinstance(text, tuple):
-        return tuple(text[:2])
-    import re
-
-    m = re.match(r"\s*(\d+)\.(\d+)", str(text))
-    if not m:
-        raise InputError(f"kernel version '{text}' is not MAJOR.MINOR (e.g. 6.1)")
-    return int(m.group(1)), int(m.group(2))
-
-
-def _default_kernel_version(db) -> tuple[int, int]:
-    try:
-        return parse_kernel_version(db.release)
-    except (InputError, AttributeError, KeyError):
-        return (6, 1)
+#: Families that are the livepatch core's alone: they run only for a module that
+#: registers a livepatch (klp_enable_patch(): klpkit.kernel.klp.registers_patch); the
+#: module loader's rules hold for every module.
+LIVEPATCH_CORE = (func_rules, loaded_rules)
 
 
 def check_bytes(data: bytes, db, kernel_version=None, *, path: str = "module.ko",
-                name: str | None = None) -> list[Finding]:
-    kver = (parse_kernel_version(kernel_version) if kernel_version is not None
-            else _default_kernel_version(db))
-    ctx = Context(path=path, data=data, db=db, kver=kver)
+                name: str | None = None, loaded=()) -> list[Finding]:
+    kver = _kernel_version(kernel_version, getattr(db, "release", None))
+    ctx = Context(path=path, data=data, db=db, kver=kver,
+                  loaded=[os.fspath(p) for p in loaded])
     if name:
         ctx.name = name
     for family in FAMILIES:
+        if family in LIVEPATCH_CORE and not ctx.registers:
+            continue
         try:
             cont = family.run(ctx)
         except KlpkitError as e:  # a malformed part the model refuses: report, go on
@@ -57,13 +49,16 @@ def check_bytes(data: bytes, db, kernel_version=None, *, path: str = "module.ko"
     return sort_findings(ctx.findings)
 
 
-def check_module(path: str | os.PathLike, db, kernel_version=None) -> list[Finding]:
+def check_module(path: str | os.PathLike, db, kernel_version=None, *,
+                 loaded=()) -> list[Finding]:
     """Every finding for the module at ``path`` against ``db`` (a SymbolDB) on kernel
-    ``kernel_version`` (``"6.1"``, ``(6, 1)``; default: the database's release).
+    ``kernel_version`` (``"6.1"``, ``(6, 1)``; default: the database's release), loaded
+    after the livepatches ``loaded`` (paths, in their load order).
 
     Findings come in the order the kernel meets them: the first error is the failure
     a real load would report (``first_error()``)."""
-    return check_bytes(read_input(path), db, kernel_version, path=os.fspath(path))
+    return check_bytes(read_input(path), db, kernel_version, path=os.fspath(path),
+                       loaded=loaded)
 
 
 _RANK = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.NOTE: 2}

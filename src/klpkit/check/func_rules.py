@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from klpkit.check.context import Context
 from klpkit.check.findings import Place, Severity, Stage
+from klpkit.kernel import klp
 from klpkit.kernel.livepatch import ksym_name_max
 
 #: The second word of a GCC clone's name (``foo.isra.0``, ``foo.constprop.0.isra.0``,
@@ -30,9 +31,7 @@ CLONE_MARKERS = frozenset({"isra", "constprop", "part", "lto_priv", "clone", "ll
 #: Symbol types that are certainly not code (SymbolEntry.type).
 _DATA_TYPES = frozenset({"object", "tls", "common", "section", "file"})
 
-#: klp_patch_func(): ftrace_location() since "x86/ibt,ftrace: Search for __fentry__
-#: location" (5.18); before it ftrace_set_filter_ip() refused the address (-EINVAL).
-FTRACE_LOCATION = (5, 18)
+FTRACE_LOCATION = klp.FTRACE_LOCATION   # klp_patch_func()'s ftrace lookup (kernel.klp)
 
 
 def _names_with_prefix(db, prefix: str, obj: str) -> list[str]:
@@ -57,18 +56,22 @@ def compiler_clones(db, name: str, obj: str) -> list[str]:
 
 
 def _stage(ctx: Context, obj: str) -> Stage:
-    return Stage.ENABLE if obj == "vmlinux" and ctx.kver >= (5, 8) else Stage.OBJECT
+    """vmlinux functions resolve in klp_enable_patch() (after the vmlinux relocations,
+    which the loader applies first since 5.8); a module's with that module."""
+    if obj == klp.VMLINUX and ctx.kver >= klp.VMLINUX_RELOCS_AT_LOAD:
+        return Stage.ENABLE
+    return Stage.OBJECT
 
 
 def _when(ctx: Context, obj: str) -> str:
-    if obj == "vmlinux":
+    if obj == klp.VMLINUX:
         return "klp_enable_patch() fails: the livepatch's insmod fails"
     return (f"enabling the patch with {obj} loaded fails (the livepatch's insmod fails); "
             f"with {obj} loaded later, {obj}'s own insmod fails (klp_module_coming)")
 
 
 def _late_lines(ctx: Context, obj: str, err: int = -22) -> str | None:
-    if obj == "vmlinux":
+    if obj == klp.VMLINUX:
         return None
     return (f"livepatch: failed to initialize patch '{ctx.name}' for module '{obj}' ({err})\n"
             f"livepatch: patch '{ctx.name}' failed for module '{obj}', refusing to load "
@@ -100,15 +103,15 @@ def _add(ctx: Context, rule: str, place: Place, message: str, kernel: str | None
 def _resolve(ctx: Context, func, place: Place, stage: Stage) -> None:
     """klp_find_object_symbol(func.object, old_name, old_sympos), then the type."""
     obj, name, pos = func.object, func.old_name, func.old_sympos
-    vm = obj == "vmlinux"
-    shown = "(null)" if vm else obj      # the kernel passes objname NULL for vmlinux
+    vm = obj == klp.VMLINUX
     when = _when(ctx, obj)
     late = _late_lines(ctx, obj)
     extra = {"late_load_kernel_message": late} if late else {}
     entries = ctx.db.lookup(name, object=obj)
-    if not entries:
+    res = klp.find_object_symbol(entries, pos)
+    kernel = klp.resolution_message(res, obj, name, pos)
+    if res.found is klp.Found.NOT_FOUND:
         clones = compiler_clones(ctx.db, name, obj)
-        kernel = f"livepatch: symbol '{name}' not found in symbol table"
         if clones:
             _add(ctx, "klp.func.inlined", place,
                  f"'{name}' is not in {obj}'s kallsyms on {ctx.db.release}, only its compiler "
@@ -122,22 +125,18 @@ def _resolve(ctx: Context, func, place: Place, stage: Stage) -> None:
                  f"this build does not have, e.g. inlined into all its callers); {when}",
                  kernel, stage, **extra)
         return
-    count = len(entries)
-    if pos == 0 and count > 1:
+    if res.found is klp.Found.AMBIGUOUS:
         _add(ctx, "klp.func.ambiguous", place,
-             f"old_sympos 0 but {obj} has {count} symbols named '{name}': "
+             f"old_sympos 0 but {obj} has {res.count} symbols named '{name}': "
              + ", ".join(f"{e.bind} {e.type} (sympos {e.sympos})" for e in entries)
-             + f"; set old_sympos; {when}",
-             f"livepatch: unresolvable ambiguity for symbol '{name}' in object '{shown}'",
-             stage, count=count, **extra)
+             + f"; set old_sympos; {when}", kernel, stage, count=res.count, **extra)
         return
-    if pos > count:
+    if res.found is klp.Found.POSITION:
         _add(ctx, "klp.func.position", place,
-             f"old_sympos {pos} but {obj} has only {count} symbol(s) named '{name}'; {when}",
-             f"livepatch: symbol position {pos} for symbol '{name}' in object '{obj}' "
-             "not found", stage, count=count, **extra)
+             f"old_sympos {pos} but {obj} has only {res.count} symbol(s) named '{name}'; "
+             f"{when}", kernel, stage, count=res.count, **extra)
         return
-    e = entries[max(pos, 1) - 1]
+    e = res.entry
     if e.type in _DATA_TYPES or e.type == "notype":
         kernel, late_nf = _not_function_message(ctx, obj, name)
         certain = e.type in _DATA_TYPES

@@ -101,35 +101,68 @@ def _vermagic(ctx: Context, objects) -> None:
 
 
 def _livepatch(ctx: Context) -> None:
-    from klpkit.convert.objects import find_patched_objects
-
+    """The module loader reads the ``livepatch`` tag of every module
+    (check_modinfo_livepatch(): refused without CONFIG_LIVEPATCH, else the kernel is
+    tainted); the livepatch core's rules hold only for a module that registers a patch
+    (klp.registers_patch: it calls klp_enable_patch())."""
     try:
         has_klp = ctx.db.export("klp_enable_patch") is not None
     except Exception:  # noqa: BLE001
         has_klp = True
+    place = Place(".modinfo", symbol="livepatch")
+    if ctx.modinfo.is_livepatch:
+        if not has_klp:
+            ctx.add("livepatch.support", place,
+                    f"{ctx.db.release} exports no klp_enable_patch: CONFIG_LIVEPATCH is off",
+                    f"{ctx.name}: module is marked as livepatch module, but livepatch "
+                    "support is disabled")
+        else:
+            ctx.add("livepatch.taint", place, "livepatch=Y: the module loader taints the "
+                    "kernel (TAINT_LIVEPATCH, 'K')"
+                    + ("" if ctx.registers else "; the module registers no livepatch (no "
+                       "klp_enable_patch() call): the livepatch core never sees it"),
+                    f"{ctx.name}: tainting kernel with TAINT_LIVEPATCH")
+    if not ctx.registers:
+        return
     if not ctx.modinfo.is_livepatch:
         value = ctx.modinfo.get("livepatch")
         why = ("no livepatch tag in .modinfo" if value is None
                else f"livepatch={value!r} instead of 'Y'")
-        ctx.add("livepatch.modinfo", Place(".modinfo", symbol="livepatch"),
+        ctx.add("livepatch.modinfo", place,
                 f"{why}: klp_enable_patch() refuses the module (MODULE_INFO(livepatch, \"Y\"))",
                 f"livepatch: module {ctx.name} is not marked as a livepatch module")
-    elif not has_klp:
-        ctx.add("livepatch.support", Place(".modinfo", symbol="livepatch"),
-                f"{ctx.db.release} exports no klp_enable_patch: CONFIG_LIVEPATCH is off",
-                f"{ctx.name}: module is marked as livepatch module, but livepatch support "
-                "is disabled")
-    for obj in find_patched_objects(ctx.elf):
+    _objects(ctx)
+    for obj in ctx.livepatch().objects:
         if not ctx.object_exists(obj.name):
             ctx.add("livepatch.object", Place(obj.section, obj.offset, obj.name),
                     f"klp_object '{obj.name}' is not vmlinux nor a module of "
                     f"{ctx.db.release}: the patch loads but never applies to it")
 
 
-def patched_objects(ctx: Context) -> list[str]:
-    from klpkit.convert.objects import find_patched_objects
+def _objects(ctx: Context) -> None:
+    """What klp_enable_patch() will walk: every klp_object of the klp_patch, whatever its
+    funcs hold (an empty array: callbacks or states only)."""
+    lp = ctx.livepatch()
+    if not lp.objects:
+        names, source = lp.effective()
+        ctx.add("livepatch.objects", Place(), "the klp_objects are not readable from the "
+                "module's data (set at run time?)"
+                + (f"; its {source} name {', '.join(names)}" if names else ""))
+        return
+    parts = []
+    for o in lp.objects:
+        what = [f"{o.funcs} function(s)" if o.funcs else "no function"]
+        if o.callbacks:
+            what.append("callbacks " + ", ".join(o.callbacks))
+        parts.append(f"{o.name} ({'; '.join(what)})")
+    states = any(p.states for p in lp.patches)
+    ctx.add("livepatch.objects", Place(lp.objects[0].section), "patches " + ", ".join(parts)
+            + ("; with klp_states" if states else ""),
+            objects=[o.name for o in lp.objects], states=states)
 
-    return [o.name for o in find_patched_objects(ctx.elf)]
+
+def patched_objects(ctx: Context) -> list[str]:
+    return ctx.livepatch().names
 
 
 def run(ctx: Context):

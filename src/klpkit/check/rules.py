@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from klpkit.check.findings import Severity, Stage
+from klpkit.kernel import klp
 
 E, W, N = Severity.ERROR, Severity.WARNING, Severity.NOTE
 
@@ -101,9 +102,17 @@ _RULES = [
     Rule("livepatch.support", "modinfo", E, Stage.MODINFO, (4, 7),
          "livepatch=Y on a kernel without CONFIG_LIVEPATCH",
          "%s: module is marked as livepatch module, but livepatch support is disabled"),
+    Rule("livepatch.taint", "modinfo", N, Stage.MODINFO, (4, 7),
+         "livepatch=Y: the module loader taints the kernel (check_modinfo_livepatch(); "
+         "printed once a boot)", "%s: tainting kernel with TAINT_LIVEPATCH"),
     Rule("livepatch.modinfo", "livepatch", E, Stage.ENABLE, (4, 7),
-         "the module carries livepatch=Y (MODULE_INFO(livepatch, \"Y\"))",
+         "a module that calls klp_enable_patch() carries livepatch=Y "
+         "(MODULE_INFO(livepatch, \"Y\")); a module that does not is no livepatch to the "
+         "kernel, and none of the livepatch core's rules apply to it",
          "livepatch: module %s is not marked as a livepatch module"),
+    Rule("livepatch.objects", "livepatch", N, Stage.ENABLE, (4, 7),
+         "the objects klp_enable_patch() walks: klp_patch.objs, each klp_object whatever "
+         "its funcs hold (an empty array: callbacks or states only)"),
     Rule("livepatch.object", "livepatch", W, Stage.ENABLE, (4, 7),
          "each klp_object names vmlinux or a module of the target kernel (otherwise the "
          "patch never applies to it)"),
@@ -132,6 +141,25 @@ _RULES = [
          "a normal reference to a module's export: the livepatch depends on that module"),
     Rule("undef.weak", "symbols", N, Stage.SYMBOLS, (4, 0),
          "a weak undefined symbol found nowhere resolves to 0"),
+    # --- the livepatches already loaded (check --loaded) ---------------------------------
+    Rule("loaded.duplicate", "loaded", E, Stage.ELF, (4, 0),
+         "no module of the same name is loaded (the loader refuses a second: -EEXIST)"),
+    Rule("loaded.order", "loaded", W, Stage.ENABLE, (4, 0),
+         "each livepatch given as loaded could load after the ones before it"),
+    Rule("klp.state.incompatible", "loaded", E, Stage.ENABLE, klp.SYSTEM_STATES,
+         "klp_is_patch_compatible(): every state of the installed livepatches is one the "
+         "new livepatch carries at the same or a later version (a cumulative one must "
+         "carry them all)",
+         "livepatch: Livepatch patch (%s) is not compatible with the already installed "
+         "livepatches."),
+    Rule("klp.replace.reverts", "loaded", W, Stage.ENABLE, klp.ATOMIC_REPLACE,
+         "a cumulative livepatch (replace) disables the installed ones: the functions they "
+         "replace and it does not run their original code again (klp_add_nops())"),
+    Rule("klp.stack.top", "loaded", N, Stage.ENABLE, (4, 0),
+         "a function an installed livepatch replaces too: the newest runs (func_stack), the "
+         "older again once the newest is disabled"),
+    Rule("loaded.set", "loaded", N, Stage.ENABLE, (4, 0),
+         "the livepatches enabled once the module is loaded, bottom to top"),
     # --- klpkit deps (imported verdicts) ----------------------------------------------
     Rule("deps.pin", "deps", W, Stage.SYMBOLS, (4, 0),
          "a normal reference to (or depends= on) a patched module pins it: the target "
@@ -220,16 +248,26 @@ _RULES = [
     Rule("klp.rela.symbol", "klp.rela", E, Stage.RELOCATIONS, (4, 7),
          "every relocation in a klp section uses an SHN_LIVEPATCH symbol",
          "livepatch: symbol %s is not marked as a livepatch symbol"),
-    Rule("klp.rela.vmlinux-in-module", "klp.rela", E, Stage.OBJECT, (5, 8),
+    Rule("klp.rela.vmlinux-in-module", "klp.rela", E, Stage.OBJECT,
+         klp.MODULE_GATE_REFUSES_VMLINUX,
          "a module-specific section references a vmlinux symbol",
          "livepatch: invalid access to vmlinux symbol '%s' from module-specific livepatch "
          "relocation section"),
-    Rule("klp.rela.module-in-vmlinux", "klp.rela", W, Stage.RELOCATIONS, (5, 8),
+    Rule("klp.rela.module-in-vmlinux", "klp.rela", W, Stage.RELOCATIONS,
+         klp.VMLINUX_RELOCS_AT_LOAD,
          "a vmlinux-gated section references a module symbol: resolved when the livepatch "
          "loads, it fails unless that module is already loaded",
          "livepatch: symbol '%s' not found in symbol table"),
     Rule("klp.rela.object", "klp.rela", W, Stage.OBJECT, (4, 7),
          "the gating object is vmlinux or a module of the target kernel"),
+    Rule("klp.rela.never-applied", "klp.rela", E, Stage.OBJECT, (4, 7),
+         "the kernel applies the section: vmlinux-gated ones by the module loader "
+         "(apply_relocations(), since 5.8), the others by klp_init_object_loaded() only "
+         "for an object the module's klp_patch lists, in a module that calls "
+         "klp_enable_patch() (otherwise its sites stay zero)"),
+    Rule("klp.sym.dependency", "klp.sym", W, Stage.OBJECT, (4, 7),
+         "a module symbol in a section gated on another module: found only if that module "
+         "is loaded when the gate's relocations are written (the gate should depend on it)"),
     Rule("klp.rela.special", "klp.rela", W, Stage.OBJECT, (5, 8),
          "module-gated relocations in sections the kernel consumes when the livepatch "
          "loads (alternatives, jump labels, ...)"),
@@ -239,7 +277,7 @@ _RULES = [
          "existing value is nonzero for type %d, loc %p, val %Lx\n"
          "livepatch: failed to initialize patch '%s' for module '%s' (-8)\n"
          "livepatch: patch '%s' failed for module '%s', refusing to load module '%s'",
-         until=(6, 3), uncertain=True),
+         until=klp.CLEAR_RELOCATE_ADD, uncertain=True),
 ]
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}
@@ -249,7 +287,7 @@ RULES: dict[str, Rule] = {r.id: r for r in _RULES}
 X86_64_RELOC_SIZES = {0: 0, 1: 8, 2: 4, 4: 4, 10: 4, 11: 4, 24: 8}
 
 #: The first kernel with clear_relocate_add() (reload of a patched module works).
-CLEAR_RELOCATE_ADD = (6, 3)
+CLEAR_RELOCATE_ADD = klp.CLEAR_RELOCATE_ADD
 
 
 def nonzero_message(kver: tuple[int, int]) -> str:

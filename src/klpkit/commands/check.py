@@ -19,19 +19,24 @@ from klpkit.output import print_json, print_table
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "check", help="predict whether a livepatch module loads and resolves on a kernel",
+        "check", help="predict whether a (livepatch) module loads and resolves on a kernel",
         description="Apply the module loader's and the livepatch core's rules to MODULE.ko "
                     "against the target kernel's symbol database: ELF sanity, relocation "
                     "types and targets, .klp.rela sections, .klp.sym symbols (format, "
                     "sympos), remaining undefined symbols (exports, GPL, namespaces, CRCs), "
-                    "vermagic and the livepatch tag.  Exit 0: no error; 1: errors; 2: bad "
-                    "input.")
+                    "vermagic and the livepatch tag.  The livepatch core's rules apply only "
+                    "to a module that calls klp_enable_patch(); the module loader's to "
+                    "every module.  Exit 0: no error; 1: errors; 2: bad input.")
     p.add_argument("module", metavar="MODULE.ko", help="the (converted) livepatch module")
     p.add_argument("--symbols", metavar="DB",
                    help="symbol database of the target kernel (klpkit SQLite or a "
                         "Symbols.list); default: the cached database of the module's release")
     p.add_argument("--kernel-version", metavar="X.Y",
                    help="kernel version whose rules apply (default: the database's release)")
+    p.add_argument("--loaded", nargs="+", default=[], metavar="LP.ko",
+                   help="the livepatches already loaded, in their load order: judge the "
+                        "module against the set it joins (klp_state compatibility, atomic "
+                        "replace, stacking)")
     p.add_argument("--json", action="store_true", help="machine-readable findings")
     p.add_argument("--notes", action="store_true", help="also list notes (resolutions, "
                                                         "dependencies)")
@@ -55,10 +60,11 @@ def run(args) -> int:
         return _rules(args)
     from klpkit.symbols.source import open_symbols
 
-    read_input(args.module)
+    for path in (args.module, *args.loaded):
+        read_input(path)
     with contextlib.ExitStack() as stack:
         db = open_symbols(args.symbols, args.module, stack)
-        findings = check_module(args.module, db, args.kernel_version)
+        findings = check_module(args.module, db, args.kernel_version, loaded=args.loaded)
         release = db.release
     code = exit_code(findings)
     first = first_error(findings)

@@ -11,10 +11,11 @@ import contextlib
 import sys
 
 from klpkit.convert import PlanOptions, convert_file, parse_map_entry, parse_map_text
+from klpkit.convert.symbol_stream import open_for_module
+from klpkit.elf import ElfFile
 from klpkit.errors import InputError
 from klpkit.fileio import read_input
 from klpkit.output import print_json, print_table
-from klpkit.symbols.source import open_symbols
 
 
 def register(sub) -> None:
@@ -32,7 +33,13 @@ def register(sub) -> None:
                         "default: $KLPKIT_SYMBOLS_DB or the cached database of the "
                         "module's kernel release")
     p.add_argument("--object", action="append", default=[], metavar="OBJ",
-                   help="an object the livepatch patches (default: its klp_object names)")
+                   help="an object the livepatch patches (default: its own, read from its "
+                        "klp_patch, or its annotations); naming one the module does not "
+                        "patch is an error (nothing written) unless --force")
+    p.add_argument("--force", action="store_true",
+                   help="convert with --object even where it contradicts the module's "
+                        "own objects (the kernel never applies sections gated on an "
+                        "object the livepatch does not patch)")
     p.add_argument("--map", action="append", default=[], metavar="NAME=OBJ[,POS]",
                    help="resolve NAME to the POS-th symbol of that name in OBJ")
     p.add_argument("--map-file", metavar="FILE", help="NAME=OBJ[,POS] lines (# comments)")
@@ -79,12 +86,14 @@ def run(args) -> int:
     if not args.dry_run and not args.output:
         raise InputError("-o OUT.ko is required (or --dry-run)")
     choices = choices_from_args(args.map, args.map_file)
-    options = PlanOptions(objects=args.object, choices=choices, keep_exports=args.keep_exports)
+    options = PlanOptions(objects=args.object, choices=choices, keep_exports=args.keep_exports,
+                          force=args.force)
     with contextlib.ExitStack() as stack:
         read_input(args.input)  # one-line error for a missing input before the DB
-        db = open_symbols(args.symbols, args.input, stack)
+        elf = ElfFile.read(args.input)
+        db = open_for_module(args.symbols, elf, stack)
         plan, result, elf = convert_file(args.input, args.output, db, options,
-                                         dry_run=args.dry_run)
+                                         dry_run=args.dry_run, elf=elf)
     written = result is not None
     if args.json:
         doc = plan.to_json()

@@ -21,19 +21,26 @@ def register(sub) -> None:
                     "of per-object livepatch sets.  A livepatch module patching one module "
                     "is per-object (its module's load loads it, so a B reference is also a "
                     "recursion) when the set is a split livepatch (several livepatch "
-                    "modules each patching one object) or with --per-object; a lone "
-                    "livepatch is a normal one (a B reference pins, no recursion).  "
+                    "modules each patching a different object) or with --per-object; a "
+                    "lone livepatch, or livepatches stacked on one object (a fix and a fix "
+                    "on top), are normal ones (a B reference pins, no recursion).  The "
+                    "verdicts on livepatch relocations are klpkit check's.  "
                     "Exit 1 when any verdict is 'error'.")
     p.add_argument("modules", nargs="+", metavar="MODULE.ko", help="livepatch module(s)")
     p.add_argument("--symbols", metavar="DB", required=True,
                    help="symbol database (klpkit SQLite, or a klp-convert Symbols.list)")
     p.add_argument("--object", action="append", default=[], metavar="MOD=OBJ[,OBJ]",
-                   help="the objects module MOD patches (default: its klp_object names)")
+                   help="the objects module MOD patches (default: its own, read from its "
+                        "klp_patch, or its annotations); naming one the module does not "
+                        "patch is an error verdict unless --force")
+    p.add_argument("--force", action="store_true",
+                   help="analyse with --object even where it contradicts a module's own "
+                        "objects (a warning instead of an error)")
     p.add_argument("--per-object", action=argparse.BooleanOptionalAction, default=None,
                    help="the livepatch modules patching one module are per-object (split "
                         "livepatch: loading the patched module loads them); default: yes "
-                        "when several livepatch modules given each patch one object, no "
-                        "for a lone livepatch.  The JSON says which (per_object, "
+                        "when several livepatch modules given each patch a different "
+                        "object, no for a lone livepatch or stacked ones.  The JSON says which (per_object, "
                         "per_object_reason)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--graph", metavar="FILE",
@@ -50,7 +57,8 @@ def run(args) -> int:
     objects = parse_object_map(args.object)
     with contextlib.ExitStack() as stack:
         db = open_symbols(args.symbols, args.modules[0], stack)
-        report = analyze(args.modules, db, objects, per_object=args.per_object)
+        report = analyze(args.modules, db, objects, per_object=args.per_object,
+                         force=args.force)
     if args.graph:
         dot_path, picture, warning = write_graph(report, args.graph)
         if warning:

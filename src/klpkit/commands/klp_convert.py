@@ -1,7 +1,10 @@
 """``klp-convert``: drop-in for the kernel proposals' command lines.
 
 * ``klp-convert SYMBOLS.LIST IN.ko OUT.ko`` (full klp-convert, v3-v7): classify with the
-  symbol list (our format or the kernel Makefile's ``nm`` one) and klpkit's policy;
+  symbol list (our format or the kernel Makefile's ``nm`` one, streamed for the names
+  the module uses: it runs once per module in a Kbuild build) and klpkit's policy; the
+  patched objects are the module's own (its klp_patch, empty-funcs objects included,
+  or its annotations): the command line has no way to name them;
 * ``klp-convert IN.ko OUT.ko`` (minimal klp-convert): convert only the
   ``.klp.sym.rela.*`` intermediate symbols and ``.klp.module_relocs`` annotations.
 
@@ -15,6 +18,7 @@ import contextlib
 import sys
 
 from klpkit.convert import PlanOptions, convert_file
+from klpkit.elf import ElfFile
 from klpkit.errors import KlpkitError
 
 USAGE = "Usage: klp-convert <symbols.klp> <input.ko> <output.ko>"
@@ -27,15 +31,14 @@ def main(argv) -> int:
         return 2
     try:
         with contextlib.ExitStack() as stack:
-            if len(argv) == 3:
-                from klpkit.symbols.source import open_symbols
+            symbols, src, dst = argv if len(argv) == 3 else (None, *argv)
+            elf = ElfFile.read(src)
+            db = None
+            if symbols is not None:
+                from klpkit.convert.symbol_stream import open_for_module
 
-                symbols, src, dst = argv
-                db = open_symbols(symbols, src, stack)
-            else:
-                src, dst = argv
-                db = None
-            plan, _result, _elf = convert_file(src, dst, db, PlanOptions())
+                db = open_for_module(symbols, elf, stack)
+            plan, _result, _elf = convert_file(src, dst, db, PlanOptions(), elf=elf)
     except KlpkitError as e:
         print(f"klp-convert: {e}", file=sys.stderr)
         return 2

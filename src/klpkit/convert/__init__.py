@@ -42,13 +42,15 @@ def _same_file(a, b) -> bool:
 
 
 def convert_file(src, dst, db, options: PlanOptions | None = None, *,
-                 dry_run: bool = False) -> tuple[Plan, ApplyResult | None, ElfFile]:
+                 dry_run: bool = False, elf: ElfFile | None = None
+                 ) -> tuple[Plan, ApplyResult | None, ElfFile]:
     """Plan, and unless ``dry_run`` or the plan has errors, apply and write ``dst``
-    atomically.  The input file is never written."""
+    atomically.  The input file is never written.  ``elf``: ``src`` already read."""
     if dst is not None and not dry_run and _same_file(src, dst):
         raise InputError("the output would overwrite the input; choose another -o path",
                          path=dst)
-    elf = ElfFile.read(src)
+    if elf is None:
+        elf = ElfFile.read(src)
     plan = make_plan(elf, db, options)
     if dry_run or not plan.ok:
         return plan, None, elf

@@ -44,10 +44,18 @@ Choosing among candidates: a :class:`~klpkit.convert.annotations.Choice` from ``
 objects the livepatch patches (a static of a patched module wins over vmlinux: the
 livepatch's code is a copy of that module's code), then vmlinux.
 
-Gating object (``.klp.rela.<gate>.<section>``): ``vmlinux`` for every vmlinux symbol,
-even from code that patches a module (since 5.8 the kernel refuses vmlinux symbols in
-a module-gated section); the patched module for its own symbols; for a symbol of an
-unpatched module D (chosen explicitly) the patched module that depends on D.
+Gating object (``.klp.rela.<gate>.<section>``), by the kernel's rules in
+:mod:`klpkit.kernel.klp` (never restated here): ``vmlinux`` for every vmlinux symbol,
+even from code that patches a module (since 5.8 the module loader applies such sections
+itself and the kernel refuses vmlinux symbols in a module-gated section); the patched
+module for its own symbols; for a symbol of an unpatched module D (chosen explicitly)
+the patched module that depends on D.  A gate the kernel would never apply (an object
+the livepatch does not patch) is an error.
+
+The patched objects are the module's own (:func:`klpkit.convert.objects.read_patched_objects`:
+``klp_patch.objs``, empty-funcs objects included, else the ``klp_object`` entries and the
+objects the annotations name); ``--object`` naming an object the module does not patch
+contradicts the module and is an error unless ``force``.
 """
 
 from __future__ import annotations
@@ -62,15 +70,18 @@ from klpkit.convert.annotations import (
     read_module_relocs,
     valid_object_name,
 )
-from klpkit.convert.objects import find_patched_objects
+from klpkit.convert.objects import FROM_NONE, read_patched_objects
 from klpkit.elf import ElfFile
 from klpkit.elf import constants as C
 from klpkit.elf.reloc_types import machine_name, reloc_type_name
+from klpkit.kernel import klp
+from klpkit.kernel.kver import DEFAULT_KERNEL_VERSION, format_version, kernel_version
 from klpkit.kernel.livepatch import (
-    KLP_RELA_PREFIX,
+    is_klp_rela,
     klp_rela_section_name,
     klp_symbol_name,
     ksym_name_max,
+    meant_as_klp_rela,
     module_name_from_path,
 )
 
@@ -94,58 +105,11 @@ class Action(enum.StrEnum):
     ERROR = "error"       # cannot be converted: the plan fails
 
 
-#: Sections the kernel processes when the *livepatch* module loads (module_finalize,
-#: jump-label/static-call/ftrace init...).  A livepatch relocation there is applied too
-#: late (module-gated) or into data the kernel already consumed; refused (spec P9).
-SPECIAL_SECTIONS: dict[str, str] = {
-    ".altinstructions": "apply_alternatives() consumes it in module_finalize() when the "
-                        "livepatch loads, before livepatch relocations are applied",
-    ".altinstr_replacement": "alternatives are copied in module_finalize() when the "
-                             "livepatch loads, before livepatch relocations are applied",
-    ".altinstr_aux": "alternatives are applied in module_finalize() when the livepatch loads",
-    ".parainstructions": "apply_paravirt() patches these sites in module_finalize() when "
-                         "the livepatch loads",
-    "__jump_table": "jump_label_add_module() reads the keys when the livepatch loads; only "
-                    "vmlinux-gated relocations (applied early, kernel >= 5.8) are there in time",
-    ".static_call_sites": "static_call_add_module() resolves the keys when the livepatch "
-                          "loads, before livepatch relocations are applied",
-    "__bug_table": "module_bug_finalize() uses the table from load time on; entries must "
-                   "point into the livepatch itself",
-    "__ex_table": "the exception table is sorted and searched from load time on; entries "
-                  "must point into the livepatch itself",
-    ".orc_unwind_ip": "unwind_module_init() sorts the ORC table when the livepatch loads",
-    ".orc_unwind": "unwind_module_init() sorts the ORC table when the livepatch loads",
-    ".retpoline_sites": "apply_retpolines() patches these sites in module_finalize() at load",
-    ".return_sites": "apply_returns() patches these sites in module_finalize() at load",
-    ".call_sites": "call thunks are patched in module_finalize() at load",
-    ".ibt_endbr_seal": "apply_ibt_endbr() patches these sites in module_finalize() at load",
-    "__mcount_loc": "ftrace_module_init() records these call sites when the livepatch loads",
-    "__patchable_function_entries": "ftrace_module_init() records these call sites at load",
-    ".smp_locks": "alternatives_smp_module_add() records these lock prefixes at load",
-    "__tracepoints_ptrs": "tracepoint_module_coming() reads them when the livepatch loads",
-    "__dyndbg": "ddebug_add_module() registers the descriptors when the livepatch loads",
-    "__param": "module parameters are parsed when the livepatch loads",
-    ".gnu.linkonce.this_module": "the loader reads struct module when the livepatch loads",
-    "__ksymtab": "an export of the livepatch must point to its own symbol",
-    "__ksymtab_gpl": "an export of the livepatch must point to its own symbol",
-    "__kcrctab": "an export of the livepatch must point to its own symbol",
-    "__kcrctab_gpl": "an export of the livepatch must point to its own symbol",
-    ".static_call.text": "static call trampolines are patched at load",
-    "_ftrace_events": "trace events are registered when the livepatch loads",
-    "__bpf_raw_tp_map": "BPF raw tracepoints are registered when the livepatch loads",
-}
-
-#: The one special case proven safe: vmlinux-gated relocations are applied by the
-#: module loader's apply_relocations() *before* module_finalize()/jump-label init (5.8+).
-VMLINUX_GATED_ALLOWED = {"__jump_table"}
-
-REASON_INIT = ("module-gated livepatch relocations are written when the patched module "
-               "loads, possibly after the livepatch's init code has run and been freed")
-REASON_NOALLOC = ("the section is not SHF_ALLOC: the module loader never applies livepatch "
-                  "relocations there")
-REASON_REL = ("SHT_REL: the kernel's livepatch core applies only SHT_RELA sections "
-              "(klp_apply_section_relocs -> apply_relocate_add); REL architectures have no "
-              "livepatch support, so klpkit does not invent RELA for them")
+# The kernel's rules on where a livepatch relocation can be applied (re-exported: they
+# lived here before klpkit.kernel.klp).
+SPECIAL_SECTIONS = klp.SPECIAL_SECTIONS
+VMLINUX_GATED_ALLOWED = klp.VMLINUX_GATED_ALLOWED
+REASON_INIT, REASON_NOALLOC, REASON_REL = klp.REASON_INIT, klp.REASON_NOALLOC, klp.REASON_REL
 
 
 @dataclass(frozen=True)
@@ -234,7 +198,8 @@ class PlanOptions:
     objects: list[str] = field(default_factory=list)   # --object (else klp_object names)
     choices: list[Choice] = field(default_factory=list)  # --map / --map-file, in priority order
     keep_exports: bool = False
-    kernel_version: tuple[int, int] | None = None       # default: from vermagic, else (6, 1)
+    kernel_version: tuple[int, int] | None = None       # default: vermagic, DB, else 6.1
+    force: bool = False     # --force: an --object that contradicts the module is a warning
 
 
 @dataclass
@@ -311,15 +276,18 @@ class Classifier:
     ``module_depends(obj) -> list[str]`` (a :class:`klpkit.symbols.SymbolDB`), or None
     (no database: only explicit choices and intermediates are converted, the rest is
     ``unchecked``).  ``patched``: the objects the livepatch patches.
-    ``choices``: explicit answers, first wins per name.
+    ``choices``: explicit answers, first wins per name.  ``kernel_version``: the kernel
+    whose gating rules apply (:mod:`klpkit.kernel.klp`).
     """
 
     def __init__(self, db, patched: Iterable[str], *, keep_exports: bool = False,
-                 choices: Iterable[Choice] = ()):
+                 choices: Iterable[Choice] = (),
+                 kernel_version: tuple[int, int] = DEFAULT_KERNEL_VERSION):
         self.db = db
         self.patched = list(dict.fromkeys(patched))
         self.patched_modules = [o for o in self.patched if o != "vmlinux"]
         self.keep_exports = keep_exports
+        self.kver = kernel_version
         self.choices: dict[str, Choice] = {}
         for c in choices:
             self.choices.setdefault(c.name, c)
@@ -341,23 +309,31 @@ class Classifier:
         return self._automatic(name, weak)
 
     # -- helpers ------------------------------------------------------------
+    def _depends(self, module: str) -> list[str]:
+        try:
+            return list(self.db.module_depends(module))
+        except Exception:  # noqa: BLE001 - an object missing from the DB: no dependency
+            return []
+
     def _gate(self, obj: str) -> tuple[str | None, str | None]:
-        """(gate, problem) for a symbol defined in ``obj``."""
-        if obj == "vmlinux" or obj in self.patched_modules:
+        """(gate, problem) for a symbol defined in ``obj``: where the kernel will apply
+        its relocations (klp.gate_for_vmlinux, klp.dependency_problem)."""
+        if obj == klp.VMLINUX:
+            gate = klp.gate_for_vmlinux(self.patched, self.kver)
+            if gate is None:
+                return None, (f"before {format_version(klp.VMLINUX_RELOCS_AT_LOAD)} only a "
+                              "vmlinux klp_object or a patched module applies relocations to "
+                              "vmlinux symbols, and this livepatch has neither")
+            return gate, None
+        if obj in self.patched_modules:
             return obj, None
-        users = []
-        for pm in self.patched_modules:
-            try:
-                if obj in self.db.module_depends(pm):
-                    users.append(pm)
-            except Exception:  # noqa: BLE001 - an object missing from the DB: no dependency
-                pass
+        problems = {pm: klp.dependency_problem(pm, obj, self._depends(pm))
+                    for pm in self.patched_modules}
+        users = [pm for pm, problem in problems.items() if problem is None]
         if users:
             return users[0], None
         if len(self.patched_modules) == 1:
-            return self.patched_modules[0], (
-                f"'{obj}' is not a dependency of '{self.patched_modules[0]}' in the symbol "
-                "database: the symbol may be missing when the relocation is applied")
+            return self.patched_modules[0], problems[self.patched_modules[0]]
         return None, (f"no patched module depends on '{obj}', so nothing gates a livepatch "
                       f"relocation to its symbols (patched: "
                       f"{', '.join(self.patched) or 'none'})")
@@ -410,27 +386,24 @@ class Classifier:
             f"not exported ({entry.bind}) in {where}{via}, sympos {pos}", source, sympos)
 
     def _pick(self, name, entries, obj, sympos, source) -> tuple[object, int] | str:
-        """Validate an explicit (object, pos) against the database."""
+        """Validate an explicit (object, pos) against the database, as
+        klp_find_object_symbol() will count (None: the user gave no position)."""
         mine = [e for e in entries if e.object == obj]
         if not mine:
             others = "; candidates: " + ", ".join(map(str, _cands(entries))) if entries else ""
             return f"{name}: {source} names object '{obj}', which has no symbol '{name}'{others}"
-        count = mine[0].count
-        if sympos is None:
-            if count > 1:
-                return (f"{name}: {source} names '{obj}' without a position, but '{obj}' has "
-                        f"{count}: " + ", ".join(map(str, _cands(mine)))
-                        + f"; add the position: {name}={obj},POS")
-            return mine[0], 0
-        if sympos == 0:
-            if count > 1:
-                return (f"{name}: {source} gives sympos 0, which needs a unique symbol, but "
-                        f"'{obj}' has {count}: " + ", ".join(map(str, _cands(mine))))
-            return mine[0], 0
-        if sympos > count:
-            return (f"{name}: {source} gives sympos {sympos}, but '{obj}' has only {count} "
-                    f"symbol(s) named '{name}': " + ", ".join(map(str, _cands(mine))))
-        return mine[sympos - 1], sympos
+        if sympos is None and len(mine) > 1:
+            return (f"{name}: {source} names '{obj}' without a position, but '{obj}' has "
+                    f"{len(mine)}: " + ", ".join(map(str, _cands(mine)))
+                    + f"; add the position: {name}={obj},POS")
+        res = klp.find_object_symbol(mine, sympos or 0)
+        if res.found is klp.Found.AMBIGUOUS:
+            return (f"{name}: {source} gives sympos 0, which needs a unique symbol, but "
+                    f"'{obj}' has {res.count}: " + ", ".join(map(str, _cands(mine))))
+        if res.found is klp.Found.POSITION:
+            return (f"{name}: {source} gives sympos {sympos}, but '{obj}' has only "
+                    f"{res.count} symbol(s) named '{name}': " + ", ".join(map(str, _cands(mine))))
+        return res.entry, sympos or 0
 
     def _chosen(self, name: str, choice: Choice) -> SymbolDecision:
         if self.db is None:
@@ -446,11 +419,13 @@ class Classifier:
 
     def _unchecked_choice(self, name, symbol, obj, pos, source, gate=None):
         if gate is None:
-            if obj == "vmlinux" or obj in self.patched_modules:
+            if obj == klp.VMLINUX:
+                gate = klp.gate_for_vmlinux(self.patched, self.kver)
+            elif obj in self.patched_modules:
                 gate = obj
             elif len(self.patched_modules) == 1:
                 gate = self.patched_modules[0]
-            else:
+            if gate is None:
                 return SymbolDecision(name, Category.ERROR, Action.ERROR,
                                       f"{name}: cannot tell which patched object gates '{obj}' "
                                       "without a symbol database", source=source)
@@ -464,10 +439,11 @@ class Classifier:
         source = f"intermediate ({inter.form})"
         gate = inter.lp_object
         note = ""
-        if inter.object == "vmlinux" and gate != "vmlinux":
+        refused = klp.gate_problem(gate, inter.object, inter.name, self.kver)
+        if refused is not None and refused.gravity is klp.Gravity.REFUSED:
             note = (f"; gated on vmlinux, not {gate}: since 5.8 the kernel refuses vmlinux "
                     "symbols in a module-gated section")
-            gate = "vmlinux"
+            gate = klp.VMLINUX
         if self.db is None:
             d = self._unchecked_choice(name, inter.name, inter.object, inter.sympos, source, gate)
             d.reason += note
@@ -530,15 +506,17 @@ class Classifier:
 
 
 # ------------------------------------------------------------------------ whole module
-def _kernel_version(modinfo) -> tuple[int, int] | None:
-    rel = modinfo.release if modinfo is not None else None
-    if not rel:
-        return None
-    parts = rel.split(".")
-    try:
-        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
-    except (ValueError, IndexError):
-        return None
+def lookup_names(elf: ElfFile) -> list[str]:
+    """Every name planning ``elf`` looks up in the symbol source: its undefined
+    symbols, and the kernel names its intermediate symbols carry (a streamed
+    Symbols.list is read for these only)."""
+    out: dict[str, None] = {}
+    for sym in (elf.symtab.symbols[1:] if elf.symtab is not None else []):
+        if sym.shndx != C.SHN_UNDEF or not sym.name:
+            continue
+        inter = parse_intermediate(sym.name)
+        out[inter.name if inter is not None and not isinstance(inter, str) else sym.name] = None
+    return list(out)
 
 
 def read_modinfo(elf: ElfFile):
@@ -550,20 +528,10 @@ def read_modinfo(elf: ElfFile):
 
 def _site_problem(relsec, target, gate: str, kver) -> str | None:
     """Why a relocation in ``relsec`` cannot become a livepatch relocation gated on
-    ``gate`` (None when it can)."""
-    if relsec.type == C.SHT_REL:
-        return REASON_REL
-    if not target.is_alloc:
-        return REASON_NOALLOC
-    name = target.name
-    reason = SPECIAL_SECTIONS.get(name)
-    if reason is not None:
-        if name in VMLINUX_GATED_ALLOWED and gate == "vmlinux" and kver >= (5, 8):
-            return None
-        return f"special section: {reason}"
-    if gate != "vmlinux" and name.startswith((".init.", ".exit.")):
-        return REASON_INIT
-    return None
+    ``gate`` (None when it can): :func:`klpkit.kernel.klp.site_problem`."""
+    return klp.site_problem(target.name if target is not None else "",
+                            target is not None and target.is_alloc,
+                            relsec.type != C.SHT_REL, gate, kver)
 
 
 def make_plan(elf: ElfFile, db, options: PlanOptions | None = None,
@@ -590,11 +558,14 @@ class _Planner:
         mi = self.modinfo
         self.module = module_name or (mi.name if mi is not None and mi.name else
                                       module_name_from_path(elf.path or "livepatch.ko"))
-        self.kver = options.kernel_version or _kernel_version(mi) or (6, 1)
+        self.kver = kernel_version(options.kernel_version,
+                                   mi.release if mi is not None else None,
+                                   getattr(db, "release", None) if db is not None else None)
         self.symbols: dict[str, SymbolDecision] = {}
         self.decision_of: dict[int, SymbolDecision] = {}   # id(Symbol) -> decision
         self.site_problems: dict[tuple[int, str], str | None] = {}
         self.used_names: set[str] = set()
+        self.unflagged: set[int] = set()   # id() of .klp.rela sections without the flag
         self.type_names: dict[int, str] = {}
 
     def plan(self) -> Plan:
@@ -613,9 +584,10 @@ class _Planner:
         self.errors.extend(self.ann.errors)
         self.ann_secs = set(self.ann.sections)
         clf = Classifier(self.db, self.objects, keep_exports=self.options.keep_exports,
-                         choices=self._choices())
+                         choices=self._choices(), kernel_version=self.kver)
         self._classify_undefined(clf)
         self._check_klp_names()
+        self._check_gates()
         relocations = [self._plan_relocation(rs, r)
                        for rs in elf.relocation_sections() for r in rs.relocations]
         for name in sorted(self.ann.referenced - self.used_names):
@@ -640,16 +612,16 @@ class _Planner:
 
     # -- the objects this livepatch patches ---------------------------------------------
     def _patched_objects(self) -> tuple[list[str], str]:
-        found = [o.name for o in find_patched_objects(self.elf)]
+        """The module's own objects (klp_patch.objs, else its klp_object entries and the
+        annotations), or ``--object``, which must not contradict them."""
+        own, own_source = read_patched_objects(self.elf).effective()
         if self.options.objects:
             objects, source = list(dict.fromkeys(self.options.objects)), "--object"
-            if found and set(found) != set(objects):
-                self.warnings.append(f"--object {', '.join(objects)} differs from the "
-                                     f"module's klp_object names ({', '.join(found)})")
-        elif found:
-            objects, source = found, "klp_object"
+            self._compare_objects(objects, own, own_source)
+        elif own:
+            objects, source = own, own_source
         else:
-            objects, source = [], "none"
+            objects, source = [], FROM_NONE
             self.warnings.append("no klp_object names found in the module: automatic "
                                  "resolution searches vmlinux only (pass --object OBJ)")
         for obj in objects:
@@ -657,6 +629,26 @@ class _Planner:
                 self.errors.append(f"object name '{obj}' is not valid for the kernel "
                                    "(1-55 characters, no '.')")
         return objects, source
+
+    def _compare_objects(self, objects: list[str], own: list[str], own_source: str) -> None:
+        """``--object`` naming an object the module does not patch contradicts it: the
+        kernel applies a module-gated section only for the klp_patch's objects, so what
+        would be gated on it is never applied (an error unless ``force``); leaving one
+        out only narrows the automatic resolution (a warning)."""
+        if not own:
+            return
+        foreign = [o for o in objects if o not in own]
+        if foreign and own_source != "annotations":
+            text = (f"--object {', '.join(foreign)} contradicts the module, which patches "
+                    f"{', '.join(own)} (its {own_source}): the kernel never applies "
+                    "relocations gated on an object its klp_patch does not list")
+            if self.options.force:
+                self.warnings.append(text + " (--force)")
+            else:
+                self.errors.append(text + "; pass --force to convert anyway")
+        elif set(own) != set(objects):
+            self.warnings.append(f"--object {', '.join(objects)} differs from the "
+                                 f"module's objects ({', '.join(own)}, {own_source})")
 
     def _choices(self) -> list[Choice]:
         """Command-line choices first, then annotations (conflicts are errors)."""
@@ -706,6 +698,25 @@ class _Planner:
                 self.errors.append(f"{d.name}: object '{d.object}' / '{d.gate}' is not a valid "
                                    "livepatch object name (1-55 characters, no '.')")
 
+    def _check_gates(self) -> None:
+        """Every gate a conversion writes must be applied by the kernel
+        (klp.when_applied); a gate whose symbol is only a run-time risk is a warning
+        (klp.gate_problem)."""
+        apps: dict[str, klp.Application] = {}
+        for d in self.symbols.values():
+            if d.action is not Action.CONVERT:
+                continue
+            app = apps.get(d.gate)
+            if app is None:
+                app = apps[d.gate] = klp.when_applied(d.gate, self.objects, self.kver)
+            if app.when is klp.When.NEVER:
+                self.errors.append(f"{d.name}: {d.klp_symbol} would be gated on {d.gate}, "
+                                   f"which the kernel never applies: {app.reason}")
+                continue
+            problem = klp.gate_problem(d.gate, d.object, d.symbol, self.kver)
+            if problem is not None and problem.gravity is klp.Gravity.RISK:
+                self.warnings.append(f"{d.name}: {problem.reason}")
+
     # -- every relocation ---------------------------------------------------------------
     def _plan_relocation(self, rs, r) -> PlannedReloc:
         target = rs.target
@@ -730,7 +741,14 @@ class _Planner:
         if target is not None and tname in self.ann_secs:
             return _Fate(Category.ANNOTATION, Action.REMOVE,
                          "annotation record: removed with its section")
-        if rs.flags & C.SHF_RELA_LIVEPATCH or rs.name.startswith(KLP_RELA_PREFIX):
+        if meant_as_klp_rela(rs):
+            if not is_klp_rela(rs):
+                why = ("a .klp.rela section without SHF_RELA_LIVEPATCH: the module loader "
+                       "applies it as a normal relocation section")
+                if id(rs) in self.unflagged:
+                    return _Fate(Category.KLP, Action.ERROR, why)
+                self.unflagged.add(id(rs))
+                return self._error(f"{rs.name}: {why}")
             if sym is not None and sym.shndx == C.SHN_LIVEPATCH:
                 return _Fate(Category.KLP, Action.KEEP, "already a livepatch relocation")
             self.errors.append(f"{rs.name}+{r.offset:#x}: symbol {sname} is not marked as a "

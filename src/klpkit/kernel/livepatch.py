@@ -13,12 +13,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from klpkit.elf import constants as C
+from klpkit.kernel.kver import DEFAULT_KERNEL_VERSION
+
 KLP_SYM_PREFIX = ".klp.sym."
 KLP_RELA_PREFIX = ".klp.rela."
 MODULE_NAME_MAX = 55  # %55 in the kernel's sscanf (MODULE_NAME_LEN - 1 on 64-bit)
 
 
-def ksym_name_max(kernel_version: tuple[int, int] = (6, 1)) -> int:
+def ksym_name_max(kernel_version: tuple[int, int] = DEFAULT_KERNEL_VERSION) -> int:
     """Longest symbol name the kernel's sscanf reads: KSYM_NAME_LEN - 1."""
     return 511 if kernel_version >= (6, 1) else 127
 
@@ -44,7 +47,8 @@ def klp_rela_section_name(obj: str, target_section: str) -> str:
 _SYM_RE = re.compile(r"\.klp\.sym\.([^.]+)\.([^,]+),(\d+)$")
 
 
-def parse_klp_symbol_name(name: str, kernel_version=(6, 1)) -> KlpSymbolName | None:
+def parse_klp_symbol_name(name: str, kernel_version=DEFAULT_KERNEL_VERSION
+                          ) -> KlpSymbolName | None:
     """Parse as the kernel does; None when the kernel would say 'incorrectly formatted'.
 
     The kernel's sscanf stops at the field widths (55 / 127 or 511); a longer field
@@ -69,6 +73,21 @@ def parse_klp_rela_object(section_name: str) -> str | None:
         return None
     # sscanf takes at most 55 characters; the kernel then compares that prefix.
     return obj[:MODULE_NAME_MAX]
+
+
+def is_klp_rela(section) -> bool:
+    """Is ``section`` a livepatch relocation section *to the kernel*: SHF_RELA_LIVEPATCH
+    is the only test apply_relocations() (module loader) and klp_apply_object_relocs()
+    (livepatch core) make; the name is parsed only afterwards."""
+    return bool(section.flags & C.SHF_RELA_LIVEPATCH)
+
+
+def meant_as_klp_rela(section) -> bool:
+    """Was ``section`` meant as one: flagged, or named ``.klp.rela.*``.  A named section
+    without the flag is the defect ``klp.rela.flags``: the loader applies it as a normal
+    relocation section (with its livepatch symbols' value 0), so every command treats it
+    as a broken livepatch relocation section rather than as ordinary relocations."""
+    return is_klp_rela(section) or section.name.startswith(KLP_RELA_PREFIX)
 
 
 def module_name_from_path(path: str) -> str:
