@@ -25,6 +25,14 @@ from klpkit.errors import KlpkitError
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+@pytest.fixture(autouse=True)
+def _tables_unwrapped(monkeypatch):
+    """Tables wrap to ``$COLUMNS`` (klpkit.output.table_width); a test's expectations must
+    not depend on the terminal it runs in, so every test starts without it (tests of the
+    wrapping set it themselves)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 def require(cond, why: str) -> None:
     """Skip the test when ``cond`` is false -- but fail it under ``CI=true``.
 
