@@ -16,9 +16,16 @@ pkgs=(
   qemu-system-x86 busybox-static cpio   # klpkit vm
   graphviz                              # klpkit deps --graph (PNG/SVG)
   "linux-headers-$REL"                  # building test modules against the target kernel
+  zstd                                  # 6.12's vmlinuz is zstd (Python 3.11 has no zstd)
   python3 python3-venv                  # klpkit's own virtual environment (.venv)
   gcc-12 flex bison bc dwarves libssl-dev libelf-dev xz-utils  # klpkit build: the kernel source tree
 )
+# What only the tests need, installed when scripts/test.sh asks (KLPKIT_SETUP_TESTS=1):
+# the 6.12 headers depend on their kernel image package, which would put a 6.12 kernel
+# into /boot of a user's machine.
+if [ "${KLPKIT_SETUP_TESTS:-0}" = 1 ]; then
+  pkgs+=(linux-headers-6.12.117+deb12-amd64)   # test modules for bookworm's 6.12 line
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

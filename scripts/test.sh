@@ -4,7 +4,7 @@
 # on all cores. With CI=true a missing prerequisite fails the run instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+KLPKIT_SETUP_TESTS=1 bash scripts/setup.sh
 # klpkit and its test tools live in the project's virtual environment
 export PATH="$PWD/${KLPKIT_VENV:-.venv}/bin:$PATH"
 python -m ruff check src tests bench

@@ -8,6 +8,7 @@ kernel.  Everything lands under one cache root (``$KLPKIT_CACHE`` or
 
     <cache>/debs/<package>_<version>_amd64.deb     downloads, kept for reuse
     <cache>/<release>/image/                        linux-image-<release>-unsigned, unpacked
+    <cache>/<release>/image/.klpkit-version         the Debian version it was unpacked from
     <cache>/<release>/dbg/usr/lib/debug/boot/       vmlinux + System.map from the -dbg package
                                                     (only when asked for: symbols come from
                                                     the image's own kallsyms tables)
@@ -15,6 +16,13 @@ kernel.  Everything lands under one cache root (``$KLPKIT_CACHE`` or
 Each tree is unpacked into a temporary directory and renamed into place, so an
 interrupted run never leaves a half tree that a later run would trust; an
 ``fcntl`` lock per artefact keeps parallel pytest workers from racing.
+
+Two kernel lines of Debian 12 (bookworm) are proven: its own 6.1 (:data:`DEFAULT_RELEASE`,
+modules installed as plain ``.ko``) and the 6.12 line it carries in bookworm-security
+(:data:`RELEASE_612`; modules installed as ``.ko.xz``, ``CONFIG_MODULE_COMPRESS_XZ=y``,
+and a zstd-compressed ``vmlinuz``).  Everything here takes the release string; the
+package *version* is not part of it (``6.12.117+deb12-amd64`` is packaged as
+``6.12.117-1~deb12u1``), so :func:`package_version` looks it up.
 """
 
 import contextlib
@@ -28,10 +36,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from klpkit.errors import KlpkitError
+from klpkit.fileio import write_atomic
 
 DEFAULT_RELEASE = "6.1.0-47-amd64"
 DEFAULT_VERSION = "6.1.170-3"
+#: The newest bookworm kernel of the 6.12 line (issue 13): xz-compressed modules, zstd
+#: vmlinuz, CONFIG_CALL_PADDING (``__pfx_`` symbols), CONFIG_X86_KERNEL_IBT.
+RELEASE_612 = "6.12.117+deb12-amd64"
+#: The kernels klpkit is proven against, oldest line first.
+RELEASES = (DEFAULT_RELEASE, RELEASE_612)
 ARCH = "amd64"
+#: The file names a kernel installs a module under: plain, or compressed as
+#: CONFIG_MODULE_COMPRESS_{XZ,ZSTD,GZIP} make it (scripts/Makefile.modinst); kmod's order.
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+_VERSION_FILE = ".klpkit-version"
 
 
 class DebianError(KlpkitError):
@@ -160,17 +178,24 @@ def _install_tree(target: Path, fill) -> Path:
     return target
 
 
+def image_package(release: str = DEFAULT_RELEASE) -> str:
+    """The image package of ``release``: ``linux-image-<release>-unsigned`` (the signed
+    one differs only by the signature on vmlinuz, which qemu does not check)."""
+    return f"linux-image-{release}-unsigned"
+
+
 def ensure_image(release: str = DEFAULT_RELEASE) -> Path:
     """The unpacked ``linux-image-<release>-unsigned`` tree (fetched on first use).
 
-    Contains ``boot/vmlinuz-<release>`` and ``lib/modules/<release>/kernel/**.ko``.
+    Contains ``boot/vmlinuz-<release>`` and ``lib/modules/<release>/kernel/**.ko`` (6.1)
+    or ``**.ko.xz`` (6.12), and ``.klpkit-version``: the package version it came from.
     """
     target = release_dir(release) / "image"
     marker = target / "boot" / f"vmlinuz-{release}"
     with _locked(f"image-{release}"):
         if marker.is_file():
             return target
-        deb = fetch_deb(f"linux-image-{release}-unsigned")
+        deb = fetch_deb(image_package(release))
 
         def fill(tmp: Path) -> None:
             result = _run(["dpkg-deb", "-x", str(deb), str(tmp)])
@@ -178,8 +203,65 @@ def ensure_image(release: str = DEFAULT_RELEASE) -> Path:
                 raise DebianError(f"dpkg-deb -x failed: {_last_line(result.stderr)}", path=deb)
             if not (tmp / "boot" / f"vmlinuz-{release}").is_file():
                 raise DebianError(f"package has no boot/vmlinuz-{release}", path=deb)
+            version = deb_field(deb, "Version")
+            if version:
+                (tmp / _VERSION_FILE).write_text(version + "\n")
 
         return _install_tree(target, fill)
+
+
+def deb_field(deb: Path, field: str) -> str | None:
+    """One control field of a ``.deb`` (``dpkg-deb -f``), or None when it cannot be read."""
+    result = _run(["dpkg-deb", "-f", str(deb), field])
+    value = result.stdout.strip()
+    return value if result.returncode == 0 and value else None
+
+
+_versions: dict[str, str] = {}
+
+
+def package_version(release: str = DEFAULT_RELEASE) -> str:
+    """The Debian version of ``release``'s image package (``6.12.117+deb12-amd64`` ->
+    ``6.12.117-1~deb12u1``; ``6.1.0-47-amd64`` -> ``6.1.170-3``).
+
+    Why looked up: the release string is the ABI name, the version is the upload
+    (Debian's 6.12 backport to bookworm adds ``-1~deb12u1``), and nothing maps one to the
+    other.  Asked in order: what the unpacked image recorded, the cached ``.deb``
+    (``dpkg-deb -f``), then apt (``apt-cache policy``: the installed, else the candidate
+    version, which ``apt-get download`` would fetch).  A version read from a package is
+    cached in the unpacked image (``.klpkit-version``)."""
+    if release in _versions:
+        return _versions[release]
+    image = release_dir(release) / "image"
+    recorded = image / _VERSION_FILE
+    version = None
+    with contextlib.suppress(OSError):
+        version = recorded.read_text().strip() or None
+    if version is None:
+        deb = find_deb(image_package(release))
+        version = deb_field(deb, "Version") if deb else None
+        if version and (image / "boot" / f"vmlinuz-{release}").is_file():
+            with contextlib.suppress(OSError, KlpkitError):
+                write_atomic(recorded, (version + "\n").encode())
+    if version is None:
+        version = _apt_version(image_package(release))
+    _versions[release] = version
+    return version
+
+
+def _apt_version(package: str) -> str:
+    result = _run(["apt-cache", "policy", package])
+    fields = {}
+    for line in result.stdout.splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep and key in ("Installed", "Candidate") and key not in fields:
+            fields[key] = value.strip()
+    for key in ("Installed", "Candidate"):
+        value = fields.get(key)
+        if value and value != "(none)":
+            return value
+    raise DebianError(f"apt knows no version of {package} (not cached either; run apt-get "
+                      "update, or check the release name)")
 
 
 def _dbg_members(release: str) -> list[str]:
@@ -275,12 +357,27 @@ def system_map(release: str = DEFAULT_RELEASE) -> Path:
     return ensure_dbg(release) / _dbg_members(release)[1]
 
 
+def module_stem(name: str) -> str:
+    """``cdrom``, ``cdrom.ko`` or ``cdrom.ko.xz`` -> ``cdrom``."""
+    for suffix in MODULE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def find_module(name: str, release: str = DEFAULT_RELEASE, mods: Path | None = None) -> Path:
-    """The image's ``<name>.ko`` (``-`` and ``_`` are interchangeable, as for modprobe)."""
+    """The image's module file of ``name``: ``<name>.ko`` on 6.1, ``<name>.ko.xz`` on 6.12
+    (any of :data:`MODULE_SUFFIXES`; ``-`` and ``_`` are interchangeable, as for modprobe).
+
+    One walk of the tree (4,000 files), not one per spelling and suffix; when a name
+    exists twice the plain ``.ko`` wins, then the first path in sorted order."""
     root = mods if mods is not None else modules_dir(release)
-    stem = name.removesuffix(".ko")
-    for candidate in {stem, stem.replace("-", "_"), stem.replace("_", "-")}:
-        hits = sorted(root.rglob(f"{candidate}.ko"))
-        if hits:
-            return hits[0]
-    raise DebianError(f"no module {stem}.ko under {root}")
+    stem = module_stem(name)
+    spellings = {stem, stem.replace("-", "_"), stem.replace("_", "-")}
+    wanted = {s + suffix: rank for rank, suffix in enumerate(MODULE_SUFFIXES) for s in spellings}
+    hits = []
+    for dirpath, _dirs, files in os.walk(root):
+        hits += [(wanted[f], os.path.join(dirpath, f)) for f in files if f in wanted]
+    if hits:
+        return Path(min(hits)[1])
+    raise DebianError(f"no module {stem}.ko (nor {stem}.ko.xz, .ko.zst, .ko.gz) under {root}")

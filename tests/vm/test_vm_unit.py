@@ -320,3 +320,45 @@ def test_guest_loader_is_a_static_binary_used_by_insmod_steps():
     assert guest_loader() == loader                       # cached
     cmd = guest.step_command(Step("insmod", "/lib/modules/x.ko", "a=1"), insmod=GUEST_PATH)
     assert cmd == [GUEST_PATH, "/lib/modules/x.ko", "a=1"]
+
+
+# --- compressed modules (Debian 6.12: .ko.xz) -----------------------------------------------
+
+
+def test_module_name_of_compressed_files():
+    from klpkit.vm.result import module_name
+
+    assert module_name("/lib/modules/cdrom.ko.xz") == "cdrom"
+    assert module_name("/lib/modules/snd-foo.ko.zst") == "snd_foo"
+    assert module_name("/lib/modules/lp.ko") == "lp"
+
+
+def test_bare_name_resolves_to_ko_xz_and_keeps_its_suffix(tmp_path):
+    """`insmod cdrom` on 6.12 packs cdrom.ko.xz as it is: the guest loader passes
+    MODULE_INIT_COMPRESSED_FILE for the .xz name and the kernel decompresses it."""
+    from klpkit.vm import VmSpec
+    from klpkit.vm.loader import SOURCE
+    from klpkit.vm.run import Plan
+
+    mods = tmp_path / "lib" / "modules" / "0.0.2+deb12-amd64"
+    (mods / "kernel" / "drivers" / "cdrom").mkdir(parents=True)
+    (mods / "kernel" / "drivers" / "cdrom" / "cdrom.ko.xz").write_bytes(b"\xfd7zXZ\0")
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    plan = Plan(VmSpec(steps=[Step("insmod", "cdrom"), Step("rmmod", "cdrom")],
+                       vmlinuz=kernel, modules_dir=mods))
+    assert plan.files["/lib/modules/cdrom.ko.xz"] == mods / "kernel/drivers/cdrom/cdrom.ko.xz"
+    assert plan.commands[0][-1] == "/lib/modules/cdrom.ko.xz"
+    assert 'ends_with(argv[1], ".xz")' in SOURCE and "MODULE_INIT_COMPRESSED_FILE 4" in SOURCE
+
+
+def test_rejected_ko_xz_is_diagnosed_by_its_module_name():
+    lines = ["KLPVM:boot:1", "KLPVM:0:begin:1.0",
+             "insmod: can't insert '/lib/modules/sr_mod.ko.xz': unknown symbol in module",
+             "KLPVM:0:rc:1:1.1",
+             "KLPVM:0:dmesg:[    5.88] sr_mod: Unknown symbol cdrom_open (err -2)",
+             "KLPVM:0:dmesg:[    5.89] unrelated: line", "KLPVM:0:end", "KLPVM:done:3"]
+    r = parse_console(lines, [Step("insmod", "/lib/modules/sr_mod.ko.xz")])
+    assert r.steps[0].status == "rejected"
+    assert any("sr_mod: Unknown symbol cdrom_open" in ln for ln in r.steps[0].diagnosis)
+    assert not any("unrelated" in ln for ln in r.steps[0].diagnosis)

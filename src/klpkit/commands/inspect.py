@@ -19,12 +19,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    view = inspect(ElfFile.read(args.file))
+    elf = ElfFile.read(args.file)       # a .ko.xz/.ko.zst/.ko.gz is decompressed in memory
+    view = inspect(elf)
+    view["compression"] = elf.compression
     if args.json:
         print_json(view)
         return 0
     sig = view["signature"]
-    print(f"{view['file']}: {view['class']} {view['endian']}-endian {view['machine']} "
+    packed = f" ({elf.compression}-compressed)" if elf.compression else ""
+    print(f"{view['file']}{packed}: {view['class']} {view['endian']}-endian {view['machine']} "
           f"{view['type']}, {len(view['sections'])} sections, {len(view['symbols'])} symbols, "
           + (f"signed ({sig['id_type']}, {sig['length']} bytes appended)" if sig
              else "no module signature"))

@@ -28,6 +28,7 @@ def packages(release: str) -> list[str]:
         "qemu-system-x86", "busybox-static", "cpio",
         "graphviz",
         f"linux-headers-{release}",
+        "zstd",
         "python3", "python3-venv",
         "gcc-12", "flex", "bison", "bc", "dwarves", "libssl-dev", "libelf-dev", "xz-utils",
     ]
@@ -110,8 +111,12 @@ def run_checks(release: str) -> list[Check]:
         ("bison", "bison", _tool("bison")),
         ("bc", "bc", _tool("bc")),
         ("pahole", "dwarves", _tool("pahole")),
+        ("zstd (6.12's vmlinuz)", "zstd", _tool("zstd")),
     ]
     result = [Check(name, pkg, ok, detail) for name, pkg, (ok, detail) in checks]
+    # Installed for the tests only (scripts/test.sh): it pulls its kernel image into /boot.
+    result.append(Check("kernel headers (6.12 line, tests)", f"linux-headers-{debian.RELEASE_612}",
+                        *_headers(debian.RELEASE_612), required=False))
     # Reported for information: not installed by setup.sh, fetched/used on demand.
     result.append(Check("gcc -m32", "gcc-multilib", *_gcc_m32(), required=False))
     result.append(Check("kernel image (cache)", f"linux-image-{release}-unsigned", *_image(release),

@@ -8,6 +8,10 @@ read on demand with :meth:`ElfScan.section_data`. Everything is kept as columns 
 list per field), never one object per symbol or section: building ~800,000 tuples
 for a whole kernel costs more than reading it.
 
+A compressed file (``.ko.xz``, as Debian's 6.12 modules are) is decompressed whole in
+memory first (:mod:`klpkit.elf.compressed`): the tables a scan needs are at the end of
+a module, after everything else in the stream.
+
 Per file, the work is kept to what a symbol database needs: three reads in the usual
 layout (the ELF header; the section header table with the bytes just before it, where
 the section name table usually is; the symbol table with its string table right after
@@ -30,6 +34,7 @@ import sys
 from array import array
 
 from klpkit.elf import constants as C
+from klpkit.elf.compressed import MAX_INFLATED, format_named, format_of, inflate
 from klpkit.elf.strtab import string_at
 from klpkit.elf.structs import EI_NIDENT, layout_for
 from klpkit.errors import ElfError, InputError
@@ -188,6 +193,7 @@ class ElfScan:
     _shraw: bytes = b""     # the section header table, for the columns built on demand
     _symraw: bytes = b""    # the symbol table, likewise
     _swap = False           # the file's byte order is not the host's
+    compression: str | None = None   # "xz", "zstd", "gzip": read through decompression
 
     sh_addrs = _shdr_column(_SH_ADDR)
     sh_links = _shdr_column(_SH_LINK)
@@ -328,9 +334,26 @@ class ElfScan:
                         self.shndxs, strict=True))
 
     # --- parsing ----------------------------------------------------------------
+    def _inflate(self) -> None:
+        """Continue on the decompressed bytes of a compressed file (``.ko.xz``: Debian's
+        6.12 modules, CONFIG_MODULE_COMPRESS_XZ). All of it is read: the section headers
+        and symbol table sit at the end of a module, past everything a stream holds."""
+        if self.file_size > MAX_INFLATED:
+            self._fail(f"{self.file_size >> 20} MiB of compressed data: not a kernel module")
+        if self._data is None:
+            data = self.read(0, self.file_size, "compressed file")
+            self.close()
+        else:
+            data = self._data
+        self._data, self.compression = inflate(data, self.path)
+        self.file_size = len(self._data)
+
     def _parse(self, symbols: bool) -> None:
+        ident = self.read(0, min(self.file_size, 64), "ELF header")
+        if ident[:4] != C.ELFMAG and (format_of(ident) or format_named(self.path)):
+            self._inflate()
+            ident = self.read(0, min(self.file_size, 64), "ELF header")
         file_size = self.file_size
-        ident = self.read(0, min(file_size, 64), "ELF header")
         if len(ident) < EI_NIDENT or ident[:4] != C.ELFMAG:
             self._fail("not an ELF file (bad magic)")
         lay = _LAYOUTS.get(ident[4:6])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 from klpkit.elf import constants as C
+from klpkit.elf.compressed import inflate, refuse_compressed_output
 from klpkit.elf.group import GroupSection
 from klpkit.elf.relocation import Relocation, RelocationSection
 from klpkit.elf.section import Section
@@ -67,6 +68,8 @@ class ElfFile:
         self.orig_image: bytes | memoryview = b""
         self.orig_shoff: int | None = None
         self.trailer_dropped = False
+        # the compression the file was read through ("xz", "zstd", "gzip"), or None
+        self.compression: str | None = None
 
     @classmethod
     def new_relocatable(cls, like: ElfFile) -> ElfFile:
@@ -84,10 +87,15 @@ class ElfFile:
     # ------------------------------------------------------------------ reading
     @classmethod
     def read(cls, path: str | os.PathLike) -> ElfFile:
+        """Read ``path``; a compressed module (``.ko.xz``, ``.ko.zst``, ``.ko.gz``) is
+        decompressed in memory first (:mod:`klpkit.elf.compressed`)."""
         return cls.from_bytes(read_input(path), path=os.fspath(path))
 
     @classmethod
     def from_bytes(cls, data: bytes, path: str | None = None) -> ElfFile:
+        """Parse ``data``: an ELF image, or one compressed with xz, zstd or gzip (told by
+        its magic; :attr:`compression` says which)."""
+        data, compression = inflate(data, path)
         if len(data) < EI_NIDENT or data[:4] != C.ELFMAG:
             raise ElfError("not an ELF file (bad magic)" if len(data) >= 4
                            else "not an ELF file (too short)", path=path)
@@ -96,6 +104,7 @@ class ElfFile:
             raise ElfError(f"unsupported ELF class {data[4]} or data encoding {data[5]}",
                            path=path)
         elf = cls(layout, path)
+        elf.compression = compression
         elf._parse(memoryview(data) if not isinstance(data, memoryview) else data)
         return elf
 
@@ -291,6 +300,9 @@ class ElfFile:
         return image + self.trailer if keep else image
 
     def write(self, path: str | os.PathLike, keep_trailer: bool | None = None) -> None:
+        """Write atomically, uncompressed whatever was read: an output named ``.xz``,
+        ``.zst`` or ``.gz`` is refused (:func:`~klpkit.elf.compressed.refuse_compressed_output`)."""
+        refuse_compressed_output(path)
         write_atomic(path, self.to_bytes(keep_trailer))
 
 

@@ -12,11 +12,10 @@ for which symbols and which order.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
-import gzip
 import json
-import lzma
 import os
 import re
 import sqlite3
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from klpkit import __version__
 from klpkit.elf import constants as C
+from klpkit.elf.compressed import SUFFIXES, read_many
 from klpkit.elf.fast import ElfScan, open_scan
 from klpkit.errors import ElfError, InputError, KlpkitError
 from klpkit.kernel.modinfo import Modinfo, module_name
@@ -54,7 +54,9 @@ from klpkit.symbols.pages import (
 from klpkit.symbols.symvers import Export, read_symvers
 from klpkit.symbols.vmlinuz import KernelImage, gnu_build_id, read_image
 
-MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz")
+# what a module file is called: plain, or compressed as CONFIG_MODULE_COMPRESS_{XZ,ZSTD,GZIP}
+# install it (Debian 6.12: .ko.xz)
+MODULE_SUFFIXES = (".ko", *(".ko" + s for s in SUFFIXES))
 
 
 @dataclass
@@ -244,19 +246,11 @@ def _insert_pages(conn: sqlite3.Connection, records: list[bytes]) -> None:
 
 
 # --- reading objects --------------------------------------------------------------
-def _scan_any(path: str) -> ElfScan:
+def _scan_any(path: str, data: bytes | None = None) -> ElfScan:
     """``with _scan_any(path) as scan:`` for a module or vmlinux, compressed or not
-    (``.xz``/``.gz`` are decompressed in memory)."""
-    if path.endswith((".xz", ".gz")):
-        opener = lzma.open if path.endswith(".xz") else gzip.open
-        try:
-            with opener(path, "rb") as f:
-                data = f.read()
-        except (OSError, lzma.LZMAError, EOFError) as e:
-            raise ElfError(f"cannot decompress: {e}", path=path) from None
-        scan = open_scan(data, path)
-    else:
-        scan = open_scan(path)
+    (``.ko.xz``/``.zst``/``.gz``: the ELF layer decompresses them in memory). ``data``:
+    the file's bytes when already read (and decompressed) by the caller."""
+    scan = open_scan(data, path) if data else open_scan(path)
     if not scan.symtab_index:
         scan.close()
         raise ElfError("no symbol table (stripped?)", path=path)
@@ -428,15 +422,16 @@ _INIT_HEX = [None if f < 0 else FLAGS_HEX[f | NONCORE] for f in _INFO_FLAGS]
 _NO_HEX = [None] * 256
 
 
-def read_module(path: str, *, derive_exports: bool = True, oid: int = -1
-                ) -> tuple[ObjectRecord, Modinfo]:
-    """One .ko: its kallsyms rows (core and init-only), .modinfo, exports.
+def read_module(path: str, *, derive_exports: bool = True, oid: int = -1,
+                data: bytes | None = None) -> tuple[ObjectRecord, Modinfo]:
+    """One .ko (or .ko.xz, ...): its kallsyms rows (core and init-only), .modinfo, exports.
 
     The rows are the database's records (:mod:`klpkit.symbols.pages`: name, ``oid`` =
     the object's future id in the database, symbol index, flags) made straight away;
-    names are the string table's bytes (UTF-8), never decoded here.
+    names are the string table's bytes (UTF-8), never decoded here.  ``data``: the
+    module's (decompressed) bytes, when the caller has read them already.
     """
-    with _scan_any(path) as scan:
+    with _scan_any(path, data) as scan:
         if scan.type != C.ET_REL:
             raise ElfError("not a kernel module (ELF type is not REL)", path=path)
         # per section: st_info -> the flags' hex digits (None: not in kallsyms)
@@ -483,26 +478,31 @@ def scan_modules(paths: list[str], symset: SymbolSet, *, release: str | None,
 
     seen: dict[str, str] = {o.name: o.path or "" for o in symset.objects}
     bad: list[tuple[str, str]] = []
-    items = bar(paths, "scanning modules") if progress else paths
-    for path in items:
-        try:
-            rec, modinfo = read_module(path, derive_exports=derive_exports,
-                                       oid=len(symset.objects))
-        except (ElfError, InputError) as e:
-            bad.append((path, e.message))
-            continue
-        mrel = modinfo.release
-        if release and mrel and mrel != release:
-            bad.append((path, f"built for kernel {mrel}, not {release}"))
-            continue
-        if modinfo.is_livepatch:
-            # livepatch modules are patches, not targets (klp-convert's modules.livepatch)
-            continue
-        if rec.name in seen:
-            bad.append((path, f"second module named '{rec.name}' (first: {seen[rec.name]})"))
-            continue
-        seen[rec.name] = path
-        symset.add_object(rec)
+    # compressed modules (Debian 6.12: 4,230 .ko.xz) are decompressed by threads ahead
+    # of this loop (read_many: liblzma runs without the GIL); b"" for plain .ko files
+    with contextlib.closing(read_many(paths)) as loaded:
+        for path in bar(paths, "scanning modules") if progress else paths:
+            data = next(loaded)[1]
+            try:
+                if isinstance(data, KlpkitError):
+                    raise data
+                rec, modinfo = read_module(path, derive_exports=derive_exports,
+                                           oid=len(symset.objects), data=data)
+            except (ElfError, InputError) as e:
+                bad.append((path, e.message))
+                continue
+            mrel = modinfo.release
+            if release and mrel and mrel != release:
+                bad.append((path, f"built for kernel {mrel}, not {release}"))
+                continue
+            if modinfo.is_livepatch:
+                # livepatch modules are patches, not targets (klp-convert's modules.livepatch)
+                continue
+            if rec.name in seen:
+                bad.append((path, f"second module named '{rec.name}' (first: {seen[rec.name]})"))
+                continue
+            seen[rec.name] = path
+            symset.add_object(rec)
     if bad:
         if not skip_bad:
             path, reason = bad[0]

@@ -6,8 +6,12 @@ init and callbacks run twice and every kernel line of the refusal appears twice.
 ``klpkit vm`` reports as the kernel's behaviour must be one load attempt, so the guest
 gets this small static loader instead (compiled on the host once, cached).  It keeps
 busybox's wording (``insmod: can't insert 'FILE': REASON``) and passes
-``MODULE_INIT_COMPRESSED_FILE`` for ``.ko.xz``/``.ko.zst``/``.ko.gz`` files (kernels with
-``CONFIG_MODULE_DECOMPRESS`` decompress them in the kernel, Linux 6.4+ accepts the flag).
+``MODULE_INIT_COMPRESSED_FILE`` for ``.ko.xz``/``.ko.zst``/``.ko.gz`` files: the flag and
+the in-kernel decompressor (``CONFIG_MODULE_DECOMPRESS``, xz and gzip) came with Linux 5.17,
+zstd with 6.2; the kernel decompresses with the one format its modules were installed in.
+Debian's 6.12 line has it (``.ko.xz`` modules, ``CONFIG_MODULE_DECOMPRESS=y``: ``insmod
+cdrom`` loads ``cdrom.ko.xz`` as it is, proven by tests/e2e/test_612.py); Debian's 6.1
+installs plain ``.ko`` files, so the flag is never passed there.
 """
 
 from __future__ import annotations

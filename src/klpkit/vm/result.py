@@ -13,6 +13,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
+from klpkit import debian
 from klpkit.vm.guest import MARK, STUCK_STATUS
 from klpkit.vm.spec import Step
 
@@ -214,8 +215,9 @@ def _classify_step(sr: StepResult) -> str:
 
 
 def module_name(path: str) -> str:
-    """The kernel's name for a module file: basename without ``.ko``, ``-`` as ``_``."""
-    return path.rsplit("/", 1)[-1].removesuffix(".ko").replace("-", "_")
+    """The kernel's name for a module file: basename without ``.ko`` (or ``.ko.xz``,
+    ``.ko.zst``, ``.ko.gz``: Debian's 6.12 modules are ``.ko.xz``), ``-`` as ``_``."""
+    return debian.module_stem(path.rsplit("/", 1)[-1]).replace("-", "_")
 
 
 def _diagnose(sr: StepResult) -> list[str]:
