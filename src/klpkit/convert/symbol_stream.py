@@ -26,7 +26,7 @@ from operator import itemgetter, methodcaller
 
 from klpkit.errors import InputError, KlpkitError
 from klpkit.symbols.db import NONCORE, SymbolEntry, _entries
-from klpkit.symbols.symbols_list import HEADER, META_OBJECT, _decode_codes
+from klpkit.symbols.symbols_list import HEADER, META_OBJECT, _decode_codes, is_symbols_list
 
 BLOCK = 1 << 20                  # bytes read at a time: ~40,000 lines
 _FEW = 8                         # names found in a block, located one by one up to this
@@ -36,16 +36,6 @@ _META_HEADER = b"*" + META_OBJECT.encode()
 _SPLIT_EXPORT = methodcaller("split", b"\t")
 _NAME = itemgetter(2)
 
-
-def is_symbols_list(path) -> bool:
-    """Does the file start with klp-convert's header (its first 27 characters)?"""
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(HEADER)) == HEADER.encode()
-    except FileNotFoundError:
-        return False
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", path=path) from None
 
 
 @dataclass

@@ -8,10 +8,10 @@ import contextlib
 import os
 import tempfile
 
-from klpkit.errors import InputError, KlpkitError
+from klpkit.errors import KlpkitError
 from klpkit.symbols.build import default_db_path
 from klpkit.symbols.db import SymbolDB
-from klpkit.symbols.symbols_list import HEADER, import_symbols_list
+from klpkit.symbols.symbols_list import import_symbols_list, is_symbols_list
 
 
 def module_release(path) -> str | None:
@@ -29,15 +29,6 @@ def module_release(path) -> str | None:
         return None
 
 
-def _starts_with_header(path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(HEADER)) == HEADER.encode()
-    except FileNotFoundError:
-        return False
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", path=path) from None
-
 
 def open_symbols(path, module_path, stack: contextlib.ExitStack) -> SymbolDB:
     """The symbol database for ``module_path``: ``path`` (a database or a Symbols.list),
@@ -45,7 +36,7 @@ def open_symbols(path, module_path, stack: contextlib.ExitStack) -> SymbolDB:
     release = module_release(module_path)
     if path is None:
         path = default_db_path(release)
-    if os.path.isfile(path) and _starts_with_header(path):
+    if os.path.isfile(path) and is_symbols_list(path):
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="klpkit-symbols-"))
         db = import_symbols_list(path, release=release, db=os.path.join(tmp, "symbols.sqlite"))
     else:

@@ -33,6 +33,17 @@ from klpkit.symbols.db import NONCORE, SymbolDB
 from klpkit.symbols.symvers import Export
 
 HEADER = "klp-convert-symbol-data.0.1"
+
+
+def is_symbols_list(path) -> bool:
+    """Does the file start with klp-convert's header (its first 27 characters)?"""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(HEADER)) == HEADER.encode()
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", path=path) from None
 META_OBJECT = ".klpkit"
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
