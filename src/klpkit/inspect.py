@@ -10,6 +10,7 @@ from klpkit.elf import ElfFile, Section
 from klpkit.elf import constants as C
 from klpkit.elf.reloc_types import MACHINE_NAMES, reloc_type_name
 from klpkit.kernel.livepatch import parse_klp_rela_object, parse_klp_symbol_name
+from klpkit.kernel.signature import ModuleSignature
 
 
 def _where(shndx) -> str:
@@ -89,7 +90,7 @@ def _modinfo(elf: ElfFile) -> list[dict]:
 
 
 def inspect(elf: ElfFile) -> dict:
-    sig = elf.signature
+    sig = ModuleSignature.from_trailer(elf.trailer)
     return {
         "file": elf.path,
         "class": f"ELF{elf.elfclass}",

@@ -12,6 +12,7 @@ from tests.convert.conftest import digest
 
 from klpkit.cli import klp_convert_main, main
 from klpkit.elf import ElfFile
+from klpkit.kernel.signature import ModuleSignature
 
 SRC = r"""
 extern int printk(const char *, ...);
@@ -191,11 +192,11 @@ def test_dropped_signature_is_reported(capsys, mod, dbpath, tmp_path):
     blob = b"S" * 32
     signed.write_bytes(mod.read_bytes() + blob + struct.pack(">BBBBB3xI", 0, 0, 2, 0, 0,
                                                              len(blob)) + MARKER)
-    assert ElfFile.read(signed).signature is not None
+    assert ModuleSignature.from_trailer(ElfFile.read(signed).trailer) is not None
     out_path = tmp_path / "o.ko"
     rc, out, err = run_cli(capsys, "convert", signed, "-o", out_path, "--symbols", dbpath,
                            "--object", "cdrom")
     assert rc == 0, err
     assert out.splitlines()[-1].endswith("; module signature dropped (it signed the old "
                                          "contents; re-sign)")
-    assert ElfFile.read(out_path).signature is None
+    assert ModuleSignature.from_trailer(ElfFile.read(out_path).trailer) is None

@@ -248,13 +248,6 @@ class ElfFile:
         """Every relocation section whose sh_info is ``target``."""
         return [s for s in self.relocation_sections() if s.info is target]
 
-    @property
-    def signature(self):
-        """The appended module signature, or None (see klpkit.kernel.signature)."""
-        from klpkit.kernel.signature import ModuleSignature
-
-        return ModuleSignature.from_trailer(self.trailer)
-
     # ---------------------------------------------------------------- editing
     def add_section(self, sec: Section, after: Section | None = None) -> Section:
         """Add ``sec`` at the end (or right after ``after``); returns it."""
