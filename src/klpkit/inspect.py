@@ -9,7 +9,12 @@ from __future__ import annotations
 from klpkit.elf import ElfFile, Section
 from klpkit.elf import constants as C
 from klpkit.elf.reloc_types import MACHINE_NAMES, reloc_type_name
-from klpkit.kernel.livepatch import parse_klp_rela_object, parse_klp_symbol_name
+from klpkit.kernel.livepatch import (
+    is_klp_rela,
+    meant_as_klp_rela,
+    parse_klp_rela_object,
+    parse_klp_symbol_name,
+)
 from klpkit.kernel.signature import ModuleSignature
 
 
@@ -67,12 +72,12 @@ def _livepatch(elf: ElfFile) -> dict:
                 "shn_livepatch": sym.shndx == C.SHN_LIVEPATCH})
     sections = []
     for rs in elf.relocation_sections():
-        if rs.flags & C.SHF_RELA_LIVEPATCH or rs.name.startswith(".klp.rela."):
+        if meant_as_klp_rela(rs):
             sections.append({
                 "name": rs.name, "object": parse_klp_rela_object(rs.name),
                 "target": rs.target.name if rs.target else None,
                 "flags": C.section_flags_text(rs.flags),
-                "shf_rela_livepatch": bool(rs.flags & C.SHF_RELA_LIVEPATCH),
+                "shf_rela_livepatch": is_klp_rela(rs),
                 "relocations": len(rs.relocations)})
     return {"symbols": symbols, "sections": sections}
 
