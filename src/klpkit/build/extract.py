@@ -163,7 +163,7 @@ class _Extractor:
         """(output symbol, addend) for what ``rel`` pointed at."""
         sym = place.symbol
         if place.external:
-            return self._undefined(self._outside_name(sym, None), "undefined in the object"), \
+            return self._undefined(self.outside.name(sym, None), "undefined in the object"), \
                 place.offset
         if sym is None:
             if place.section is None:
@@ -173,11 +173,8 @@ class _Extractor:
         if self._must_copy(sym):
             return self.carry(sym), place.offset
         orig = self.diff.orig_of(sym)
-        name = self._outside_name(sym, orig)
+        name = self.outside.name(sym, orig)
         return self._undefined(name, f"{sym.name} stays in the original object"), place.offset
-
-    def _outside_name(self, sym: Symbol, orig: Symbol | None) -> str:
-        return self.outside.name(sym, orig)
 
     def _undefined(self, name: str, why: str) -> Symbol:
         sym = self.undefined.get(name)
@@ -236,7 +233,7 @@ class _Extractor:
         sym = place.symbol
         if sym is None or self._must_copy(sym):
             return True
-        name = sym.name if place.external else self._outside_name(sym, self.diff.orig_of(sym))
+        name = sym.name if place.external else self.outside.name(sym, self.diff.orig_of(sym))
         if not self.outside.module_owned(name):
             return True
         code = self.view.place(next(r for r in rels if r.offset == start + table.anchor))

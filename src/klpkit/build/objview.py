@@ -14,13 +14,10 @@ import bisect
 import re
 from dataclasses import dataclass
 
-from klpkit.check.rules import X86_64_RELOC_SIZES
 from klpkit.elf import ElfFile, Relocation, Section, Symbol
 from klpkit.elf import constants as C
 from klpkit.errors import ElfError
-
-#: x86_64 relocation types computed relative to the place.
-PC_RELATIVE = {2, 4, 24}        # R_X86_64_PC32, PLT32, PC64
+from klpkit.kernel.relocs import X86_64_PC_RELATIVE, X86_64_RELOC_SIZES
 
 _CLONE_RE = re.compile(r"\.(constprop|isra|part|cold|lto_priv|localalias)(\.\d+)?")
 _NUMBERED_RE = re.compile(r"^(.+)\.\d+$")
@@ -165,7 +162,7 @@ class ObjectView:
         sec = sym.section
         # in code, a PC-relative displacement is relative to the end of the field (the
         # addend is the target's offset minus 4); in data (``.long x - .``) to its start
-        bias = 4 if rel.type in PC_RELATIVE and id(rel) in self._in_code else 0
+        bias = 4 if rel.type in X86_64_PC_RELATIVE and id(rel) in self._in_code else 0
         if sec is not None and sym.type not in (C.STT_FUNC, C.STT_OBJECT):
             # a section symbol, or a label such as GCC's .LC<n> for a string literal
             # (renumbered by every compile): the place is an offset into the section

@@ -153,5 +153,5 @@ class KernelNames:
         """Whether the livepatch's undefined ``undefined_name`` is a module's symbol."""
         if undefined_name.startswith(INTERMEDIATE_PREFIX):
             return self.kobj != "vmlinux"
-        return any(e.object != "vmlinux" for e in self.db.lookup(undefined_name)) and not \
-            any(e.object == "vmlinux" for e in self.db.lookup(undefined_name))
+        owners = {e.object for e in self.db.lookup(undefined_name)}
+        return bool(owners) and "vmlinux" not in owners

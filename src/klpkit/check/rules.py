@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from klpkit.check.findings import Severity, Stage
-from klpkit.kernel import klp
+from klpkit.kernel import klp, relocs
 
 E, W, N = Severity.ERROR, Severity.WARNING, Severity.NOTE
 
@@ -282,9 +282,8 @@ _RULES = [
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}
 
-#: x86_64 relocation types __apply_relocate_add() handles (v4.x .. newest) and the
-#: number of bytes each writes (0: nothing written, R_X86_64_NONE).
-X86_64_RELOC_SIZES = {0: 0, 1: 8, 2: 4, 4: 4, 10: 4, 11: 4, 24: 8}
+#: x86_64 relocation sizes: the kernel fact lives in kernel/relocs.py
+X86_64_RELOC_SIZES = relocs.X86_64_RELOC_SIZES
 
 #: The first kernel with clear_relocate_add() (reload of a patched module works).
 CLEAR_RELOCATE_ADD = klp.CLEAR_RELOCATE_ADD

@@ -523,6 +523,16 @@ def _finish(symset: SymbolSet, symvers, db, open_db: bool):
 
 
 @gc_paused
+def _settle_release(asked: str | None, found: str | None, source, what: str) -> str:
+    """The release of a build: the one the input says, which must be the one asked for."""
+    if asked and found and asked != found:
+        raise KlpkitError(f"{source} is kernel {found}, not {asked}")
+    if not (asked or found):
+        raise InputError(f"cannot tell the kernel release of the {what}; pass --release",
+                         path=source)
+    return asked or found
+
+
 def build_from_tree(tree: str | os.PathLike, *, symvers: str | os.PathLike | None = None,
                     release: str | None = None, db=None, skip_bad: bool = False,
                     progress: bool = True) -> SymbolDB:
@@ -536,13 +546,7 @@ def build_from_tree(tree: str | os.PathLike, *, symvers: str | os.PathLike | Non
     rec, build_id, banner_rel, vexports = read_vmlinux(vmlinux, derive_exports=symvers is None)
     rel_file = tree / "include" / "config" / "kernel.release"
     tree_rel = rel_file.read_text().strip() if rel_file.is_file() else None
-    found = tree_rel or banner_rel
-    if release and found and release != found:
-        raise KlpkitError(f"{tree} is kernel {found}, not {release}")
-    release = release or found
-    if not release:
-        raise InputError("cannot tell the kernel release of the tree; pass --release",
-                         path=tree)
+    release = _settle_release(release, tree_rel or banner_rel, tree, "tree")
     rec.exports = vexports
     symset = SymbolSet(release, "tree", build_id, [str(vmlinux.resolve())], [rec])
     mods = [p for p in find_modules(tree) if "/.tmp" not in p]
@@ -696,12 +700,7 @@ def build_from_vmlinuz(image: str | os.PathLike, *, modules_dir: str | os.PathLi
     symbols from the image's kallsyms tables (:func:`read_vmlinuz`)."""
     image = Path(image)
     rec, build_id, found, vexports, _img = read_vmlinuz(image, derive_exports=symvers is None)
-    if release and found and release != found:
-        raise KlpkitError(f"{image} is kernel {found}, not {release}")
-    release = release or found
-    if not release:
-        raise InputError("cannot tell the kernel release of the image; pass --release",
-                         path=image)
+    release = _settle_release(release, found, image, "image")
     rec.exports = vexports
     symset = SymbolSet(release, "vmlinuz", build_id, [str(image.resolve())], [rec])
     if modules_dir is not None:
