@@ -29,9 +29,23 @@ RELEASE = "6.1.0-47-amd64"
 
 def run_build(patch: Path, out: Path, env: dict[str, str]) -> tuple[float, dict]:
     start = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "klpkit.cli", "build", str(patch), "-o",
-                        str(out), "--release", RELEASE, "--json"],
-                       capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "klpkit.cli",
+            "build",
+            str(patch),
+            "-o",
+            str(out),
+            "--release",
+            RELEASE,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     wall = time.monotonic() - start
     if r.returncode:
         sys.exit(f"klpkit build failed ({r.returncode}): {r.stderr.strip()}")
@@ -45,10 +59,10 @@ def show(label: str, wall: float, doc: dict) -> None:
 
 def drop_original(env: dict[str, str]) -> None:
     """Remove the pristine cdrom.o kbuild keeps in the tree (it is rebuilt next time)."""
-    code = ("from klpkit.build.source import SourceTree; t = SourceTree.prepare(); "
-            "print(t.root)")
-    root = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, check=True).stdout.strip()
+    code = "from klpkit.build.source import SourceTree; t = SourceTree.prepare(); print(t.root)"
+    root = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
     for name in ("drivers/cdrom/cdrom.o", "drivers/cdrom/.cdrom.o.cmd"):
         Path(root, name).unlink(missing_ok=True)
 
@@ -57,8 +71,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cold", action="store_true", help="also time a cold first run")
-    ap.add_argument("--fresh-original", action="store_true",
-                    help="recompile the pristine object in every warm run")
+    ap.add_argument(
+        "--fresh-original",
+        action="store_true",
+        help="recompile the pristine object in every warm run",
+    )
     args = ap.parse_args()
     env = dict(os.environ)
     print(f"klpkit build of {SEED.name} for {RELEASE} on {os.cpu_count()} core(s)")
@@ -73,7 +90,7 @@ def main() -> int:
             wall, doc = run_build(SEED, out, cold_env)
             show("cold (download+prepare)", wall, doc)
             print(f"{'':28} target <= 240 s: {'met' if wall <= 240 else 'MISSED'}")
-        run_build(SEED, out, env)          # make sure the tree is ready and warm
+        run_build(SEED, out, env)  # make sure the tree is ready and warm
         walls = []
         for i in range(args.runs):
             if args.fresh_original:
@@ -82,8 +99,10 @@ def main() -> int:
             walls.append(wall)
             show(f"warm run {i + 1}", wall, doc)
         best = min(walls)
-        print(f"{'warm best':28} wall {best:7.2f} s   target <= 60 s: "
-              f"{'met' if best <= 60 else 'MISSED'}")
+        print(
+            f"{'warm best':28} wall {best:7.2f} s   target <= 60 s: "
+            f"{'met' if best <= 60 else 'MISSED'}"
+        )
     return 0
 
 

@@ -54,13 +54,27 @@ def main() -> int:
     print(f"cold symbol database of {args.release} ({os.cpu_count()} cores)")
     with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
         image_cache, dbg_cache = Path(tmp) / "image", Path(tmp) / "dbg"
-        run("image alone (klpkit default)",
-            [sys.executable, "-m", "klpkit.cli", "symbols", "build", "--debian", args.release,
-             "--db", str(Path(tmp) / "image.sqlite")], image_cache)
+        run(
+            "image alone (klpkit default)",
+            [
+                sys.executable,
+                "-m",
+                "klpkit.cli",
+                "symbols",
+                "build",
+                "--debian",
+                args.release,
+                "--db",
+                str(Path(tmp) / "image.sqlite"),
+            ],
+            image_cache,
+        )
         if not args.skip_dbg:
-            run("image + -dbg (old route)",
+            run(
+                "image + -dbg (old route)",
                 [sys.executable, "-c", DBG_ROUTE, args.release, str(Path(tmp) / "dbg.sqlite")],
-                dbg_cache)
+                dbg_cache,
+            )
     return 0
 
 

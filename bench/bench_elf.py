@@ -48,8 +48,9 @@ def readelf(files):
     lines = 0
     batch = 1000
     for i in range(0, len(files), batch):
-        out = subprocess.run(["readelf", "-sW", *files[i:i + batch]], capture_output=True,
-                             check=True).stdout
+        out = subprocess.run(
+            ["readelf", "-sW", *files[i : i + batch]], capture_output=True, check=True
+        ).stdout
         lines += out.count(b"\n")
     return lines
 

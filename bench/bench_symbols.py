@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="builds to time (best is reported)")
     args = ap.parse_args(argv)
     try:
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})   # the goal is on one core
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # the goal is on one core
     except (AttributeError, OSError):
         pass
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     release = args.release or debian.DEFAULT_RELEASE
     image = debian.ensure_image(release)
     try:
-        dbg = debian.ensure_dbg(release)       # only for the comparison
+        dbg = debian.ensure_dbg(release)  # only for the comparison
     except debian.DebianError as e:
         dbg = None
         print(f"(no -dbg package: {e}; the -dbg route is not timed)")
@@ -62,8 +62,10 @@ def main(argv=None) -> int:
             dbg_walls.append(wall)
             dbg_cpus.append(cpu)
     vmlinuz = image / "boot" / f"vmlinuz-{release}"
-    decode = min((_in_child("image", str(vmlinuz)) for _ in range(max(1, args.repeat))),
-                 key=lambda d: d["total"])
+    decode = min(
+        (_in_child("image", str(vmlinuz)) for _ in range(max(1, args.repeat))),
+        key=lambda d: d["total"],
+    )
     stages = _in_child("stages", str(image), str(symvers), release)
     # without Module.symvers (`klpkit symbols build --debian`): exports read from the
     # objects' __ksymtab sections
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
         opens.append(time.perf_counter() - t)
         db.close()
     db = SymbolDB.open(dbpath)
-    names = sorted({r[:r.index(0)].decode("utf-8", "surrogateescape") for r in db.records()})
+    names = sorted({r[: r.index(0)].decode("utf-8", "surrogateescape") for r in db.records()})
     sample = random.Random(3).sample(names, 20000)
     db.lookup(sample[0])  # warm the object-name map
     t = time.perf_counter()
@@ -93,36 +95,53 @@ def main(argv=None) -> int:
     size = os.path.getsize(dbpath)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
-    print(f"kernel {release}: vmlinux + {nmods} modules -> {counts['objects']} objects, "
-          f"{counts['symbols']} symbols, {counts['exports']} exports")
+    print(
+        f"kernel {release}: vmlinux + {nmods} modules -> {counts['objects']} objects, "
+        f"{counts['symbols']} symbols, {counts['exports']} exports"
+    )
     best = "" if len(walls) == 1 else f"  [best of {len(walls)}]"
-    print(f"build      : {min(walls):.2f} s wall, {min(cpus):.2f} s CPU from the image package "
-          f"alone (one process, one core; goal <= 2 s){best}")
+    print(
+        f"build      : {min(walls):.2f} s wall, {min(cpus):.2f} s CPU from the image package "
+        f"alone (one process, one core; goal <= 2 s){best}"
+    )
     if dbg_walls:
-        print(f"  -dbg     : {min(dbg_walls):.2f} s wall, {min(dbg_cpus):.2f} s CPU with the -dbg "
-              f"package's vmlinux (same database); image - dbg = "
-              f"{min(walls) - min(dbg_walls):+.2f} s")
-    print(f"  image    : {decode['total']:.2f} s for vmlinux: {decode['compression']} inflate "
-          f"{decode['inflate']:.2f} s ({decode['inflated'] >> 20} of {decode['size'] >> 20} "
-          f"MiB; the whole payload would take ~{decode['inflate_all']:.2f} s), tables "
-          f"{decode['tables']:.2f} s ({decode['symbols']} symbols), exports "
-          f"{decode['exports']:.2f} s (only without Module.symvers)")
+        print(
+            f"  -dbg     : {min(dbg_walls):.2f} s wall, {min(dbg_cpus):.2f} s CPU with the -dbg "
+            f"package's vmlinux (same database); image - dbg = "
+            f"{min(walls) - min(dbg_walls):+.2f} s"
+        )
+    print(
+        f"  image    : {decode['total']:.2f} s for vmlinux: {decode['compression']} inflate "
+        f"{decode['inflate']:.2f} s ({decode['inflated'] >> 20} of {decode['size'] >> 20} "
+        f"MiB; the whole payload would take ~{decode['inflate_all']:.2f} s), tables "
+        f"{decode['tables']:.2f} s ({decode['symbols']} symbols), exports "
+        f"{decode['exports']:.2f} s (only without Module.symvers)"
+    )
     # This box's speed varies from run to run (shared CPUs); readelf over the same files,
     # timed between the builds, is the yardstick (issue 2 quotes 0.57 s for the modules
     # alone on a quiet box).
-    print(f"  yardstick: readelf -sW over the {len(files)} modules {min(readelfs):.2f} s"
-          f" -> build / readelf = {min(walls) / min(readelfs):.2f}")
+    print(
+        f"  yardstick: readelf -sW over the {len(files)} modules {min(readelfs):.2f} s"
+        f" -> build / readelf = {min(walls) / min(readelfs):.2f}"
+    )
     # and so does CPython's own speed here (a shared host): a fixed pure-Python loop,
     # timed between the builds, tells a slow box from a slow build
-    print(f"  yardstick: a 10M-step Python loop {min(loops):.2f} s -> build / loop = "
-          f"{min(walls) / min(loops):.1f}")
+    print(
+        f"  yardstick: a 10M-step Python loop {min(loops):.2f} s -> build / loop = "
+        f"{min(walls) / min(loops):.1f}"
+    )
     print(f"  no symvers: {t_derived:.2f} s wall (exports read from the objects)")
-    print("  stages   : " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items())
-          + "  (one more build, timed piece by piece)")
+    print(
+        "  stages   : "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items())
+        + "  (one more build, timed piece by piece)"
+    )
     print("  (each build runs in a fresh interpreter, as the command line does)")
     print(f"open       : {statistics.median(opens) * 1e3:.2f} ms median of 50 (goal <= 5 ms)")
-    print(f"lookup     : {per_lookup * 1e6:.1f} us by name ({found} entries for 20000 "
-          f"names), {per_obj_lookup * 1e6:.1f} us by name+object (goal ~15 us)")
+    print(
+        f"lookup     : {per_lookup * 1e6:.1f} us by name ({found} entries for 20000 "
+        f"names), {per_obj_lookup * 1e6:.1f} us by name+object (goal ~15 us)"
+    )
     print(f"file size  : {size / 2**20:.1f} MiB")
     print(f"load avg   : {load:.2f} (timings are inflated on a busy machine)")
     assert cdrom and cdrom[0].object == "cdrom"
@@ -134,15 +153,21 @@ def main(argv=None) -> int:
     return 0
 
 
-def _timed_build(dbpath: Path, symvers, release: str, dbg: bool = False
-                 ) -> tuple[float, float]:
+def _timed_build(dbpath: Path, symvers, release: str, dbg: bool = False) -> tuple[float, float]:
     """(wall, CPU) seconds of one build in a fresh interpreter, as the CLI runs it (a
     build in a process that already made and freed a kernel's worth of objects runs
     on a fragmented heap and is slower); vmlinux from the image, or from -dbg."""
     if dbpath.exists():
         dbpath.unlink()
-    return tuple(_in_child("build", release, str(dbpath), str(symvers) if symvers else "",
-                           "dbg" if dbg else "image"))
+    return tuple(
+        _in_child(
+            "build",
+            release,
+            str(dbpath),
+            str(symvers) if symvers else "",
+            "dbg" if dbg else "image",
+        )
+    )
 
 
 def _in_child(*argv: str):
@@ -151,8 +176,9 @@ def _in_child(*argv: str):
     import json
     import subprocess
 
-    out = subprocess.run([sys.executable, __file__, "--child", *argv], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *argv], check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out)
 
 
@@ -187,7 +213,7 @@ def _image_decode(path: str) -> dict:
     with V.Inflater(payload, path) as inf:
         lay = V.elf_layout(inf)
         t1 = time.perf_counter()
-        V._find_token_table(inf, lay.ptr, lay.end)        # inflates up to the tables
+        V._find_token_table(inf, lay.ptr, lay.end)  # inflates up to the tables
         t2 = time.perf_counter()
         ks = V.find_kallsyms(inf, lay)
         t3 = time.perf_counter()
@@ -197,9 +223,17 @@ def _image_decode(path: str) -> dict:
         inf.finish()
         t5 = time.perf_counter()
     # (find_kallsyms re-finds the token table, already inflated: its time is decoding)
-    return {"total": t4 - t0, "inflate": t2 - t1, "tables": t3 - t2, "exports": t4 - t3,
-            "inflate_all": (t2 - t1) + (t5 - t4), "inflated": inflated,
-            "size": payload.size, "compression": payload.compression, "symbols": len(ks)}
+    return {
+        "total": t4 - t0,
+        "inflate": t2 - t1,
+        "tables": t3 - t2,
+        "exports": t4 - t3,
+        "inflate_all": (t2 - t1) + (t5 - t4),
+        "inflated": inflated,
+        "size": payload.size,
+        "compression": payload.compression,
+        "symbols": len(ks),
+    }
 
 
 def _python_loop() -> float:
@@ -220,8 +254,9 @@ def _readelf(files: list[str]) -> float:
         return float("nan")
     t = time.perf_counter()
     for i in range(0, len(files), 1000):
-        subprocess.run(["readelf", "-sW", *files[i:i + 1000]], stdout=subprocess.DEVNULL,
-                       check=True)
+        subprocess.run(
+            ["readelf", "-sW", *files[i : i + 1000]], stdout=subprocess.DEVNULL, check=True
+        )
     return time.perf_counter() - t
 
 
@@ -241,8 +276,14 @@ def _stages(image, symvers, release) -> dict[str, float]:
         marks.append(("vmlinux", time.perf_counter()))
         symset = B.SymbolSet(release, "debian", build_id, [str(vm)], [rec])
         moddir = image / "lib" / "modules" / release
-        B.scan_modules(B.find_modules(moddir), symset, release=release, skip_bad=False,
-                       derive_exports=False, progress=False)
+        B.scan_modules(
+            B.find_modules(moddir),
+            symset,
+            release=release,
+            skip_bad=False,
+            derive_exports=False,
+            progress=False,
+        )
         B.apply_modules_dep(symset, moddir)
         symset.symvers = B.read_symvers(symvers)
         marks.append(("modules", time.perf_counter()))

@@ -36,8 +36,10 @@ def main(argv=None) -> int:
             diffs += 1
             print(f"differs: {name} in {obj}")
     same_meta = a.counts() == b.counts() and a.objects() == b.objects()
-    print(f"{len(sample)} names compared: {diffs} differences; counts/objects "
-          f"{'equal' if same_meta else 'DIFFER'}")
+    print(
+        f"{len(sample)} names compared: {diffs} differences; counts/objects "
+        f"{'equal' if same_meta else 'DIFFER'}"
+    )
     return 0 if diffs == 0 and same_meta else 1
 
 

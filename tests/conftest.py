@@ -143,8 +143,12 @@ def lp_modules(debian_headers, tmp_path_factory) -> dict:
 
     tmp = tmp_path_factory.mktemp("lp-modules")
     example = Path(__file__).resolve().parents[1] / "examples" / "cdrom" / "lp_cdrom.c"
-    sources = {"lp_policy.c": LP_POLICY, "lp_ambig.c": LP_AMBIG, "lp_annot.c": LP_ANNOT,
-               "lp_cdrom.c": example.read_text()}
+    sources = {
+        "lp_policy.c": LP_POLICY,
+        "lp_ambig.c": LP_AMBIG,
+        "lp_annot.c": LP_ANNOT,
+        "lp_cdrom.c": example.read_text(),
+    }
     kbuild = "obj-m := " + " ".join(n.replace(".c", ".o") for n in sources) + "\n"
     return {k.stem: k for k in build_modules(tmp, sources, kbuild)}
 
@@ -157,8 +161,13 @@ VM_BOOT_PROPERTY = "klpkit_vm_boot"  # user_properties entry: (name, boot-to-pow
 def pytest_terminal_summary(terminalreporter):
     """One line per qemu boot a test recorded (tests/e2e), also under pytest-xdist: the
     entries come with the reports, not from a worker's memory."""
-    boots = [value for reports in terminalreporter.stats.values() for rep in reports
-             for key, value in getattr(rep, "user_properties", ()) if key == VM_BOOT_PROPERTY]
+    boots = [
+        value
+        for reports in terminalreporter.stats.values()
+        for rep in reports
+        for key, value in getattr(rep, "user_properties", ())
+        if key == VM_BOOT_PROPERTY
+    ]
     if not boots:
         return
     tr = terminalreporter
@@ -205,14 +214,23 @@ def built_patches(source_tree, debian_symdb, tmp_path_factory) -> dict:
             ko = out / f"livepatch-{name}.ko"
             # a header patch names the files to rebuild in its subject: X-klpkit-source: F.c
             sources = re.findall(r"X-klpkit-source: (\S+?)\)?$", patch.read_text(), re.M)
-            opts = BuildOptions([str(patch)], debian.DEFAULT_RELEASE, str(ko),
-                                symbols=str(debian_symdb.path), sources=sources)
+            opts = BuildOptions(
+                [str(patch)],
+                debian.DEFAULT_RELEASE,
+                str(ko),
+                symbols=str(debian_symdb.path),
+                sources=sources,
+            )
             try:
                 rep = Builder(opts).run()
                 results[name] = {"rc": 0, "report": rep.to_json(), "output": str(ko)}
             except BuildRefused as e:
-                results[name] = {"rc": 1, "error": str(e), "reasons": e.reasons,
-                                 "report": e.report.to_json() if e.report else None}
+                results[name] = {
+                    "rc": 1,
+                    "error": str(e),
+                    "reasons": e.reasons,
+                    "report": e.report.to_json() if e.report else None,
+                }
             except KlpkitError as e:
                 results[name] = {"rc": e.exit_code, "error": str(e)}
         index.write_text(json.dumps(results, default=str))

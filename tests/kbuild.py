@@ -16,15 +16,24 @@ class BuildError(AssertionError):
     """make failed; the message carries the tail of its output so the test report shows why."""
 
 
-def build_modules(tmp_dir, sources: dict[str, str], kbuild: str, release: str = DEFAULT_RELEASE) -> list[Path]:
+def build_modules(
+    tmp_dir, sources: dict[str, str], kbuild: str, release: str = DEFAULT_RELEASE
+) -> list[Path]:
     """Write ``sources`` (name -> text) and ``kbuild`` into ``tmp_dir``, run Kbuild, return the .ko files."""
     tmp_dir = Path(tmp_dir)
     tmp_dir.mkdir(parents=True, exist_ok=True)
     for name, text in sources.items():
         (tmp_dir / name).write_text(text)
     (tmp_dir / "Kbuild").write_text(kbuild)
-    cmd = ["make", "-s", "-C", str(ensure_headers(release)), f"M={tmp_dir.resolve()}",
-           "KBUILD_MODPOST_WARN=1", "modules"]
+    cmd = [
+        "make",
+        "-s",
+        "-C",
+        str(ensure_headers(release)),
+        f"M={tmp_dir.resolve()}",
+        "KBUILD_MODPOST_WARN=1",
+        "modules",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-20:])
@@ -32,7 +41,9 @@ def build_modules(tmp_dir, sources: dict[str, str], kbuild: str, release: str = 
     return sorted(tmp_dir.glob("*.ko"))
 
 
-def build_module(tmp_dir, sources: dict[str, str], kbuild: str, release: str = DEFAULT_RELEASE) -> Path:
+def build_module(
+    tmp_dir, sources: dict[str, str], kbuild: str, release: str = DEFAULT_RELEASE
+) -> Path:
     """Like :func:`build_modules` for a Kbuild that makes exactly one module; returns its .ko."""
     kos = build_modules(tmp_dir, sources, kbuild, release)
     if len(kos) != 1:

@@ -43,6 +43,5 @@ def set_old_sympos(elf, name: str, pos: int) -> None:
     word = 8 if elf.elfclass == 64 else 4
     at = f.offset + 2 * word
     data = bytearray(sec.data)
-    data[at:at + word] = pos.to_bytes(word, "little" if elf.little_endian else "big")
+    data[at : at + word] = pos.to_bytes(word, "little" if elf.little_endian else "big")
     sec.data = bytes(data)
-

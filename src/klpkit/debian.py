@@ -94,7 +94,9 @@ def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess
     try:
         return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     except FileNotFoundError:
-        raise DebianError(f"{cmd[0]} not found; klpkit needs a Debian-like system with apt and dpkg") from None
+        raise DebianError(
+            f"{cmd[0]} not found; klpkit needs a Debian-like system with apt and dpkg"
+        ) from None
 
 
 def find_deb(package: str, version: str | None = None) -> Path | None:
@@ -102,7 +104,9 @@ def find_deb(package: str, version: str | None = None) -> Path | None:
     sorts last).  Architecture-independent packages (``_all.deb``: linux-source-6.1) count too.
     """
     ver = version.replace(":", "%3a") if version else "*"  # dpkg's file names escape epochs
-    found = sorted(p for arch in (ARCH, "all") for p in debs_dir().glob(f"{package}_{ver}_{arch}.deb"))
+    found = sorted(
+        p for arch in (ARCH, "all") for p in debs_dir().glob(f"{package}_{ver}_{arch}.deb")
+    )
     return found[-1] if found else None
 
 
@@ -260,8 +264,10 @@ def _apt_version(package: str) -> str:
         value = fields.get(key)
         if value and value != "(none)":
             return value
-    raise DebianError(f"apt knows no version of {package} (not cached either; run apt-get "
-                      "update, or check the release name)")
+    raise DebianError(
+        f"apt knows no version of {package} (not cached either; run apt-get "
+        "update, or check the release name)"
+    )
 
 
 def _dbg_members(release: str) -> list[str]:

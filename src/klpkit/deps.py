@@ -118,18 +118,26 @@ VMLINUX, PATCHED, LIVEPATCH, OTHER = "vmlinux", "patched", "livepatch", "other"
 # edge kinds
 NEEDS, TRIGGERS, OBJECT_DEP, KLP = "needs", "triggers", "object-dep", "klp"
 
-FIX_CONVERT = ("convert the module: klpkit convert {path} -o OUT.ko --symbols DB (references "
-               "to {obj} become livepatch relocations .klp.sym.{obj}.NAME,POS gated on the "
-               "patched object, and depends= loses {obj})")
-FIX_SHADOW = ("share state through shadow variables (klp_shadow_alloc()/klp_shadow_get() "
-              "keyed on the patched object) instead of an export of the vmlinux livepatch, "
-              "or move the helper into this module")
-FIX_D = ("livepatch-for-X may depend on livepatch-for-Y only if X depends on Y: move the "
-         "shared code into this module, share state with klp_shadow_*, or reference the "
-         "patched object's own symbol through a livepatch relocation")
-FIX_OTHER = ("the livepatch loads {obj} although none of its patched objects needs it: "
-             "reference the symbol through a livepatch relocation gated on a patched "
-             "object that depends on {obj}, or drop the use")
+FIX_CONVERT = (
+    "convert the module: klpkit convert {path} -o OUT.ko --symbols DB (references "
+    "to {obj} become livepatch relocations .klp.sym.{obj}.NAME,POS gated on the "
+    "patched object, and depends= loses {obj})"
+)
+FIX_SHADOW = (
+    "share state through shadow variables (klp_shadow_alloc()/klp_shadow_get() "
+    "keyed on the patched object) instead of an export of the vmlinux livepatch, "
+    "or move the helper into this module"
+)
+FIX_D = (
+    "livepatch-for-X may depend on livepatch-for-Y only if X depends on Y: move the "
+    "shared code into this module, share state with klp_shadow_*, or reference the "
+    "patched object's own symbol through a livepatch relocation"
+)
+FIX_OTHER = (
+    "the livepatch loads {obj} although none of its patched objects needs it: "
+    "reference the symbol through a livepatch relocation gated on a patched "
+    "object that depends on {obj}, or drop the use"
+)
 FIX_WRONG = "regenerate the livepatch relocations: klpkit convert --object OBJ ..."
 
 
@@ -147,39 +155,55 @@ class Reference:
     sites), or one livepatch relocation symbol (all its sites)."""
 
     module: str
-    kind: str                 # 'undefined' | 'klp'
-    symbol: str               # the name in the module (.klp.sym... for klp)
+    kind: str  # 'undefined' | 'klp'
+    symbol: str  # the name in the module (.klp.sym... for klp)
     category: str
-    object: str | None        # object defining the symbol (exporter / .klp.sym object)
+    object: str | None  # object defining the symbol (exporter / .klp.sym object)
     verdict: str
     reason: str
     fix: str = ""
-    gate: str | None = None   # klp: the object the relocation section is gated on
+    gate: str | None = None  # klp: the object the relocation section is gated on
     sites: list[str] = field(default_factory=list)
     policy: str | None = None  # the convert policy's category (A, B, local, C-D, ...)
 
     def as_dict(self) -> dict:
-        return {"module": self.module, "kind": self.kind, "symbol": self.symbol,
-                "category": self.category, "object": self.object, "gate": self.gate,
-                "verdict": self.verdict, "reason": self.reason, "fix": self.fix,
-                "sites": self.sites, "policy": self.policy}
+        return {
+            "module": self.module,
+            "kind": self.kind,
+            "symbol": self.symbol,
+            "category": self.category,
+            "object": self.object,
+            "gate": self.gate,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "fix": self.fix,
+            "sites": self.sites,
+            "policy": self.policy,
+        }
 
 
 @dataclass
 class Edge:
     src: str
     dst: str
-    kind: str                 # needs | triggers | object-dep | klp
+    kind: str  # needs | triggers | object-dep | klp
     category: str | None = None
     verdict: str = OK
     symbols: list[str] = field(default_factory=list)
     reason: str = ""
-    via: list[str] = field(default_factory=list)   # 'symbols', 'depends='
+    via: list[str] = field(default_factory=list)  # 'symbols', 'depends='
 
     def as_dict(self) -> dict:
-        return {"from": self.src, "to": self.dst, "kind": self.kind,
-                "category": self.category, "verdict": self.verdict,
-                "symbols": self.symbols, "via": self.via, "reason": self.reason}
+        return {
+            "from": self.src,
+            "to": self.dst,
+            "kind": self.kind,
+            "category": self.category,
+            "verdict": self.verdict,
+            "symbols": self.symbols,
+            "via": self.via,
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -194,25 +218,33 @@ class ModuleInfo:
     depends: list[str]
     references: list[Reference] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    per_object_reason: str = ""   # why it is (not) per-object: the set, or the user's flag
+    per_object_reason: str = ""  # why it is (not) per-object: the set, or the user's flag
 
     @property
     def verdict(self) -> str:
         return worst(r.verdict for r in self.references)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "path": self.path, "livepatch": self.livepatch,
-                "objects": self.objects, "objects_source": self.objects_source,
-                "per_object": self.per_object, "per_object_reason": self.per_object_reason,
-                "exports": self.exports,
-                "depends": self.depends, "verdict": self.verdict, "notes": self.notes,
-                "references": [r.as_dict() for r in self.references]}
+        return {
+            "name": self.name,
+            "path": self.path,
+            "livepatch": self.livepatch,
+            "objects": self.objects,
+            "objects_source": self.objects_source,
+            "per_object": self.per_object,
+            "per_object_reason": self.per_object_reason,
+            "exports": self.exports,
+            "depends": self.depends,
+            "verdict": self.verdict,
+            "notes": self.notes,
+            "references": [r.as_dict() for r in self.references],
+        }
 
 
 @dataclass
 class Report:
     modules: list[ModuleInfo]
-    nodes: dict[str, str]           # name -> kind
+    nodes: dict[str, str]  # name -> kind
     edges: list[Edge]
     cycles: list[dict]
     pins: list[dict]
@@ -224,8 +256,7 @@ class Report:
 
     @property
     def verdict(self) -> str:
-        return worst([*(r.verdict for r in self.references),
-                      *(ERROR for _ in self.cycles)])
+        return worst([*(r.verdict for r in self.references), *(ERROR for _ in self.cycles)])
 
     def edge(self, src: str, dst: str, kind: str = NEEDS) -> Edge | None:
         return next((e for e in self.edges if (e.src, e.dst, e.kind) == (src, dst, kind)), None)
@@ -238,11 +269,18 @@ class Report:
         return out
 
     def to_json(self) -> dict:
-        return {"release": self.release, "verdict": self.verdict, "counts": self.counts(),
-                "modules": [m.as_dict() for m in self.modules],
-                "graph": {"nodes": [{"name": n, "kind": k} for n, k in self.nodes.items()],
-                          "edges": [e.as_dict() for e in self.edges]},
-                "pins": self.pins, "cycles": self.cycles}
+        return {
+            "release": self.release,
+            "verdict": self.verdict,
+            "counts": self.counts(),
+            "modules": [m.as_dict() for m in self.modules],
+            "graph": {
+                "nodes": [{"name": n, "kind": k} for n, k in self.nodes.items()],
+                "edges": [e.as_dict() for e in self.edges],
+            },
+            "pins": self.pins,
+            "cycles": self.cycles,
+        }
 
 
 # --------------------------------------------------------------------------- reading
@@ -283,7 +321,7 @@ def _closure(db, obj: str, cache: dict[str, set[str]]) -> set[str]:
         cur = todo.pop()
         try:
             deps = db.module_depends(cur)
-        except Exception:  # noqa: BLE001 - an object missing from the DB: no known deps
+        except Exception:
             deps = []
         for d in deps:
             if d not in seen:
@@ -296,7 +334,7 @@ def _closure(db, obj: str, cache: dict[str, set[str]]) -> set[str]:
 def _direct_deps(db, obj: str) -> list[str]:
     try:
         return list(db.module_depends(obj))
-    except Exception:  # noqa: BLE001
+    except Exception:
         return []
 
 
@@ -315,8 +353,14 @@ def parse_object_map(items: Iterable[str]) -> dict[str, list[str]]:
     return out
 
 
-def analyze(paths: Iterable[str | os.PathLike], db, objects: dict[str, list[str]] | None = None,
-            per_object: bool | None = None, *, force: bool = False) -> Report:
+def analyze(
+    paths: Iterable[str | os.PathLike],
+    db,
+    objects: dict[str, list[str]] | None = None,
+    per_object: bool | None = None,
+    *,
+    force: bool = False,
+) -> Report:
     """Analyse a set of modules (one livepatch, or a per-object livepatch set).
 
     ``per_object`` says whether the livepatch modules that patch one module are loaded by
@@ -337,20 +381,20 @@ class _Analysis:
     need every module read; per-object needs every module's objects; the nodes need
     every edge; the cycles need the whole graph."""
 
-    def __init__(self, db, objects: dict[str, list[str]] | None, per_object: bool | None,
-                 force: bool = False):
+    def __init__(
+        self, db, objects: dict[str, list[str]] | None, per_object: bool | None, force: bool = False
+    ):
         self.db = db
-        self.object_map = dict(objects or {})     # --object; emptied as modules claim it
+        self.object_map = dict(objects or {})  # --object; emptied as modules claim it
         self.per_object = per_object
         self.force = force
         # the kernel whose rules judge the livepatch relocations: check's (the database's)
-        self.kver = kernel_version(None, getattr(db, "release", None) if db is not None
-                                   else None)
-        self.registers: dict[str, bool] = {}      # module -> calls klp_enable_patch()
+        self.kver = kernel_version(None, getattr(db, "release", None) if db is not None else None)
+        self.registers: dict[str, bool] = {}  # module -> calls klp_enable_patch()
         self.modules: list[ModuleInfo] = []
         self.by_name: dict[str, ModuleInfo] = {}
         self.elves: dict[str, ElfFile] = {}
-        self.set_exports: dict[str, str] = {}     # symbol -> module of the set exporting it
+        self.set_exports: dict[str, str] = {}  # symbol -> module of the set exporting it
         self.closures: dict[str, set[str]] = {}
         self.edges: dict[tuple[str, str, str], Edge] = {}
         self.nodes: dict[str, str] = {}
@@ -369,8 +413,11 @@ class _Analysis:
         edge_list = list(self.edges.values())
         cycles = _cycles(edge_list)
         self._mark_cycles(cycles)
-        pins = [{"livepatch": e.src, "module": e.dst, "symbols": e.symbols, "via": e.via}
-                for e in edge_list if e.kind == NEEDS and e.category == CAT_B]
+        pins = [
+            {"livepatch": e.src, "module": e.dst, "symbols": e.symbols, "via": e.via}
+            for e in edge_list
+            if e.kind == NEEDS and e.category == CAT_B
+        ]
         release = getattr(self.db, "meta", {}).get("release") if self.db is not None else None
         return Report(self.modules, self.nodes, edge_list, cycles, pins, release)
 
@@ -380,8 +427,9 @@ class _Analysis:
         for p in paths:
             self._load_one(p)
         if self.object_map:
-            raise InputError("--object names module(s) not given: "
-                             f"{', '.join(sorted(self.object_map))}")
+            raise InputError(
+                f"--object names module(s) not given: {', '.join(sorted(self.object_map))}"
+            )
         for m in self.modules:
             for s in m.exports:
                 self.set_exports.setdefault(s, m.name)
@@ -397,16 +445,32 @@ class _Analysis:
         # what it patches, --object or calling klp_enable_patch() make it a livepatch even
         # without livepatch=Y (the kernel then refuses it: check says so)
         is_lp = bool(mi is not None and mi.is_livepatch) or po.registers or source != "none"
-        info = ModuleInfo(name, str(path), is_lp, objs, source, False, _exports(elf),
-                          mi.depends if mi is not None else [])
+        info = ModuleInfo(
+            name,
+            str(path),
+            is_lp,
+            objs,
+            source,
+            False,
+            _exports(elf),
+            mi.depends if mi is not None else [],
+        )
         if is_lp and not objs:
             info.notes.append("no klp_object names found: pass --object MOD=OBJ")
         if contradiction:
-            info.references.append(Reference(
-                name, "objects", "--object", CAT_OBJECTS, None, WARN if self.force else ERROR,
-                contradiction + (" (--force)" if self.force else ""),
-                "drop --object (the module's own objects are what the kernel reads), or "
-                "--force to analyse it as said"))
+            info.references.append(
+                Reference(
+                    name,
+                    "objects",
+                    "--object",
+                    CAT_OBJECTS,
+                    None,
+                    WARN if self.force else ERROR,
+                    contradiction + (" (--force)" if self.force else ""),
+                    "drop --object (the module's own objects are what the kernel reads), or "
+                    "--force to analyse it as said",
+                )
+            )
         self.registers[name] = po.registers or source == "--object"
         self.modules.append(info)
         self.by_name[name] = info
@@ -424,10 +488,16 @@ class _Analysis:
         foreign = [o for o in given if own and o not in own]
         if not foreign or own_source == "annotations":
             return given, "--object", None
-        return given, "--object", (f"--object {', '.join(foreign)} contradicts {name}, which "
-                                   f"patches {', '.join(own)} (its {own_source}): the kernel "
-                                   "never applies relocations gated on an object its "
-                                   "klp_patch does not list")
+        return (
+            given,
+            "--object",
+            (
+                f"--object {', '.join(foreign)} contradicts {name}, which "
+                f"patches {', '.join(own)} (its {own_source}): the kernel "
+                "never applies relocations gated on an object its "
+                "klp_patch does not list"
+            ),
+        )
 
     # -------------------------------------------------------------------- per-object
     def _decide_per_object(self) -> None:
@@ -447,13 +517,16 @@ class _Analysis:
         for m in self.modules:
             m.per_object, m.per_object_reason = self._per_object(m, single, stacked)
 
-    def _per_object(self, m: ModuleInfo, single: list[str], stacked: dict[str, list[str]]
-                    ) -> tuple[bool, str]:
+    def _per_object(
+        self, m: ModuleInfo, single: list[str], stacked: dict[str, list[str]]
+    ) -> tuple[bool, str]:
         if not m.livepatch:
             return False, "not a livepatch module"
         if len(m.objects) != 1 or m.objects[0] == "vmlinux":
-            return False, (f"patches {', '.join(m.objects) or 'no object'}: a per-object "
-                           "livepatch patches exactly one module")
+            return False, (
+                f"patches {', '.join(m.objects) or 'no object'}: a per-object "
+                "livepatch patches exactly one module"
+            )
         obj = m.objects[0]
         if self.per_object is True:
             return True, f"--per-object: loading {obj} loads {m.name}"
@@ -461,17 +534,23 @@ class _Analysis:
             return False, f"--no-per-object: {m.name} is loaded on its own, not by {obj}"
         if stacked:
             o, names = next(iter(stacked.items()))
-            return False, (f"stacked livepatches, not a split set: {' and '.join(names)} both "
-                           f"patch {o} (each its own klp_patch: a fix and a fix on top); "
-                           f"{m.name} is loaded on its own, not by {obj}'s load "
-                           "(--per-object if it is one part of a split livepatch)")
+            return False, (
+                f"stacked livepatches, not a split set: {' and '.join(names)} both "
+                f"patch {o} (each its own klp_patch: a fix and a fix on top); "
+                f"{m.name} is loaded on its own, not by {obj}'s load "
+                "(--per-object if it is one part of a split livepatch)"
+            )
         if len(single) > 1:
-            return True, (f"split livepatch: {len(single)} livepatch modules of the set each "
-                          f"patch one object ({', '.join(single)}); loading {obj} loads "
-                          f"{m.name}")
-        return False, (f"the only livepatch module of the set patching one object: a "
-                       f"normal livepatch, not loaded by {obj}'s load (--per-object if it "
-                       "is one part of a split livepatch)")
+            return True, (
+                f"split livepatch: {len(single)} livepatch modules of the set each "
+                f"patch one object ({', '.join(single)}); loading {obj} loads "
+                f"{m.name}"
+            )
+        return False, (
+            f"the only livepatch module of the set patching one object: a "
+            f"normal livepatch, not loaded by {obj}'s load (--per-object if it "
+            "is one part of a split livepatch)"
+        )
 
     # ------------------------------------------------------------ undefined symbols
     def _undefined_references(self, m: ModuleInfo, undef_sites: dict[str, list[str]]) -> None:
@@ -491,69 +570,134 @@ class _Analysis:
                 ref.policy = str(d.category)
             m.references.append(ref)
             if dst is not None:
-                self._add_edge(m.name, dst, NEEDS, ref.category, ref.verdict, name,
-                               ref.reason, "symbols")
+                self._add_edge(
+                    m.name, dst, NEEDS, ref.category, ref.verdict, name, ref.reason, "symbols"
+                )
 
     # Each step below: (the reference, the module the loader loads for it or None).
-    def _set_export(self, m: ModuleInfo, name: str, owner: str, sites: list[str]
-                    ) -> tuple[Reference, str]:
+    def _set_export(
+        self, m: ModuleInfo, name: str, owner: str, sites: list[str]
+    ) -> tuple[Reference, str]:
         cat, verdict, reason, fix = self._needs_set_module(m, self.by_name[owner])
-        return Reference(m.name, "undefined", name, cat, owner, verdict, reason, fix,
-                         sites=sites, policy="set-export"), owner
+        return Reference(
+            m.name,
+            "undefined",
+            name,
+            cat,
+            owner,
+            verdict,
+            reason,
+            fix,
+            sites=sites,
+            policy="set-export",
+        ), owner
 
     def _vmlinux_export(self, m: ModuleInfo, name: str, d, sites: list[str]):
         """A: vmlinux is always there; nothing is pinned."""
-        return Reference(m.name, "undefined", name, CAT_A, "vmlinux", OK,
-                         "export of vmlinux: a normal reference", sites=sites), "vmlinux"
+        return Reference(
+            m.name,
+            "undefined",
+            name,
+            CAT_A,
+            "vmlinux",
+            OK,
+            "export of vmlinux: a normal reference",
+            sites=sites,
+        ), "vmlinux"
 
     def _patched_export(self, m: ModuleInfo, name: str, d, sites: list[str]):
         """B: the loader makes the livepatch depend on the module it patches (a pin);
         a per-object livepatch is moreover loaded by that module: a recursion."""
         obj = d.object
-        reason = (f"export of patched module {obj}: the loader makes {m.name} depend "
-                  f"on {obj}, which is pinned (cannot be unloaded) while the "
-                  "livepatch is loaded, and the livepatch cannot load before it")
+        reason = (
+            f"export of patched module {obj}: the loader makes {m.name} depend "
+            f"on {obj}, which is pinned (cannot be unloaded) while the "
+            "livepatch is loaded, and the livepatch cannot load before it"
+        )
         if m.per_object:
-            reason += (f"; {obj}'s load triggers loading {m.name}, which needs {obj}: "
-                       "a recursion")
-        return Reference(m.name, "undefined", name, CAT_B, obj, ERROR, reason,
-                         FIX_CONVERT.format(path=m.path, obj=obj, sym=name), sites=sites), obj
+            reason += f"; {obj}'s load triggers loading {m.name}, which needs {obj}: a recursion"
+        return Reference(
+            m.name,
+            "undefined",
+            name,
+            CAT_B,
+            obj,
+            ERROR,
+            reason,
+            FIX_CONVERT.format(path=m.path, obj=obj, sym=name),
+            sites=sites,
+        ), obj
 
     def _other_export(self, m: ModuleInfo, name: str, d, sites: list[str]):
         """Export of a module neither patched nor in the set: loading the livepatch
         loads and pins it, harmless only when a patched object needs it anyway."""
         obj = d.exported_by or d.object
         if self._needed_by_objects(m, obj):
-            return Reference(m.name, "undefined", name, CAT_OTHER, obj, OK,
-                             f"export of {obj}, which a patched object needs anyway",
-                             sites=sites), obj
-        return Reference(m.name, "undefined", name, CAT_OTHER, obj, WARN,
-                         f"export of {obj}, which the livepatch does not patch and "
-                         "no patched object needs: loading the livepatch loads "
-                         f"and pins {obj}", FIX_OTHER.format(obj=obj), sites=sites), obj
+            return Reference(
+                m.name,
+                "undefined",
+                name,
+                CAT_OTHER,
+                obj,
+                OK,
+                f"export of {obj}, which a patched object needs anyway",
+                sites=sites,
+            ), obj
+        return Reference(
+            m.name,
+            "undefined",
+            name,
+            CAT_OTHER,
+            obj,
+            WARN,
+            f"export of {obj}, which the livepatch does not patch and "
+            "no patched object needs: loading the livepatch loads "
+            f"and pins {obj}",
+            FIX_OTHER.format(obj=obj),
+            sites=sites,
+        ), obj
 
     def _unconverted_local(self, m: ModuleInfo, name: str, d, sites: list[str]):
         """Not exported: only a livepatch relocation can reach it; as a plain undefined
         symbol the module does not even load (no edge: it resolves nowhere)."""
-        return Reference(m.name, "undefined", name, CAT_LOCAL, d.object, ERROR,
-                         f"{d.reason}; still a plain undefined symbol: "
-                         f"the module loader refuses the module (Unknown symbol {name})",
-                         FIX_CONVERT.format(path=m.path, obj=d.object, sym=name),
-                         sites=sites), None
+        return Reference(
+            m.name,
+            "undefined",
+            name,
+            CAT_LOCAL,
+            d.object,
+            ERROR,
+            f"{d.reason}; still a plain undefined symbol: "
+            f"the module loader refuses the module (Unknown symbol {name})",
+            FIX_CONVERT.format(path=m.path, obj=d.object, sym=name),
+            sites=sites,
+        ), None
 
     def _internal(self, m: ModuleInfo, name: str, d, sites: list[str]):
         """The livepatch core's own symbols (klp_enable_patch...): always fine."""
-        return Reference(m.name, "undefined", name, CAT_A, None, OK, d.reason,
-                         sites=sites), None
+        return Reference(m.name, "undefined", name, CAT_A, None, OK, d.reason, sites=sites), None
 
     def _unresolved(self, m: ModuleInfo, name: str, d, sites: list[str]):
-        return Reference(m.name, "undefined", name, CAT_UNRESOLVED, d.object, ERROR,
-                         d.reason, "define the symbol in the livepatch, or choose it "
-                         "with klpkit convert --map NAME=OBJ,POS", sites=sites), None
+        return Reference(
+            m.name,
+            "undefined",
+            name,
+            CAT_UNRESOLVED,
+            d.object,
+            ERROR,
+            d.reason,
+            "define the symbol in the livepatch, or choose it "
+            "with klpkit convert --map NAME=OBJ,POS",
+            sites=sites,
+        ), None
 
-    _BY_POLICY = {Category.A: _vmlinux_export, Category.B: _patched_export,
-                  Category.CD: _other_export, Category.LOCAL: _unconverted_local,
-                  Category.INTERNAL: _internal}
+    _BY_POLICY = {
+        Category.A: _vmlinux_export,
+        Category.B: _patched_export,
+        Category.CD: _other_export,
+        Category.LOCAL: _unconverted_local,
+        Category.INTERNAL: _internal,
+    }
 
     # ------------------------------------------------------------ modules of the set
     def _needs_set_module(self, m: ModuleInfo, other: ModuleInfo) -> tuple[str, str, str, str]:
@@ -561,22 +705,28 @@ class _Analysis:
         if not other.livepatch:
             return self._needs_given_module(m, other)
         if "vmlinux" in other.objects and "vmlinux" not in m.objects:
-            return (CAT_C, WARN,
-                    f"uses an export of {other.name}, the livepatch for vmlinux: works, but "
-                    f"couples the set ({other.name} must stay loaded while {m.name} is)",
-                    FIX_SHADOW)
+            return (
+                CAT_C,
+                WARN,
+                f"uses an export of {other.name}, the livepatch for vmlinux: works, but "
+                f"couples the set ({other.name} must stay loaded while {m.name} is)",
+                FIX_SHADOW,
+            )
         return self._livepatch_to_livepatch(m, other)
 
-    def _needs_given_module(self, m: ModuleInfo, other: ModuleInfo
-                            ) -> tuple[str, str, str, str]:
+    def _needs_given_module(self, m: ModuleInfo, other: ModuleInfo) -> tuple[str, str, str, str]:
         needed = self._needed_by_objects(m, other.name)
-        return (CAT_OTHER, OK if needed else WARN,
-                f"export of {other.name} (given in the set, not a livepatch)"
-                + ("" if needed else ": no patched object needs it"),
-                "" if needed else FIX_OTHER.format(obj=other.name))
+        return (
+            CAT_OTHER,
+            OK if needed else WARN,
+            f"export of {other.name} (given in the set, not a livepatch)"
+            + ("" if needed else ": no patched object needs it"),
+            "" if needed else FIX_OTHER.format(obj=other.name),
+        )
 
-    def _livepatch_to_livepatch(self, m: ModuleInfo, other: ModuleInfo
-                                ) -> tuple[str, str, str, str]:
+    def _livepatch_to_livepatch(
+        self, m: ModuleInfo, other: ModuleInfo
+    ) -> tuple[str, str, str, str]:
         """D: fine only where it mirrors the patched objects' own dependencies, which
         the loader enforces anyway."""
         mods = [o for o in m.objects if o != "vmlinux"]
@@ -584,25 +734,32 @@ class _Analysis:
         mirrored = [(x, y) for x in mods for y in theirs if y in self._closure(x)]
         if mirrored and mods and theirs:
             x, y = mirrored[0]
-            return (CAT_D, OK, f"livepatch-to-livepatch dependency mirrored by the patched "
-                               f"objects: {x} depends on {y}", "")
-        return (CAT_D, WARN,
-                f"livepatch-to-livepatch dependency not mirrored by the patched objects: "
-                f"{', '.join(mods) or 'vmlinux'} does not depend on "
-                f"{', '.join(theirs) or 'vmlinux'}", FIX_D)
+            return (
+                CAT_D,
+                OK,
+                f"livepatch-to-livepatch dependency mirrored by the patched "
+                f"objects: {x} depends on {y}",
+                "",
+            )
+        return (
+            CAT_D,
+            WARN,
+            f"livepatch-to-livepatch dependency not mirrored by the patched objects: "
+            f"{', '.join(mods) or 'vmlinux'} does not depend on "
+            f"{', '.join(theirs) or 'vmlinux'}",
+            FIX_D,
+        )
 
     def _needed_by_objects(self, m: ModuleInfo, obj: str) -> bool:
         """Does a patched module of ``m`` itself need ``obj`` (directly or not)?  Then
         the livepatch loading it costs nothing: it is loaded whenever it matters."""
-        return any(obj == "vmlinux" or obj in self._closure(o)
-                   for o in m.objects if o != "vmlinux")
+        return any(obj == "vmlinux" or obj in self._closure(o) for o in m.objects if o != "vmlinux")
 
     def _closure(self, obj: str) -> set[str]:
         return _closure(self.db, obj, self.closures)
 
     # ---------------------------------------------------------- livepatch relocations
-    def _klp_references(self, m: ModuleInfo, klp_relocs: list[tuple[str, str, str, str]]
-                        ) -> None:
+    def _klp_references(self, m: ModuleInfo, klp_relocs: list[tuple[str, str, str, str]]) -> None:
         """One reference per (gate, symbol); a ``klp`` edge to the gate, drawn but no
         load dependency (the livepatch core applies it when the gate loads).  The
         verdicts are check's (:func:`klpkit.check.klp_rules.reference_findings`)."""
@@ -614,19 +771,25 @@ class _Analysis:
             ref = self._klp_reference(m, gate, sname, sites, judged.get((gate, sname), []))
             m.references.append(ref)
             if gate:
-                self._add_edge(m.name, gate, KLP, ref.category, ref.verdict, ref.symbol,
-                               ref.reason)
+                self._add_edge(m.name, gate, KLP, ref.category, ref.verdict, ref.symbol, ref.reason)
 
     def _judge(self, m: ModuleInfo) -> dict:
         """check's findings per (gate, symbol) of ``m``, for the objects deps works with
         (``--object`` included) on the database's kernel."""
-        ctx = Context(path=m.path, data=b"", db=self.db, kver=self.kver,
-                      elf=self.elves[m.name], name=m.name,
-                      given=(m.objects or None, self.registers.get(m.name, False)))
+        ctx = Context(
+            path=m.path,
+            data=b"",
+            db=self.db,
+            kver=self.kver,
+            elf=self.elves[m.name],
+            name=m.name,
+            given=(m.objects or None, self.registers.get(m.name, False)),
+        )
         return reference_findings(ctx)
 
-    def _klp_reference(self, m: ModuleInfo, gate: str, sname: str, sites: list[str],
-                       findings: list) -> Reference:
+    def _klp_reference(
+        self, m: ModuleInfo, gate: str, sname: str, sites: list[str], findings: list
+    ) -> Reference:
         """klp-ok, or klp-wrong-object when check finds an error on the way (warnings:
         klp-ok, verdict warn).  What happens later (a target's reload) is check's alone."""
         parsed = parse_klp_symbol_name(sname, self.kver)
@@ -634,21 +797,48 @@ class _Analysis:
         now = [f for f in findings if f.stage is not Stage.LATER]
         errors = [f for f in now if f.severity is Severity.ERROR]
         if errors:
-            return Reference(m.name, "klp", sname, CAT_KLP_WRONG, obj, ERROR,
-                             f"{errors[0].rule}: {errors[0].message}", FIX_WRONG,
-                             gate=gate or None, sites=sites)
+            return Reference(
+                m.name,
+                "klp",
+                sname,
+                CAT_KLP_WRONG,
+                obj,
+                ERROR,
+                f"{errors[0].rule}: {errors[0].message}",
+                FIX_WRONG,
+                gate=gate or None,
+                sites=sites,
+            )
         warnings = [f for f in now if f.severity is Severity.WARNING]
         resolved = next((f for f in now if f.rule == "klp.sym.resolved"), None)
         exported = bool(resolved is not None and resolved.details.get("exported"))
-        policy = ("B" if exported and obj != "vmlinux" and obj in m.objects else
-                  "A" if exported and obj == "vmlinux" else "local")
-        what = ("an export of the patched module, converted: no pin, no depends="
-                if policy == "B" else "resolved by the livepatch core")
+        policy = (
+            "B"
+            if exported and obj != "vmlinux" and obj in m.objects
+            else "A"
+            if exported and obj == "vmlinux"
+            else "local"
+        )
+        what = (
+            "an export of the patched module, converted: no pin, no depends="
+            if policy == "B"
+            else "resolved by the livepatch core"
+        )
         reason = f"livepatch relocation gated on {gate}: {what}"
         if warnings:
             reason += f"; {warnings[0].rule}: {warnings[0].message}"
-        return Reference(m.name, "klp", sname, CAT_KLP_OK, obj, WARN if warnings else OK,
-                         reason, gate=gate, sites=sites, policy=policy)
+        return Reference(
+            m.name,
+            "klp",
+            sname,
+            CAT_KLP_OK,
+            obj,
+            WARN if warnings else OK,
+            reason,
+            gate=gate,
+            sites=sites,
+            policy=policy,
+        )
 
     # ---------------------------------------------------------------------- depends=
     def _depends(self, m: ModuleInfo) -> None:
@@ -673,23 +863,38 @@ class _Analysis:
     def _depends_on_patched(self, m: ModuleInfo, dep: str) -> tuple[str, str, str]:
         """B through ``depends=``: a pin even when no symbol explains it, so it gets a
         reference of its own then."""
-        reason = (f"depends={dep} names a patched module: {dep} is pinned while "
-                  f"{m.name} is loaded")
+        reason = f"depends={dep} names a patched module: {dep} is pinned while {m.name} is loaded"
         if (m.name, dep, NEEDS) not in self.edges:
-            m.references.append(Reference(
-                m.name, "depends", f"depends={dep}", CAT_B, dep, ERROR, reason,
-                FIX_CONVERT.format(path=m.path, obj=dep, sym="...")))
+            m.references.append(
+                Reference(
+                    m.name,
+                    "depends",
+                    f"depends={dep}",
+                    CAT_B,
+                    dep,
+                    ERROR,
+                    reason,
+                    FIX_CONVERT.format(path=m.path, obj=dep, sym="..."),
+                )
+            )
         return CAT_B, ERROR, reason
 
     # ------------------------------------------------------------------------- graph
-    def _add_edge(self, src: str, dst: str, kind: str, category: str | None = None,
-                  verdict: str = OK, symbol: str | None = None, reason: str = "",
-                  via: str | None = None) -> Edge:
+    def _add_edge(
+        self,
+        src: str,
+        dst: str,
+        kind: str,
+        category: str | None = None,
+        verdict: str = OK,
+        symbol: str | None = None,
+        reason: str = "",
+        via: str | None = None,
+    ) -> Edge:
         """Add or merge into the (src, dst, kind) edge; the worst verdict wins."""
         e = self.edges.get((src, dst, kind))
         if e is None:
-            e = self.edges[(src, dst, kind)] = Edge(src, dst, kind, category, verdict, [],
-                                                    reason)
+            e = self.edges[(src, dst, kind)] = Edge(src, dst, kind, category, verdict, [], reason)
         elif _RANK[verdict] > _RANK[e.verdict]:
             e.verdict, e.category, e.reason = verdict, category, reason
         if symbol and symbol not in e.symbols:
@@ -715,8 +920,15 @@ class _Analysis:
         closes a B pin into a load recursion.  A normal livepatch has none."""
         for m in self.modules:
             if m.per_object:
-                self._add_edge(m.objects[0], m.name, TRIGGERS, None, OK, None,
-                               f"loading {m.objects[0]} loads its livepatch {m.name}")
+                self._add_edge(
+                    m.objects[0],
+                    m.name,
+                    TRIGGERS,
+                    None,
+                    OK,
+                    None,
+                    f"loading {m.objects[0]} loads its livepatch {m.name}",
+                )
 
     def _add_object_deps(self) -> None:
         """The patched objects' own dependencies (from the database): what a D edge
@@ -731,8 +943,9 @@ class _Analysis:
         for cyc in cycles:
             path = cyc["path"]
             for a, b in zip(path, path[1:], strict=False):
-                e = next((self.edges[(a, b, k)] for k in _LOAD_KINDS
-                          if (a, b, k) in self.edges), None)
+                e = next(
+                    (self.edges[(a, b, k)] for k in _LOAD_KINDS if (a, b, k) in self.edges), None
+                )
                 if e is not None:
                     e.verdict = ERROR
                     if "cycle" not in e.reason:
@@ -787,8 +1000,9 @@ def _elementary_cycles(adj: dict[str, list[str]], starts: set[str]) -> list[list
     return found
 
 
-def _closed_paths(adj: dict[str, list[str]], start: str, node: str, path: list[str],
-                  on_path: set[str]):
+def _closed_paths(
+    adj: dict[str, list[str]], start: str, node: str, path: list[str], on_path: set[str]
+):
     """Paths from ``start`` back to it through nodes greater than ``start`` (each cycle
     is found from its least node only), at most 12 long."""
     for nxt in adj.get(node, []):
@@ -804,8 +1018,10 @@ def _describe_cycle(cyc: list[str], kinds: dict[tuple[str, str], str]) -> dict:
     pairs = list(zip(cyc, cyc[1:], strict=False))
     steps = [f"{a} -{kinds[(a, b)]}-> {b}" for a, b in pairs]
     if any(kinds[p] == TRIGGERS for p in pairs):
-        reason = ("load recursion: a patched module's load triggers its livepatch, which "
-                  "needs (directly or not) that module")
+        reason = (
+            "load recursion: a patched module's load triggers its livepatch, which "
+            "needs (directly or not) that module"
+        )
     else:
         reason = "dependency cycle: the module loader can load none of these first"
     return {"path": cyc, "steps": steps, "reason": reason, "verdict": ERROR}
@@ -813,8 +1029,15 @@ def _describe_cycle(cyc: list[str], kinds: dict[tuple[str, str], str]) -> dict:
 
 # --------------------------------------------------------------------------- graphviz
 NODE_COLOURS = {VMLINUX: "#9ecae1", PATCHED: "#fdd0a2", LIVEPATCH: "#a1d99b", OTHER: "#d9d9d9"}
-CATEGORY_COLOURS = {CAT_A: "#3182bd", CAT_B: "#e6550d", CAT_C: "#756bb1", CAT_D: "#31a354",
-                    CAT_OTHER: "#636363", CAT_KLP_OK: "#31a354", CAT_KLP_WRONG: "red"}
+CATEGORY_COLOURS = {
+    CAT_A: "#3182bd",
+    CAT_B: "#e6550d",
+    CAT_C: "#756bb1",
+    CAT_D: "#31a354",
+    CAT_OTHER: "#636363",
+    CAT_KLP_OK: "#31a354",
+    CAT_KLP_WRONG: "red",
+}
 
 
 def _q(s: str) -> str:
@@ -823,14 +1046,18 @@ def _q(s: str) -> str:
 
 def to_dot(report: Report) -> str:
     """Graphviz DOT: nodes coloured by kind, edges by category, bad edges red."""
-    lines = ["digraph klpkit_deps {", "  rankdir=LR;",
-             '  node [shape=box, style="rounded,filled", fontname="Helvetica"];',
-             '  edge [fontname="Helvetica", fontsize=10];']
+    lines = [
+        "digraph klpkit_deps {",
+        "  rankdir=LR;",
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica"];',
+        '  edge [fontname="Helvetica", fontsize=10];',
+    ]
     lines.append(f"  label={_q('klpkit deps: verdict ' + report.verdict)}; labelloc=t;")
     for name, kind in report.nodes.items():
         label = _q(name)[:-1] + (f"\\n({kind})" if kind != name else "") + '"'
-        lines.append(f"  {_q(name)} [kind={_q(kind)}, fillcolor={_q(NODE_COLOURS[kind])}, "
-                     f"label={label}];")
+        lines.append(
+            f"  {_q(name)} [kind={_q(kind)}, fillcolor={_q(NODE_COLOURS[kind])}, label={label}];"
+        )
     for e in report.edges:
         attrs = {"kind": e.kind}
         if e.kind == NEEDS:
@@ -840,16 +1067,23 @@ def to_dot(report: Report) -> str:
                 label += f": {shown}"
             if "depends=" in e.via and not e.symbols:
                 label += " (depends=)"
-            attrs.update(category=e.category or "", label=label,
-                         color=CATEGORY_COLOURS.get(e.category, "black"))
+            attrs.update(
+                category=e.category or "",
+                label=label,
+                color=CATEGORY_COLOURS.get(e.category, "black"),
+            )
         elif e.kind == TRIGGERS:
             attrs.update(label="load triggers", style="dashed", color="#e6550d")
         elif e.kind == OBJECT_DEP:
             attrs.update(label="needs (object)", style="dotted", color="#636363")
         else:
-            attrs.update(category=e.category or "", label="klp reloc", style="dashed",
-                         arrowhead="empty",
-                         color=CATEGORY_COLOURS.get(e.category, "black"))
+            attrs.update(
+                category=e.category or "",
+                label="klp reloc",
+                style="dashed",
+                arrowhead="empty",
+                color=CATEGORY_COLOURS.get(e.category, "black"),
+            )
         attrs["verdict"] = e.verdict
         if e.verdict == ERROR:
             attrs.update(color="red", penwidth="2.5", fontcolor="red")
@@ -876,17 +1110,25 @@ def write_graph(report: Report, path: str | os.PathLike) -> tuple[Path, Path | N
         return path, None, None
     fmt = RENDERED.get(ext)
     if fmt is None:
-        raise InputError(f"--graph: unknown extension {ext!r} (use .dot, .gv, .png, .svg, .pdf)",
-                         path=path)
+        raise InputError(
+            f"--graph: unknown extension {ext!r} (use .dot, .gv, .png, .svg, .pdf)", path=path
+        )
     dot_path = path.with_suffix(".dot")
     write_atomic(dot_path, dot_text)
     exe = shutil.which("dot")
     if exe is None:
-        return dot_path, None, (f"Graphviz 'dot' is not installed (Debian: apt-get install "
-                                f"graphviz): wrote only {dot_path}")
+        return (
+            dot_path,
+            None,
+            (
+                f"Graphviz 'dot' is not installed (Debian: apt-get install "
+                f"graphviz): wrote only {dot_path}"
+            ),
+        )
     r = subprocess.run([exe, f"-T{fmt}", str(dot_path)], capture_output=True)
     if r.returncode or not r.stdout:
-        raise InputError(f"dot -T{fmt} failed: {r.stderr.decode(errors='replace').strip()}",
-                         path=dot_path)
+        raise InputError(
+            f"dot -T{fmt} failed: {r.stderr.decode(errors='replace').strip()}", path=dot_path
+        )
     write_atomic(path, r.stdout)
     return dot_path, path, None

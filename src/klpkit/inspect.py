@@ -29,19 +29,31 @@ def _where(shndx) -> str:
 def _section_row(i: int, sec: Section) -> dict:
     link = sec.link.index if isinstance(sec.link, Section) else sec.link
     info = sec.info.index if isinstance(sec.info, Section) else sec.info
-    return {"index": i, "name": sec.name,
-            "type": C.SECTION_TYPE_NAMES.get(sec.type, f"{sec.type:#x}"),
-            "flags": C.section_flags_text(sec.flags), "flags_value": sec.flags,
-            "size": sec.size, "link": link, "info": info, "align": sec.addralign,
-            "entsize": sec.entsize}
+    return {
+        "index": i,
+        "name": sec.name,
+        "type": C.SECTION_TYPE_NAMES.get(sec.type, f"{sec.type:#x}"),
+        "flags": C.section_flags_text(sec.flags),
+        "flags_value": sec.flags,
+        "size": sec.size,
+        "link": link,
+        "info": info,
+        "align": sec.addralign,
+        "entsize": sec.entsize,
+    }
 
 
 def _symbol_row(i: int, sym) -> dict:
-    return {"index": i, "name": sym.name, "value": sym.value, "size": sym.size,
-            "bind": C.BIND_NAMES.get(sym.bind, str(sym.bind)),
-            "type": C.TYPE_NAMES.get(sym.type, str(sym.type)),
-            "visibility": C.VIS_NAMES.get(sym.visibility, str(sym.visibility)),
-            "section": _where(sym.shndx)}
+    return {
+        "index": i,
+        "name": sym.name,
+        "value": sym.value,
+        "size": sym.size,
+        "bind": C.BIND_NAMES.get(sym.bind, str(sym.bind)),
+        "type": C.TYPE_NAMES.get(sym.type, str(sym.type)),
+        "visibility": C.VIS_NAMES.get(sym.visibility, str(sym.visibility)),
+        "section": _where(sym.shndx),
+    }
 
 
 def _relocations(elf: ElfFile) -> dict[str, list[dict]]:
@@ -50,11 +62,15 @@ def _relocations(elf: ElfFile) -> dict[str, list[dict]]:
     for rs in elf.relocation_sections():
         target = rs.target.name if rs.target is not None else f"<info {rs.info}>"
         for r in rs.relocations:
-            grouped.setdefault(target, []).append({
-                "section": rs.name, "offset": r.offset,
-                "type": reloc_type_name(elf.machine, r.type),
-                "symbol": r.symbol.name if r.symbol else "",
-                "addend": r.addend})
+            grouped.setdefault(target, []).append(
+                {
+                    "section": rs.name,
+                    "offset": r.offset,
+                    "type": reloc_type_name(elf.machine, r.type),
+                    "symbol": r.symbol.name if r.symbol else "",
+                    "addend": r.addend,
+                }
+            )
     return grouped
 
 
@@ -63,22 +79,29 @@ def _livepatch(elf: ElfFile) -> dict:
     for sym in elf.symtab.symbols if elf.symtab else []:
         if sym.name.startswith(".klp.sym."):
             parsed = parse_klp_symbol_name(sym.name)
-            symbols.append({
-                "name": sym.name,
-                "object": parsed.object if parsed else None,
-                "symbol": parsed.name if parsed else None,
-                "sympos": parsed.sympos if parsed else None,
-                "well_formed": parsed is not None,
-                "shn_livepatch": sym.shndx == C.SHN_LIVEPATCH})
+            symbols.append(
+                {
+                    "name": sym.name,
+                    "object": parsed.object if parsed else None,
+                    "symbol": parsed.name if parsed else None,
+                    "sympos": parsed.sympos if parsed else None,
+                    "well_formed": parsed is not None,
+                    "shn_livepatch": sym.shndx == C.SHN_LIVEPATCH,
+                }
+            )
     sections = []
     for rs in elf.relocation_sections():
         if meant_as_klp_rela(rs):
-            sections.append({
-                "name": rs.name, "object": parse_klp_rela_object(rs.name),
-                "target": rs.target.name if rs.target else None,
-                "flags": C.section_flags_text(rs.flags),
-                "shf_rela_livepatch": is_klp_rela(rs),
-                "relocations": len(rs.relocations)})
+            sections.append(
+                {
+                    "name": rs.name,
+                    "object": parse_klp_rela_object(rs.name),
+                    "target": rs.target.name if rs.target else None,
+                    "flags": C.section_flags_text(rs.flags),
+                    "shf_rela_livepatch": is_klp_rela(rs),
+                    "relocations": len(rs.relocations),
+                }
+            )
     return {"symbols": symbols, "sections": sections}
 
 
@@ -101,14 +124,13 @@ def inspect(elf: ElfFile) -> dict:
         "class": f"ELF{elf.elfclass}",
         "endian": "little" if elf.little_endian else "big",
         "machine": MACHINE_NAMES.get(elf.machine, str(elf.machine)),
-        "type": {C.ET_REL: "REL", C.ET_EXEC: "EXEC", C.ET_DYN: "DYN"}.get(elf.type,
-                                                                          str(elf.type)),
-        "signature": None if sig is None else {
-            "id_type": sig.id_type, "length": sig.total_length},
+        "type": {C.ET_REL: "REL", C.ET_EXEC: "EXEC", C.ET_DYN: "DYN"}.get(elf.type, str(elf.type)),
+        "signature": None if sig is None else {"id_type": sig.id_type, "length": sig.total_length},
         "modinfo": _modinfo(elf),
         "livepatch": _livepatch(elf),
         "sections": [_section_row(i, s) for i, s in enumerate(elf.sections)],
-        "symbols": [_symbol_row(i, s) for i, s in
-                    enumerate(elf.symtab.symbols if elf.symtab else [])],
+        "symbols": [
+            _symbol_row(i, s) for i, s in enumerate(elf.symtab.symbols if elf.symtab else [])
+        ],
         "relocations": _relocations(elf),
     }

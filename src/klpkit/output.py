@@ -60,8 +60,12 @@ def _wrap(cell: str, width: int) -> list[str]:
     return textwrap.wrap(cell, width, break_long_words=True, break_on_hyphens=False) or [""]
 
 
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]], title: str | None = None,
-                 width: int | None = None) -> str:
+def format_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    title: str | None = None,
+    width: int | None = None,
+) -> str:
     """Render rows as a plain aligned text table (no colours: safe in logs and pipes).
 
     With ``width``, the widest columns are narrowed to fit and their cells wrap onto
@@ -81,8 +85,10 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[object]], title
     def emit(cells: Sequence[str]) -> None:
         wrapped = [_wrap(c, w) for c, w in zip(cells, widths, strict=True)]
         for k in range(max(len(w) for w in wrapped)):
-            parts = [(w[k] if k < len(w) else "").ljust(cw) for w, cw in
-                     zip(wrapped, widths, strict=True)]
+            parts = [
+                (w[k] if k < len(w) else "").ljust(cw)
+                for w, cw in zip(wrapped, widths, strict=True)
+            ]
             lines.append("  ".join(parts).rstrip())
 
     emit(list(headers))

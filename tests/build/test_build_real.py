@@ -24,8 +24,10 @@ SEED = EXAMPLE_PATCHES / "cdrom-media-changed.patch"
 
 
 def _replaced(result) -> dict[str, list[str]]:
-    return {o["source"]: [f["name"] for f in o["functions"] if f["status"] == "changed"]
-            for o in result["report"]["objects"]}
+    return {
+        o["source"]: [f["name"] for f in o["functions"] if f["status"] == "changed"]
+        for o in result["report"]["objects"]
+    }
 
 
 def _module(result):
@@ -46,14 +48,25 @@ def test_seed_patch_gives_the_case_b_livepatch(built_patches):
     elf, syms = _module(r)
     klp = syms[".klp.sym.cdrom.cdrom_check_events,0"]
     assert klp.shndx == C.SHN_LIVEPATCH
-    gated = [s for s in elf.relocation_sections() if s.name.startswith(".klp.rela.cdrom.")
-             and any(x.symbol is klp for x in s.relocations)]
+    gated = [
+        s
+        for s in elf.relocation_sections()
+        if s.name.startswith(".klp.rela.cdrom.") and any(x.symbol is klp for x in s.relocations)
+    ]
     assert gated and all(s.flags & C.SHF_RELA_LIVEPATCH for s in gated)
     mi = Modinfo.parse(elf.section(".modinfo").data)
     assert "cdrom" not in mi.depends and mi.get("livepatch") == "Y"
     assert rep["check"]["ok"] is True
-    assert set(rep["stages"]) >= {"patch", "source", "compile", "diff", "extract", "link",
-                                  "convert", "check"}
+    assert set(rep["stages"]) >= {
+        "patch",
+        "source",
+        "compile",
+        "diff",
+        "extract",
+        "link",
+        "convert",
+        "check",
+    }
 
 
 def test_vmlinux_patch(built_patches):
@@ -73,7 +86,7 @@ def test_non_unique_statics_get_their_sympos(built_patches):
     c_next = [n for n in syms if n.startswith(".klp.sym.vmlinux.c_next,")]
     assert len(c_next) == 1 and not c_next[0].endswith(",0"), c_next
     ext = r["report"]["objects"][0]["included"]["data"]
-    assert any(d.startswith("__already_done") for d in ext), ext   # pr_info_once's flag
+    assert any(d.startswith("__already_done") for d in ext), ext  # pr_info_once's flag
 
 
 def test_new_helper_string_bug_entry_and_static_branch(built_patches):
@@ -96,7 +109,7 @@ def test_new_helper_string_bug_entry_and_static_branch(built_patches):
 def test_user_access_entries_are_carried(built_patches):
     r = built_patches["readdir-uaccess"]
     assert r["rc"] == 0, r
-    assert _replaced(r) == {"fs/readdir.c": ["filldir64"]}     # filldir: unchanged
+    assert _replaced(r) == {"fs/readdir.c": ["filldir64"]}  # filldir: unchanged
     entries = r["report"]["objects"][0]["included"]["special_entries"]
     assert entries["__ex_table"] > 0 and entries[".altinstructions"] > 0, entries
 
@@ -127,10 +140,11 @@ REFUSED = {
     "refuse-changed-data": (1, "debug: its initial value changed"),
     "refuse-new-data": (1, "klpkit_reads: new global variable"),
     "refuse-init-function": (1, "proc_cmdline_init: changed .init.text code runs only"),
-    "refuse-weak-default": (1, "arch_dup_task_struct: a __weak default that vmlinux "
-                               "overrides"),
-    "refuse-module-static-branch": (1, "dm_bufio_lock: a static branch on key "
-                                       "no_sleep_enabled, which belongs to a module"),
+    "refuse-weak-default": (1, "arch_dup_task_struct: a __weak default that vmlinux overrides"),
+    "refuse-module-static-branch": (
+        1,
+        "dm_bufio_lock: a static branch on key no_sleep_enabled, which belongs to a module",
+    ),
 }
 
 
@@ -151,10 +165,22 @@ def test_cli_refusal_is_one_line_and_leaves_the_tree_clean(source_tree, debian_s
     before = {p: (_digest(p), p.stat().st_mtime_ns) for p in touched}
     out = tmp_path / "livepatch-x.ko"
     for patch in ("refuse-changed-data", "refuse-new-data"):
-        r = subprocess.run([sys.executable, "-m", "klpkit.cli", "build",
-                            str(BUILD_PATCHES / f"{patch}.patch"), "-o", str(out),
-                            "--symbols", str(debian_symdb.path)],
-                           capture_output=True, text=True, env={**os.environ, "CI": "true"})
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "klpkit.cli",
+                "build",
+                str(BUILD_PATCHES / f"{patch}.patch"),
+                "-o",
+                str(out),
+                "--symbols",
+                str(debian_symdb.path),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "CI": "true"},
+        )
         assert r.returncode == 1, r.stderr
         errors = [ln for ln in r.stderr.splitlines() if ln.startswith("klpkit: error:")]
         assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -167,9 +193,22 @@ def test_patch_for_another_version_does_not_apply(debian_symdb, source_tree, tmp
     bad = tmp_path / "bad.patch"
     bad.write_text(SEED.read_text().replace("bool changed;", "bool changed_elsewhere;"))
     out = tmp_path / "livepatch-bad.ko"
-    r = subprocess.run([sys.executable, "-m", "klpkit.cli", "build", str(bad), "-o", str(out),
-                        "--symbols", str(debian_symdb.path), "--json"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "klpkit.cli",
+            "build",
+            str(bad),
+            "-o",
+            str(out),
+            "--symbols",
+            str(debian_symdb.path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "does not apply" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
@@ -177,9 +216,22 @@ def test_patch_for_another_version_does_not_apply(debian_symdb, source_tree, tmp
 
 def test_json_report_names_every_stage_and_piece(debian_symdb, source_tree, tmp_path):
     out = tmp_path / "livepatch-seed.ko"
-    r = subprocess.run([sys.executable, "-m", "klpkit.cli", "build", str(SEED), "-o", str(out),
-                        "--symbols", str(debian_symdb.path), "--json"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "klpkit.cli",
+            "build",
+            str(SEED),
+            "-o",
+            str(out),
+            "--symbols",
+            str(debian_symdb.path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["written"] and doc["module"] == "livepatch_seed" and out.is_file()

@@ -19,9 +19,19 @@ from tests.conftest import require
 
 #: What shapes kernel code: per-function/per-variable sections, ftrace's __fentry__ call
 #: and __mcount_loc, the kernel code model, no unwind tables.
-KERNEL_LIKE = ["-O2", "-ffunction-sections", "-fdata-sections", "-pg", "-mfentry",
-               "-mrecord-mcount", "-mcmodel=kernel", "-fno-pic", "-fno-asynchronous-unwind-tables",
-               "-fno-jump-tables", "-w"]
+KERNEL_LIKE = [
+    "-O2",
+    "-ffunction-sections",
+    "-fdata-sections",
+    "-pg",
+    "-mfentry",
+    "-mrecord-mcount",
+    "-mcmodel=kernel",
+    "-fno-pic",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-jump-tables",
+    "-w",
+]
 
 PRELUDE = """
 extern int printk(const char *fmt, ...);
@@ -36,8 +46,9 @@ def compile_c(tmp: Path, name: str, text: str) -> ElfFile:
     src = tmp / f"{name}.c"
     src.write_text(PRELUDE + text)
     obj = tmp / f"{name}.o"
-    r = subprocess.run(["gcc", *KERNEL_LIKE, "-c", "-o", str(obj), str(src)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["gcc", *KERNEL_LIKE, "-c", "-o", str(obj), str(src)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     return ElfFile.read(obj)
 
@@ -83,7 +94,7 @@ def test_changed_function_and_why(tmp_path):
 def test_inlined_helper_changes_its_caller(tmp_path):
     d = diff(tmp_path, BASE, BASE.replace("x * 3", "x * 5"))
     assert "api" in statuses(d) and statuses(d)["api"] == "changed"
-    assert "helper" not in statuses(d)          # inlined: no symbol of its own
+    assert "helper" not in statuses(d)  # inlined: no symbol of its own
 
 
 def test_renumbered_static_locals_are_not_changes(tmp_path):
@@ -98,9 +109,11 @@ int b(void) { static int calls; return calls += 2; }
 
 
 def test_new_helper_is_carried_and_the_caller_replaced(tmp_path):
-    new = BASE.replace("int other(int y) {",
-                       "__attribute__((noinline)) static int twice(int v) "
-                       "{ external_call(v); return 2 * v; }\nint other(int y) { y = twice(y);")
+    new = BASE.replace(
+        "int other(int y) {",
+        "__attribute__((noinline)) static int twice(int v) "
+        "{ external_call(v); return 2 * v; }\nint other(int y) { y = twice(y);",
+    )
     d = diff(tmp_path, BASE, new)
     st = statuses(d)
     assert st["other"] == "changed" and st["twice"] == "new"
@@ -134,15 +147,15 @@ def test_changed_and_new_data_are_refused(tmp_path):
 
 def test_function_scope_state_is_not_refused(tmp_path):
     old = "int f(int x) { return x; }\n"
-    new = "int f(int x) { static int once; if (!once) { once = 1; printk(\"first\\n\"); } " \
-          "return x; }\n"
+    new = (
+        'int f(int x) { static int once; if (!once) { once = 1; printk("first\\n"); } return x; }\n'
+    )
     d = diff(tmp_path, old, new)
     assert d.refusals == [] and statuses(d) == {"f": "changed"}
 
 
 def test_changed_rodata_changes_its_users(tmp_path):
-    old = "static const int table[4] = {1, 2, 3, 4};\n" \
-          "int pick(int i) { return table[i & 3]; }\n"
+    old = "static const int table[4] = {1, 2, 3, 4};\nint pick(int i) { return table[i & 3]; }\n"
     d = diff(tmp_path, old, old.replace("{1, 2, 3, 4}", "{1, 2, 3, 5}"))
     assert statuses(d) == {"pick": "changed"} and d.refusals == []
     assert d.changed_rodata == {"table"}
@@ -157,11 +170,12 @@ def test_init_and_notrace_changes_are_refused(tmp_path):
 
 
 def test_line_directives_keep_later_functions_unchanged(tmp_path):
-    old = ("int first(int x) { return x; }\n"
-           "int later(void) { return __LINE__; }\n")
-    patch = (b"--- a/t.c\n+++ b/t.c\n@@ -1,2 +1,3 @@\n int first(int x) { return x; }\n"
-             b"+/* a comment that shifts the lines below */\n"
-             b" int later(void) { return __LINE__; }\n")
+    old = "int first(int x) { return x; }\nint later(void) { return __LINE__; }\n"
+    patch = (
+        b"--- a/t.c\n+++ b/t.c\n@@ -1,2 +1,3 @@\n int first(int x) { return x; }\n"
+        b"+/* a comment that shifts the lines below */\n"
+        b" int later(void) { return __LINE__; }\n"
+    )
     fp = parse_patch(patch)[0]
     orig_c = (PRELUDE + old).encode()
     # the prelude shifts the hunk: apply_file_patch finds it at its offset
@@ -178,8 +192,9 @@ def _compile_raw(tmp: Path, name: str, text: str) -> ElfFile:
     src = tmp / f"{name}.c"
     src.write_text(text)
     obj = tmp / f"{name}.o"
-    r = subprocess.run(["gcc", *KERNEL_LIKE, "-c", "-o", str(obj), str(src)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["gcc", *KERNEL_LIKE, "-c", "-o", str(obj), str(src)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     return ElfFile.read(obj)
 
@@ -192,10 +207,12 @@ def _outside(sym, orig):
 
 
 def test_extract_carries_new_code_and_leaves_the_rest_outside(tmp_path):
-    new = BASE.replace("int other(int y) {",
-                       "__attribute__((noinline)) static int twice(int v) "
-                       "{ external_call(v); return 2 * v + counter; }\n"
-                       "int other(int y) { y = twice(y) + helper(y);")
+    new = BASE.replace(
+        "int other(int y) {",
+        "__attribute__((noinline)) static int twice(int v) "
+        "{ external_call(v); return 2 * v + counter; }\n"
+        "int other(int y) { y = twice(y) + helper(y);",
+    )
     orig, patched = compile_c(tmp_path, "orig", BASE), compile_c(tmp_path, "patched", new)
     d = diff_objects(orig, patched, "t.c")
     x = extract(ObjectView(patched), d, Outside(_outside, lambda f: f"__new_{f}"))
@@ -204,11 +221,11 @@ def test_extract_carries_new_code_and_leaves_the_rest_outside(tmp_path):
     back = ElfFile.read(out)
     syms = {s.name: s for s in back.symtab.symbols}
     assert syms["other"].bind == C.STB_LOCAL and syms["__new_other"].bind == C.STB_GLOBAL
-    assert syms["twice"].shndx != C.SHN_UNDEF                     # the new helper is carried
+    assert syms["twice"].shndx != C.SHN_UNDEF  # the new helper is carried
     assert syms[".klp.sym.rela.vmlinux.vmlinux.counter,0"].shndx == C.SHN_UNDEF
     assert syms["external_call"].shndx == C.SHN_UNDEF and syms["printk"].shndx == C.SHN_UNDEF
-    assert "api" not in syms                                      # unchanged: not carried
-    assert x.special_entries.get("__mcount_loc") == 2             # other + twice
+    assert "api" not in syms  # unchanged: not carried
+    assert x.special_entries.get("__mcount_loc") == 2  # other + twice
     strings = [s for s in back.sections if s.flags & C.SHF_STRINGS and s.is_alloc]
     assert any(b"other %d" in s.data for s in strings)
     if shutil.which("readelf"):

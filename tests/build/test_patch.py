@@ -24,8 +24,11 @@ def test_parse_git_style_patch():
 
 
 def test_apply_adds_line_directives_after_each_hunk():
-    data = _patch("x.c", "@@ -3,3 +3,4 @@\n line 3\n+new A\n line 4\n line 5\n"
-                         "@@ -20,3 +21,2 @@\n line 20\n-line 21\n line 22\n")
+    data = _patch(
+        "x.c",
+        "@@ -3,3 +3,4 @@\n line 3\n+new A\n line 4\n line 5\n"
+        "@@ -20,3 +21,2 @@\n line 20\n-line 21\n line 22\n",
+    )
     (fp,) = parse_patch(data)
     out = apply_file_patch(fp, ORIG).text.decode().splitlines()
     i = out.index("new A")
@@ -46,17 +49,21 @@ def test_hunk_found_at_an_offset_and_refused_when_absent():
 
 def test_no_line_directive_after_a_continued_line():
     orig = b"#define X(a) \\\n\t(a)\nint y;\n"
-    (fp,) = parse_patch(_patch("x.c", "@@ -1,3 +1,3 @@\n #define X(a) \\\n-\t(a)\n+\t(a + 1)\n"
-                                      " int y;\n"))
+    (fp,) = parse_patch(
+        _patch("x.c", "@@ -1,3 +1,3 @@\n #define X(a) \\\n-\t(a)\n+\t(a + 1)\n int y;\n")
+    )
     text = apply_file_patch(fp, orig).text
     assert b"#line" not in text.split(b"int y;")[0].split(b"(a + 1)")[0]
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"just text\n", "no unified diff"),
-    (_patch("x.c", "@@ -1,3 +1,4 @@\n line 1\n+x\n"), "truncated"),
-    (_patch("x.c", "@@ bogus @@\n line 1\n"), "no hunk|malformed"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"just text\n", "no unified diff"),
+        (_patch("x.c", "@@ -1,3 +1,4 @@\n line 1\n+x\n"), "truncated"),
+        (_patch("x.c", "@@ bogus @@\n line 1\n"), "no hunk|malformed"),
+    ],
+)
 def test_malformed_patches(data, message):
     with pytest.raises(PatchError, match=message):
         parse_patch(data, source="p.patch")
@@ -65,12 +72,17 @@ def test_malformed_patches(data, message):
 def test_scope_refuses_what_cannot_be_livepatched():
     files = parse_patch(
         _patch("drivers/a.c", "@@ -1 +1 @@\n-a\n+b\n")
-        + b"--- a/Documentation/x.rst\n+++ b/Documentation/x.rst\n@@ -1 +1 @@\n-a\n+b\n")
+        + b"--- a/Documentation/x.rst\n+++ b/Documentation/x.rst\n@@ -1 +1 @@\n-a\n+b\n"
+    )
     sources, ignored = scope_of(files, [])
     assert sources == ["drivers/a.c"] and ignored == ["Documentation/x.rst"]
-    for path, why in (("include/linux/a.h", "--source"), ("arch/x86/lib/a.S", "assembly"),
-                      ("init/main.c", "init/"), ("drivers/Makefile", "build configuration"),
-                      ("drivers/Kconfig", "build configuration")):
+    for path, why in (
+        ("include/linux/a.h", "--source"),
+        ("arch/x86/lib/a.S", "assembly"),
+        ("init/main.c", "init/"),
+        ("drivers/Makefile", "build configuration"),
+        ("drivers/Kconfig", "build configuration"),
+    ):
         with pytest.raises(BuildRefused, match=why):
             scope_of(parse_patch(_patch(path, "@@ -1 +1 @@\n-a\n+b\n")), [])
     new_file = b"--- /dev/null\n+++ b/drivers/new.c\n@@ -0,0 +1 @@\n+int x;\n"
@@ -99,8 +111,7 @@ def test_output_must_not_be_an_input_nor_in_a_missing_directory(tmp_path):
         Builder(BuildOptions([str(patch)], "6.1.0-47-amd64", str(patch))).run()
     assert patch.read_bytes().startswith(b"From:")
     with pytest.raises(InputError, match="output directory does not exist"):
-        Builder(BuildOptions([str(patch)], "6.1.0-47-amd64",
-                             str(tmp_path / "no" / "x.ko"))).run()
+        Builder(BuildOptions([str(patch)], "6.1.0-47-amd64", str(tmp_path / "no" / "x.ko"))).run()
 
 
 @pytest.mark.parametrize("bad", ["/dev/zero", "fifo", "dir"])
@@ -109,8 +120,7 @@ def test_patch_input_must_be_a_regular_file(tmp_path, bad):
 
     from klpkit.build.pipeline import Builder, BuildOptions
 
-    path = {"/dev/zero": "/dev/zero", "fifo": str(tmp_path / "p.fifo"),
-            "dir": str(tmp_path)}[bad]
+    path = {"/dev/zero": "/dev/zero", "fifo": str(tmp_path / "p.fifo"), "dir": str(tmp_path)}[bad]
     if bad == "fifo":
         os.mkfifo(path)
     with pytest.raises(InputError, match="regular file|directory"):

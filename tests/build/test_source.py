@@ -61,8 +61,10 @@ def test_parse_cmd_file_splits_compile_and_objtool():
 
 def test_parse_cmd_file_savedcmd_and_make_escapes():
     # 6.3+ writes savedcmd_; kbuild escapes $ as $$ and # as $(pound) for make.
-    text = ("savedcmd_fs/x.o := gcc -DA='\"a$$b$(pound)c\"' -c -o fs/x.o fs/x.c; "
-            "./tools/objtool/objtool --orc fs/x.o\n")
+    text = (
+        "savedcmd_fs/x.o := gcc -DA='\"a$$b$(pound)c\"' -c -o fs/x.o fs/x.c; "
+        "./tools/objtool/objtool --orc fs/x.o\n"
+    )
     cmd = S.parse_cmd_file(text, "fs/x.o")
     assert '-DA="a$b#c"' in cmd.compile
     assert cmd.post == [["./tools/objtool/objtool", "--orc", "fs/x.o"]]
@@ -73,13 +75,18 @@ def test_parse_cmd_file_without_objtool():
     assert cmd.post == []
 
 
-@pytest.mark.parametrize("text, match", [
-    ("cmd_other.o := gcc -c -o other.o other.c\n", "no saved command for fs/x.o"),
-    ("cmd_fs/x.o := ld -r -o fs/x.o fs/y.o\n", "not a compile"),
-    ("cmd_fs/x.o := gcc -c -o fs/x.o fs/x.c ; ld -r -o fs/.tmp_x.o fs/x.o; mv fs/.tmp_x.o fs/x.o\n",
-     "unexpected 'ld -r"),
-    ("cmd_fs/x.o := gcc -c -o fs/x.o 'fs/x.c\n", "cannot parse"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("cmd_other.o := gcc -c -o other.o other.c\n", "no saved command for fs/x.o"),
+        ("cmd_fs/x.o := ld -r -o fs/x.o fs/y.o\n", "not a compile"),
+        (
+            "cmd_fs/x.o := gcc -c -o fs/x.o fs/x.c ; ld -r -o fs/.tmp_x.o fs/x.o; mv fs/.tmp_x.o fs/x.o\n",
+            "unexpected 'ld -r",
+        ),
+        ("cmd_fs/x.o := gcc -c -o fs/x.o 'fs/x.c\n", "cannot parse"),
+    ],
+)
 def test_parse_cmd_file_refuses_what_it_cannot_replay(text, match):
     with pytest.raises(SourceError, match=match):
         S.parse_cmd_file(text, "fs/x.o")
@@ -108,8 +115,8 @@ def test_replay_puts_patched_headers_first(tmp_path):
     cmd = S.parse_cmd_file(CDROM_CMD, "drivers/cdrom/cdrom.o")
     gcc, _ = S.replay_commands(cmd, CDROM, tmp_path, ("include/linux/cdrom.h",))
     i = gcc.index("-I./include")
-    assert gcc[i - 1] == f"-I{tmp_path}/include"            # the patched copy wins
-    assert f"-I{tmp_path}/arch/x86/include" not in gcc      # no header patched there
+    assert gcc[i - 1] == f"-I{tmp_path}/include"  # the patched copy wins
+    assert f"-I{tmp_path}/arch/x86/include" not in gcc  # no header patched there
     plain, _ = S.replay_commands(cmd, CDROM, tmp_path)
     assert not [a for a in plain if a.startswith(f"-I{tmp_path}")]
 
@@ -142,19 +149,25 @@ def test_changelog_date_is_the_newest_entry():
 
 
 def test_version_timestamp_is_the_utc_date():
-    assert S.version_timestamp("Debian", "6.1.170-3", "Fri, 08 May 2026 21:59:49 +0200") == \
-        "Debian 6.1.170-3 (2026-05-08)"
-    assert S.version_timestamp("Debian", "1-1", "Fri, 08 May 2026 23:30:00 -0200") == \
-        "Debian 1-1 (2026-05-09)"
+    assert (
+        S.version_timestamp("Debian", "6.1.170-3", "Fri, 08 May 2026 21:59:49 +0200")
+        == "Debian 6.1.170-3 (2026-05-08)"
+    )
+    assert (
+        S.version_timestamp("Debian", "1-1", "Fri, 08 May 2026 23:30:00 -0200")
+        == "Debian 1-1 (2026-05-09)"
+    )
     with pytest.raises(SourceError, match="cannot parse"):
         S.version_timestamp("Debian", "1-1", "yesterday")
 
 
 def test_kernelvariables_give_arch_release_and_compiler():
-    text = ("override ARCH = x86\noverride KERNELRELEASE = 6.1.0-47-amd64\nCCACHE = ccache\n"
-            "CC = $(if $(DEBIAN_KERNEL_USE_CCACHE),$(CCACHE)) $(CROSS_COMPILE)gcc-12\n"
-            "ifneq ($(DEB_BUILD_ARCH),$(DEB_HOST_ARCH))\n"
-            "override CROSS_COMPILE = $(DEB_HOST_GNU_TYPE)-\nendif\n")
+    text = (
+        "override ARCH = x86\noverride KERNELRELEASE = 6.1.0-47-amd64\nCCACHE = ccache\n"
+        "CC = $(if $(DEBIAN_KERNEL_USE_CCACHE),$(CCACHE)) $(CROSS_COMPILE)gcc-12\n"
+        "ifneq ($(DEB_BUILD_ARCH),$(DEB_HOST_ARCH))\n"
+        "override CROSS_COMPILE = $(DEB_HOST_GNU_TYPE)-\nendif\n"
+    )
     kv = S.parse_kernelvariables(text)
     assert kv["ARCH"] == "x86" and kv["KERNELRELEASE"] == "6.1.0-47-amd64"
     assert S.make_value_word(kv["CC"]) == "gcc-12"
@@ -171,14 +184,18 @@ def test_compiler_comparison():
 
 
 def test_config_parsing_and_diff():
-    old = S.parse_config('CONFIG_CC_VERSION_TEXT="gcc-12 (Debian \\"x\\") 12.2.0"\n'
-                         "CONFIG_GCC_VERSION=120200\nCONFIG_CDROM=m\n# CONFIG_SAMPLES is not set\n"
-                         "# a comment\n")
+    old = S.parse_config(
+        'CONFIG_CC_VERSION_TEXT="gcc-12 (Debian \\"x\\") 12.2.0"\n'
+        "CONFIG_GCC_VERSION=120200\nCONFIG_CDROM=m\n# CONFIG_SAMPLES is not set\n"
+        "# a comment\n"
+    )
     assert S.config_string(old, "CONFIG_CC_VERSION_TEXT") == 'gcc-12 (Debian "x") 12.2.0'
     assert old["CONFIG_SAMPLES"] == "n" and old["CONFIG_CDROM"] == "m"
     new = dict(old, CONFIG_GCC_VERSION="120300", CONFIG_CDROM="y")
     assert S.config_diff(old, new, ignore_toolchain=False) == [
-        "CONFIG_CDROM: m -> y", "CONFIG_GCC_VERSION: 120200 -> 120300"]
+        "CONFIG_CDROM: m -> y",
+        "CONFIG_GCC_VERSION: 120200 -> 120300",
+    ]
     assert S.config_diff(old, new, ignore_toolchain=True) == ["CONFIG_CDROM: m -> y"]
 
 
@@ -186,18 +203,25 @@ def test_config_parsing_and_diff():
 
 
 def test_condense_make_errors_keeps_the_cause():
-    flex = ("/bin/sh: 1: flex: not found\n"
-            "make[2]: *** [scripts/Makefile.host:9: scripts/kconfig/lexer.lex.c] Error 127\n"
-            "make[1]: *** [Makefile:632: olddefconfig] Error 2\n"
-            "make: *** [Makefile:234: __sub-make] Error 2\n")
-    assert S.condense_errors(flex) == ("/bin/sh: 1: flex: not found "
-                                       "[make: scripts/Makefile.host:9: scripts/kconfig/lexer.lex.c]")
-    gcc = ("/tmp/w/fs/proc/cmdline.c: In function 'f':\n"
-           "/tmp/w/fs/proc/cmdline.c:24:9: error: 'x' undeclared (first use in this function)\n"
-           "   24 |         x = 1;\n      |         ^\n"
-           "/tmp/w/fs/proc/cmdline.c:25:9: error: 'y' undeclared (first use in this function)\n")
-    assert S.condense_errors(gcc, strip="/tmp/w") == \
-        "fs/proc/cmdline.c:24:9: error: 'x' undeclared (first use in this function) (and 1 more)"
+    flex = (
+        "/bin/sh: 1: flex: not found\n"
+        "make[2]: *** [scripts/Makefile.host:9: scripts/kconfig/lexer.lex.c] Error 127\n"
+        "make[1]: *** [Makefile:632: olddefconfig] Error 2\n"
+        "make: *** [Makefile:234: __sub-make] Error 2\n"
+    )
+    assert S.condense_errors(flex) == (
+        "/bin/sh: 1: flex: not found [make: scripts/Makefile.host:9: scripts/kconfig/lexer.lex.c]"
+    )
+    gcc = (
+        "/tmp/w/fs/proc/cmdline.c: In function 'f':\n"
+        "/tmp/w/fs/proc/cmdline.c:24:9: error: 'x' undeclared (first use in this function)\n"
+        "   24 |         x = 1;\n      |         ^\n"
+        "/tmp/w/fs/proc/cmdline.c:25:9: error: 'y' undeclared (first use in this function)\n"
+    )
+    assert (
+        S.condense_errors(gcc, strip="/tmp/w")
+        == "fs/proc/cmdline.c:24:9: error: 'x' undeclared (first use in this function) (and 1 more)"
+    )
     assert S.condense_errors("") == "no output"
     assert len(S.condense_errors("error: " + "x" * 1000)) == 400
 
@@ -213,7 +237,9 @@ def test_tree_path_normalises():
 
 
 def test_missing_tools_are_named(monkeypatch):
-    monkeypatch.setattr(S.shutil, "which", lambda tool: None if tool in ("flex", "bison") else "/bin/x")
+    monkeypatch.setattr(
+        S.shutil, "which", lambda tool: None if tool in ("flex", "bison") else "/bin/x"
+    )
     with pytest.raises(SourceError, match=r"needs flex, bison, not installed \(apt-get install"):
         S._check_tools()
 
@@ -224,8 +250,10 @@ def test_failing_make_is_one_line(tmp_path):
     tree = SourceTree(REL, "1-1", tmp_path, ["ARCH=x86"], S._clean_environ())
     with pytest.raises(SourceError) as err:
         tree._make(["all"], "all")
-    assert str(err.value) == ("make all failed: make: klpkit-no-such-tool: No such file or "
-                              "directory [make: Makefile:3: all]")
+    assert str(err.value) == (
+        "make all failed: make: klpkit-no-such-tool: No such file or "
+        "directory [make: Makefile:3: all]"
+    )
 
 
 def _deb(tmp_path: Path, files: dict[str, bytes]) -> Path:
@@ -234,13 +262,17 @@ def _deb(tmp_path: Path, files: dict[str, bytes]) -> Path:
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(
         "Package: linux-source-9.9\nVersion: 9.9.1-1\nArchitecture: all\n"
-        "Maintainer: t <t@example.org>\nDescription: test\n")
+        "Maintainer: t <t@example.org>\nDescription: test\n"
+    )
     for name, data in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     out = tmp_path / "linux-source-9.9_9.9.1-1_all.deb"
-    subprocess.run(["dpkg-deb", "-Zgzip", "--root-owner-group", "--build", str(root), str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["dpkg-deb", "-Zgzip", "--root-owner-group", "--build", str(root), str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -250,16 +282,25 @@ def test_unpack_streams_the_inner_tarball(tmp_path):
     (tree / "Makefile").write_text("VERSION = 9\n")
     (tree / "kernel" / "fork.c").write_text("int x;\n")
     tarball = tmp_path / "linux-source-9.9.tar.xz"
-    subprocess.run(["tar", "-cJf", str(tarball), "-C", str(tmp_path / "src"), "linux-source-9.9"],
-                   check=True)
-    deb = _deb(tmp_path, {"usr/src/linux-source-9.9.tar.xz": tarball.read_bytes(),
-                          "usr/share/doc/linux-source-9.9/copyright": b"GPL"})
+    subprocess.run(
+        ["tar", "-cJf", str(tarball), "-C", str(tmp_path / "src"), "linux-source-9.9"], check=True
+    )
+    deb = _deb(
+        tmp_path,
+        {
+            "usr/src/linux-source-9.9.tar.xz": tarball.read_bytes(),
+            "usr/share/doc/linux-source-9.9/copyright": b"GPL",
+        },
+    )
     dest = tmp_path / "dest"
     dest.mkdir()
     S._unpack_source(deb, dest)
     assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == [
-        "linux-source-9.9", "linux-source-9.9/Makefile", "linux-source-9.9/kernel",
-        "linux-source-9.9/kernel/fork.c"]
+        "linux-source-9.9",
+        "linux-source-9.9/Makefile",
+        "linux-source-9.9/kernel",
+        "linux-source-9.9/kernel/fork.c",
+    ]
 
 
 def test_unpack_refuses_a_package_without_the_tarball(tmp_path):
@@ -286,23 +327,30 @@ def test_walk_finds_built_objects(src):
     assert S.unbuilt_reason(src, BUILT) is None
 
 
-@pytest.mark.parametrize("src, why", [
-    ("drivers/cdrom/gdrom.c", "drivers/cdrom/ builds no gdrom.o"),
-    ("mm/kmemleak.c", "mm/ builds no kmemleak.o"),
-    ("samples/kobject/kobject-example.c", "does not descend into samples/"),
-    ("drivers/staging/greybus/audio.c", "does not descend into drivers/staging/greybus/"),
-    ("arch/x86/math-emu/fpu_entry.c", "does not descend into arch/x86/math-emu/"),
-])
+@pytest.mark.parametrize(
+    "src, why",
+    [
+        ("drivers/cdrom/gdrom.c", "drivers/cdrom/ builds no gdrom.o"),
+        ("mm/kmemleak.c", "mm/ builds no kmemleak.o"),
+        ("samples/kobject/kobject-example.c", "does not descend into samples/"),
+        ("drivers/staging/greybus/audio.c", "does not descend into drivers/staging/greybus/"),
+        ("arch/x86/math-emu/fpu_entry.c", "does not descend into arch/x86/math-emu/"),
+    ],
+)
 def test_walk_explains_unbuilt_objects(src, why):
     reason = S.unbuilt_reason(src, BUILT)
     assert reason.startswith(f"{src} is not built in this kernel's configuration") and why in reason
 
 
 def test_parse_probe_normalises_the_top_level():
-    out = ("klpkit-dir .: drivers arch/x86 kernel/bounds.s\n"
-           "make: noise\nklpkit-dir drivers/cdrom: drivers/cdrom/cdrom.o \n")
-    assert S.parse_probe(out) == {".": {"drivers", "arch/x86", "kernel/bounds.s"},
-                                  "drivers/cdrom": {"drivers/cdrom/cdrom.o"}}
+    out = (
+        "klpkit-dir .: drivers arch/x86 kernel/bounds.s\n"
+        "make: noise\nklpkit-dir drivers/cdrom: drivers/cdrom/cdrom.o \n"
+    )
+    assert S.parse_probe(out) == {
+        ".": {"drivers", "arch/x86", "kernel/bounds.s"},
+        "drivers/cdrom": {"drivers/cdrom/cdrom.o"},
+    }
 
 
 # --- the ready marker ------------------------------------------------------------------------
@@ -318,21 +366,30 @@ def _fake_ready_tree(tmp_path, monkeypatch, **marker_changes):
     (base / "linux-source-6.1").mkdir(parents=True)
     (base / "linux-source-6.1" / "Makefile").write_text("")
     st = (headers / ".config").stat()
-    marker = {"schema": S.MARKER_SCHEMA, "release": REL, "version": "6.1.170-3",
-              "root": "linux-source-6.1", "make_args": ["ARCH=x86"],
-              "build_env": {"DISTRIBUTOR": "Debian"},
-              "headers_config": [st.st_mtime_ns, st.st_size], "compiler_mismatch": None}
+    marker = {
+        "schema": S.MARKER_SCHEMA,
+        "release": REL,
+        "version": "6.1.170-3",
+        "root": "linux-source-6.1",
+        "make_args": ["ARCH=x86"],
+        "build_env": {"DISTRIBUTOR": "Debian"},
+        "headers_config": [st.st_mtime_ns, st.st_size],
+        "compiler_mismatch": None,
+    }
     marker.update(marker_changes)
     (base / S.MARKER).write_text(json.dumps(marker))
     slow = []
-    monkeypatch.setattr(SourceTree, "_prepare_locked",
-                        classmethod(lambda cls, *a: slow.append(a) or "prepared"))
+    monkeypatch.setattr(
+        SourceTree, "_prepare_locked", classmethod(lambda cls, *a: slow.append(a) or "prepared")
+    )
     return base, slow
 
 
 def test_ready_marker_is_the_whole_warm_path(tmp_path, monkeypatch):
     base, slow = _fake_ready_tree(tmp_path, monkeypatch)
-    monkeypatch.setattr(S.subprocess, "run", lambda *a, **k: pytest.fail("no subprocess when ready"))
+    monkeypatch.setattr(
+        S.subprocess, "run", lambda *a, **k: pytest.fail("no subprocess when ready")
+    )
     start = time.monotonic()
     tree = SourceTree.prepare(REL)
     assert time.monotonic() - start < 0.05
@@ -341,11 +398,16 @@ def test_ready_marker_is_the_whole_warm_path(tmp_path, monkeypatch):
     assert not slow
 
 
-@pytest.mark.parametrize("change", [
-    {"schema": S.MARKER_SCHEMA - 1},
-    {"headers_config": [0, 11]},  # the headers package changed: another version
-    {"compiler_mismatch": "compiler mismatch: ..."},  # prepared with the override, asked without
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"schema": S.MARKER_SCHEMA - 1},
+        {"headers_config": [0, 11]},  # the headers package changed: another version
+        {
+            "compiler_mismatch": "compiler mismatch: ..."
+        },  # prepared with the override, asked without
+    ],
+)
 def test_stale_marker_prepares_again_under_the_lock(tmp_path, monkeypatch, change):
     _base, slow = _fake_ready_tree(tmp_path, monkeypatch, **change)
     assert SourceTree.prepare(REL) == "prepared"
@@ -364,13 +426,27 @@ def test_marker_holds_no_user_environment(tmp_path, monkeypatch):
 
 # --- the real tree (slow) --------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tree() -> SourceTree:
     """The prepared tree of the default release (prepared here on first use: ~2 min)."""
-    require_tools("make", "gcc-12", "flex", "bison", "bc", "pahole", "perl", "xz", "dpkg-deb",
-                  "dpkg-query", "apt-get")
-    require((Path("/usr/src") / f"linux-headers-{REL}" / ".config").is_file(),
-            f"linux-headers-{REL} not installed (run bash scripts/setup.sh)")
+    require_tools(
+        "make",
+        "gcc-12",
+        "flex",
+        "bison",
+        "bc",
+        "pahole",
+        "perl",
+        "xz",
+        "dpkg-deb",
+        "dpkg-query",
+        "apt-get",
+    )
+    require(
+        (Path("/usr/src") / f"linux-headers-{REL}" / ".config").is_file(),
+        f"linux-headers-{REL} not installed (run bash scripts/setup.sh)",
+    )
     try:
         return SourceTree.prepare(REL)
     except debian.DebianError as e:  # no network / apt: a missing prerequisite, not a bug
@@ -393,15 +469,22 @@ def _alloc_sections(path: Path) -> list[tuple[str, bytes]]:
 
 
 def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow
 def test_prepared_tree_matches_the_debian_headers(tree):
     headers = Path("/usr/src") / f"linux-headers-{REL}"
-    version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", f"linux-headers-{REL}"],
-                             capture_output=True, text=True, check=True).stdout
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", f"linux-headers-{REL}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert tree.release == REL and tree.version == version
     assert tree.root == debian.cache_root() / REL / "source" / tree.root.name
     assert (tree.root / ".config").read_bytes() == (headers / ".config").read_bytes()
@@ -424,7 +507,9 @@ def test_warm_prepare_only_reads_the_marker(tree):
 def test_compile_original_is_kbuilds_object_and_cached(tree):
     first = tree.compile_original(CDROM)
     assert first.object == tree.root / "drivers/cdrom/cdrom.o" and first.object.is_file()
-    cmd = S.parse_cmd_file((tree.root / "drivers/cdrom/.cdrom.o.cmd").read_text(), "drivers/cdrom/cdrom.o")
+    cmd = S.parse_cmd_file(
+        (tree.root / "drivers/cdrom/.cdrom.o.cmd").read_text(), "drivers/cdrom/cdrom.o"
+    )
     assert "-DMODULE" in cmd.compile and "-ffunction-sections" in cmd.compile
     assert cmd.post and "--module" in cmd.post[0]
     mtime = first.object.stat().st_mtime_ns
@@ -454,7 +539,8 @@ def test_compile_patched_never_writes_into_the_tree(tree, tmp_path):
     pristine = tree.read_original(CDROM)
     head = b"\nint media_changed(struct cdrom_device_info *cdi, int queue)\n{\n"
     text = pristine.replace(  # the seed's patch
-        head, head + b"\tpr_info(\"%lx\\n\", (unsigned long) cdrom_check_events);\n", 1)
+        head, head + b'\tpr_info("%lx\\n", (unsigned long) cdrom_check_events);\n', 1
+    )
     assert text != pristine
     patched = tree.compile_patched(CDROM, text, tmp_path)
     assert patched.object.is_file()
@@ -468,8 +554,10 @@ def test_compile_patched_never_writes_into_the_tree(tree, tmp_path):
 
 @pytest.mark.slow
 def test_patched_file_keeps_tree_file_name_and_neighbour_includes(tree, tmp_path):
-    text = (tree.read_original(CMDLINE)
-            + b'\n#include "internal.h"\nconst char klpkit_file[] = __FILE__;\n')
+    text = (
+        tree.read_original(CMDLINE)
+        + b'\n#include "internal.h"\nconst char klpkit_file[] = __FILE__;\n'
+    )
     obj = tree.compile_patched(CMDLINE, text, tmp_path).object.read_bytes()
     assert b"fs/proc/cmdline.c\0" in obj
     assert str(tmp_path).encode() not in obj
@@ -487,13 +575,16 @@ def test_patched_compile_error_is_one_line(tree, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("src, match", [
-    ("mm/kmemleak.c", "mm/kmemleak.c is not built in this kernel's configuration"),
-    ("samples/kobject/kobject-example.c", "does not descend into samples/"),
-    ("drivers/cdrom/Makefile", "not a .c file"),
-    ("drivers/cdrom/no-such-file.c", "does not exist in the"),
-    ("../cdrom.c", "not a path inside"),
-])
+@pytest.mark.parametrize(
+    "src, match",
+    [
+        ("mm/kmemleak.c", "mm/kmemleak.c is not built in this kernel's configuration"),
+        ("samples/kobject/kobject-example.c", "does not descend into samples/"),
+        ("drivers/cdrom/Makefile", "not a .c file"),
+        ("drivers/cdrom/no-such-file.c", "does not exist in the"),
+        ("../cdrom.c", "not a path inside"),
+    ],
+)
 def test_compile_original_refuses(tree, src, match):
     with pytest.raises(SourceError, match=match):
         tree.compile_original(src)
@@ -540,9 +631,16 @@ def test_concurrent_builds_share_the_tree(tree):
     for stale in ("fs/proc/version.o", "fs/proc/.version.o.cmd"):
         (tree.root / stale).unlink(missing_ok=True)  # build output only, never source
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT, REL, src], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONCURRENT, REL, src],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
     assert [r[2] for r in results] == [0, 0], [r[1] for r in results]
     assert {r[0].strip() for r in results} == {str(tree.root / "fs/proc/version.o")}

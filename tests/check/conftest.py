@@ -26,7 +26,7 @@ def cc(tmp_path) -> Compiler:
 
 
 @pytest.fixture(scope="session")
-def good_cdrom(lp_modules, debian_symdb, tmp_path_factory) -> Path:  # noqa: F811
+def good_cdrom(lp_modules, debian_symdb, tmp_path_factory) -> Path:
     from klpkit.convert import convert_file
 
     out = tmp_path_factory.mktemp("check") / "lp_cdrom.ko"
@@ -46,13 +46,12 @@ def samples(source_tree, debian_headers, debian_symdb, tmp_path_factory):
     from tests.kbuild import build_modules
 
     tmp = tmp_path_factory.mktemp("kernel-samples")
-    root = source_tree.root        # read only: the sources are copied into the build dir
+    root = source_tree.root  # read only: the sources are copied into the build dir
     files = sorted([*root.glob("samples/livepatch/*.c"), *root.glob("lib/livepatch/*.c")])
     sources = {f.name: f.read_text() for f in files}
     kbuild = "obj-m := " + " ".join(n[:-2] + ".o" for n in sources) + "\n"
     mods = {k.stem: k for k in build_modules(tmp / "build", sources, kbuild)}
-    targets = [p for p in mods.values()
-               if not read_patched_objects(ElfFile.read(p)).registers]
+    targets = [p for p in mods.values() if not read_patched_objects(ElfFile.read(p)).registers]
     db = add_modules(debian_symdb, targets, dest=tmp / "symbols.sqlite")
     yield mods, db
     db.close()

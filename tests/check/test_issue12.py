@@ -22,8 +22,10 @@ def test_plain_modules_get_the_loaders_rules_only(issue12_modules, debian_symdb,
     plain = check_module(issue12_modules["plain_target"], debian_symdb, "6.1")
     assert first_error(plain) is None
     assert not {r for r in _rules(plain) if r.startswith(("livepatch.", "klp."))}
-    assert main(["check", str(issue12_modules["plain_target"]), "--symbols",
-                 str(debian_symdb.path)]) == 0
+    assert (
+        main(["check", str(issue12_modules["plain_target"]), "--symbols", str(debian_symdb.path)])
+        == 0
+    )
     assert "loads and resolves" in capsys.readouterr().out
     # livepatch=Y without klp_enable_patch(): the loader taints, nothing else
     tag = check_module(issue12_modules["lp_tagonly"], debian_symdb, "6.1")
@@ -35,8 +37,9 @@ def test_plain_modules_get_the_loaders_rules_only(issue12_modules, debian_symdb,
 
 def test_empty_funcs_objects_are_seen(issue12_modules, issue12_converted, debian_symdb):
     findings = check_module(issue12_converted["lp_empty"], debian_symdb, "6.1")
-    assert first_error(findings) is None, [f.as_dict() for f in findings
-                                           if f.severity is Severity.ERROR]
+    assert first_error(findings) is None, [
+        f.as_dict() for f in findings if f.severity is Severity.ERROR
+    ]
     [objs] = [f for f in findings if f.rule == "livepatch.objects"]
     assert objs.details["objects"] == ["vmlinux", "cdrom", "sr_mod"] and objs.details["states"]
     assert "cdrom (no function; callbacks pre_patch, post_unpatch)" in objs.message
@@ -45,8 +48,9 @@ def test_empty_funcs_objects_are_seen(issue12_modules, issue12_converted, debian
     resolved = [f.place.symbol for f in findings if f.rule == "klp.sym.resolved"]
     assert resolved == [".klp.sym.cdrom.autoclose,0"]
     # its functions: only vmlinux's has one
-    funcs = [(f.details["object"], f.details["name"]) for f in findings
-             if f.rule == "klp.func.resolved"]
+    funcs = [
+        (f.details["object"], f.details["name"]) for f in findings if f.rule == "klp.func.resolved"
+    ]
     assert funcs == [("vmlinux", "cmdline_proc_show")]
 
 
@@ -64,6 +68,9 @@ def test_relocations_in_data_sections(issue12_converted, debian_symdb):
     findings = check_module(issue12_converted["lp_datarel"], debian_symdb, "6.1")
     assert first_error(findings) is None
     resolved = {f.place.symbol for f in findings if f.rule == "klp.sym.resolved"}
-    assert resolved == {".klp.sym.cdrom.cdrom_read_mech_status,0", ".klp.sym.cdrom.debug,0",
-                        ".klp.sym.vmlinux.saved_command_line,0",
-                        ".klp.sym.vmlinux.cmdline_proc_show,0"}
+    assert resolved == {
+        ".klp.sym.cdrom.cdrom_read_mech_status,0",
+        ".klp.sym.cdrom.debug,0",
+        ".klp.sym.vmlinux.saved_command_line,0",
+        ".klp.sym.vmlinux.cmdline_proc_show,0",
+    }

@@ -22,8 +22,10 @@ from tests.e2e.test_scenarios import (
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
-WAIT_SR0 = ("i=0; while [ ! -b /dev/sr0 ] && [ $i -lt 100 ]; do usleep 100000; "
-            "i=$((i+1)); done; ls -l /dev/sr0")
+WAIT_SR0 = (
+    "i=0; while [ ! -b /dev/sr0 ] && [ $i -lt 100 ]; do usleep 100000; "
+    "i=$((i+1)); done; ls -l /dev/sr0"
+)
 CASES = ("lp_empty", "lp_vmkey", "lp_datarel", "lp_annotonly")
 
 
@@ -55,13 +57,17 @@ def _case(s: Script, name: str, path) -> None:
 @pytest.fixture(scope="module")
 def boot_issue12(boot, issue12_converted, cdrom_ioctl):  # noqa: F811
     s = Script()
-    for mod in CDROM_CHAIN[:-2]:                  # the SCSI/ATA layers stay loaded
+    for mod in CDROM_CHAIN[:-2]:  # the SCSI/ATA layers stay loaded
         s.add(f"chain.{mod}", "insmod", mod)
     for name in CASES:
         _case(s, name, issue12_converted[name])
-    return Boot(s, boot("issue 12: empty funcs, vmlinux key, data relocations, run-time "
-                        "objects", _spec(s, programs=[cdrom_ioctl],
-                                         qemu_args=["-cdrom", "/dev/null"])))
+    return Boot(
+        s,
+        boot(
+            "issue 12: empty funcs, vmlinux key, data relocations, run-time objects",
+            _spec(s, programs=[cdrom_ioctl], qemu_args=["-cdrom", "/dev/null"]),
+        ),
+    )
 
 
 def _lines(sr, text: str) -> list[str]:
@@ -77,11 +83,15 @@ def test_each_livepatch_in_both_orders(boot_issue12):
         assert "klpkit lp_empty" in b[f"lp_empty.{order}.cmdline"].output
         where = b["lp_empty.a.cdrom"] if order == "a" else b["lp_empty.b.load"]
         assert _lines(where, "lp_empty: pre_patch cdrom autoclose=1"), _show(where)
-        for name, marker in (("lp_vmkey", "lp_vmkey: "), ("lp_datarel", "lp_datarel: debug=0"),
-                             ("lp_annotonly", "lp_annotonly: debug=0")):
+        for name, marker in (
+            ("lp_vmkey", "lp_vmkey: "),
+            ("lp_datarel", "lp_datarel: debug=0"),
+            ("lp_annotonly", "lp_annotonly: debug=0"),
+        ):
             sr = b[f"{name}.{order}.ioctl"]
-            assert sr.output and sr.output[0].startswith("CDROM_MEDIA_CHANGED /dev/sr0 -> 0"), \
+            assert sr.output and sr.output[0].startswith("CDROM_MEDIA_CHANGED /dev/sr0 -> 0"), (
                 _show(sr)
+            )
             assert _lines(sr, marker), _show(sr)
     # the vmlinux-gated relocations of the cdrom-only lp_vmkey were applied when it
     # loaded: it prints the start of the command line

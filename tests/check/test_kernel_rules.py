@@ -21,21 +21,24 @@ def test_kernel_version_is_parsed_once():
         kernel_version("garbage")
 
 
-@pytest.mark.parametrize("gate, objects, kver, registers, when", [
-    # since 5.8 the module loader applies vmlinux-gated sections, whatever the objects
-    ("vmlinux", ["cdrom"], (6, 1), True, klp.When.LOAD),
-    ("vmlinux", ["cdrom"], (5, 8), True, klp.When.LOAD),
-    ("vmlinux", [], (6, 1), False, klp.When.LOAD),
-    ("vmlinux", None, (6, 1), True, klp.When.LOAD),
-    # before, only for a vmlinux klp_object
-    ("vmlinux", ["cdrom"], (5, 7), True, klp.When.NEVER),
-    ("vmlinux", ["vmlinux", "cdrom"], (5, 7), True, klp.When.ENABLE),
-    # module gates: only objects the klp_patch lists, only for a registered patch
-    ("cdrom", ["cdrom"], (6, 1), True, klp.When.OBJECT),
-    ("sr_mod", ["cdrom"], (6, 1), True, klp.When.NEVER),
-    ("cdrom", ["cdrom"], (6, 1), False, klp.When.NEVER),
-    ("cdrom", None, (6, 1), True, klp.When.UNKNOWN),
-])
+@pytest.mark.parametrize(
+    "gate, objects, kver, registers, when",
+    [
+        # since 5.8 the module loader applies vmlinux-gated sections, whatever the objects
+        ("vmlinux", ["cdrom"], (6, 1), True, klp.When.LOAD),
+        ("vmlinux", ["cdrom"], (5, 8), True, klp.When.LOAD),
+        ("vmlinux", [], (6, 1), False, klp.When.LOAD),
+        ("vmlinux", None, (6, 1), True, klp.When.LOAD),
+        # before, only for a vmlinux klp_object
+        ("vmlinux", ["cdrom"], (5, 7), True, klp.When.NEVER),
+        ("vmlinux", ["vmlinux", "cdrom"], (5, 7), True, klp.When.ENABLE),
+        # module gates: only objects the klp_patch lists, only for a registered patch
+        ("cdrom", ["cdrom"], (6, 1), True, klp.When.OBJECT),
+        ("sr_mod", ["cdrom"], (6, 1), True, klp.When.NEVER),
+        ("cdrom", ["cdrom"], (6, 1), False, klp.When.NEVER),
+        ("cdrom", None, (6, 1), True, klp.When.UNKNOWN),
+    ],
+)
 def test_when_applied(gate, objects, kver, registers, when):
     app = klp.when_applied(gate, objects, kver, registers)
     assert app.when is when
@@ -46,9 +49,11 @@ def test_when_applied(gate, objects, kver, registers, when):
 def test_gate_problems_by_version():
     refused = klp.gate_problem("cdrom", "vmlinux", "saved_command_line", (6, 1))
     assert refused.rule == "klp.rela.vmlinux-in-module" and refused.gravity is klp.Gravity.REFUSED
-    assert refused.kernel_message == ("livepatch: invalid access to vmlinux symbol "
-                                      "'saved_command_line' from module-specific livepatch "
-                                      "relocation section")
+    assert refused.kernel_message == (
+        "livepatch: invalid access to vmlinux symbol "
+        "'saved_command_line' from module-specific livepatch "
+        "relocation section"
+    )
     assert klp.gate_problem("cdrom", "vmlinux", "x", (5, 7)) is None
     risk = klp.gate_problem("vmlinux", "cdrom", "debug", (6, 1))
     assert risk.rule == "klp.rela.module-in-vmlinux" and risk.gravity is klp.Gravity.RISK
@@ -58,7 +63,7 @@ def test_gate_problems_by_version():
 
 def test_gate_for_vmlinux_and_dependencies():
     assert klp.gate_for_vmlinux(["cdrom"], (6, 1)) == "vmlinux"
-    assert klp.gate_for_vmlinux(["cdrom"], (5, 7)) == "cdrom"     # allowed then, and applied
+    assert klp.gate_for_vmlinux(["cdrom"], (5, 7)) == "cdrom"  # allowed then, and applied
     assert klp.gate_for_vmlinux(["vmlinux", "cdrom"], (5, 7)) == "vmlinux"
     assert klp.gate_for_vmlinux([], (5, 7)) is None
     assert klp.dependency_problem("sr_mod", "cdrom", ["cdrom", "scsi_mod"]) is None
@@ -68,7 +73,7 @@ def test_gate_for_vmlinux_and_dependencies():
 
 def test_registers_patch():
     assert klp.registers_patch(["_printk", "klp_enable_patch"])
-    assert klp.registers_patch(["klp_register_patch"])          # before 5.1
+    assert klp.registers_patch(["klp_register_patch"])  # before 5.1
     assert not klp.registers_patch(["klp_shadow_get", "_printk"])
 
 
@@ -77,9 +82,11 @@ def test_site_problems():
     assert klp.site_problem(".rodata", True, True, "cdrom", (6, 1)) is None
     assert klp.site_problem("__jump_table", True, True, "vmlinux", (6, 1)) is None
     assert klp.site_problem("__jump_table", True, True, "vmlinux", (5, 7)).startswith(
-        "special section: jump_label_add_module()")
+        "special section: jump_label_add_module()"
+    )
     assert klp.site_problem("__jump_table", True, True, "cdrom", (6, 1)).startswith(
-        "special section")
+        "special section"
+    )
     assert klp.site_problem(".init.text", True, True, "cdrom", (6, 1)) == klp.REASON_INIT
     assert klp.site_problem(".init.text", True, True, "vmlinux", (6, 1)) is None
     assert klp.site_problem(".note", False, True, "vmlinux", (6, 1)) == klp.REASON_NOALLOC
@@ -87,20 +94,33 @@ def test_site_problems():
 
 
 def _entries(n):
-    return [SymbolEntry("vmlinux", "f", "local", "func", False, None, None, i, n, None)
-            for i in range(1, n + 1)]
+    return [
+        SymbolEntry("vmlinux", "f", "local", "func", False, None, None, i, n, None)
+        for i in range(1, n + 1)
+    ]
 
 
-@pytest.mark.parametrize("count, pos, found, message", [
-    (0, 0, klp.Found.NOT_FOUND, "livepatch: symbol 'f' not found in symbol table"),
-    (1, 0, klp.Found.RESOLVED, None),
-    (1, 1, klp.Found.RESOLVED, None),
-    (3, 0, klp.Found.AMBIGUOUS,
-     "livepatch: unresolvable ambiguity for symbol 'f' in object '(null)'"),
-    (3, 3, klp.Found.RESOLVED, None),
-    (3, 4, klp.Found.POSITION,
-     "livepatch: symbol position 4 for symbol 'f' in object 'vmlinux' not found"),
-])
+@pytest.mark.parametrize(
+    "count, pos, found, message",
+    [
+        (0, 0, klp.Found.NOT_FOUND, "livepatch: symbol 'f' not found in symbol table"),
+        (1, 0, klp.Found.RESOLVED, None),
+        (1, 1, klp.Found.RESOLVED, None),
+        (
+            3,
+            0,
+            klp.Found.AMBIGUOUS,
+            "livepatch: unresolvable ambiguity for symbol 'f' in object '(null)'",
+        ),
+        (3, 3, klp.Found.RESOLVED, None),
+        (
+            3,
+            4,
+            klp.Found.POSITION,
+            "livepatch: symbol position 4 for symbol 'f' in object 'vmlinux' not found",
+        ),
+    ],
+)
 def test_find_object_symbol(count, pos, found, message):
     res = klp.find_object_symbol(_entries(count), pos)
     assert res.found is found and res.count == count
@@ -119,8 +139,7 @@ def test_installed_set_rules():
     assert klp.state_problem(v2, [v1]) is None
     assert "older than lp_v2's version 2" in klp.state_problem(v1, [v2])
     # a cumulative patch must carry every installed state; a plain one need not
-    assert "does not handle it" in klp.state_problem(
-        klp.Installed("lp_cum", (), True), [v1])
+    assert "does not handle it" in klp.state_problem(klp.Installed("lp_cum", (), True), [v1])
     assert klp.state_problem(plain, [v1]) is None
     assert klp.install(v2, [plain, v1]) == [v2]
     assert klp.install(plain, [v1]) == [v1, plain]

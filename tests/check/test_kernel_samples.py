@@ -20,19 +20,28 @@ EXPECTED = {
     "livepatch-sample": [("vmlinux", 1, 0)],
     "livepatch-shadow-fix1": [("livepatch_shadow_mod", 2, 0)],
     "livepatch-shadow-fix2": [("livepatch_shadow_mod", 2, 0)],
-    "livepatch-callbacks-demo": [("vmlinux", 0, 4), ("livepatch_callbacks_mod", 0, 4),
-                                 ("livepatch_callbacks_busymod", 1, 4)],
+    "livepatch-callbacks-demo": [
+        ("vmlinux", 0, 4),
+        ("livepatch_callbacks_mod", 0, 4),
+        ("livepatch_callbacks_busymod", 1, 4),
+    ],
     "test_klp_atomic_replace": [("vmlinux", 1, 0)],
     "test_klp_livepatch": [("vmlinux", 1, 0)],
-    "test_klp_callbacks_demo": [("vmlinux", 0, 4), ("test_klp_callbacks_mod", 0, 4),
-                                ("test_klp_callbacks_busy", 1, 4)],
+    "test_klp_callbacks_demo": [
+        ("vmlinux", 0, 4),
+        ("test_klp_callbacks_mod", 0, 4),
+        ("test_klp_callbacks_busy", 1, 4),
+    ],
     "test_klp_callbacks_demo2": [("vmlinux", 0, 4)],
     "test_klp_state": [("vmlinux", 0, 4)],
     "test_klp_state2": [("vmlinux", 0, 4)],
     "test_klp_state3": [("vmlinux", 0, 4)],
-    "livepatch-shadow-mod": None, "livepatch-callbacks-mod": None,
-    "livepatch-callbacks-busymod": None, "test_klp_callbacks_mod": None,
-    "test_klp_callbacks_busy": None, "test_klp_shadow_vars": None,
+    "livepatch-shadow-mod": None,
+    "livepatch-callbacks-mod": None,
+    "livepatch-callbacks-busymod": None,
+    "test_klp_callbacks_mod": None,
+    "test_klp_callbacks_busy": None,
+    "test_klp_shadow_vars": None,
 }
 
 
@@ -70,8 +79,14 @@ def test_stacked_shadow_fixes(samples):
     """livepatch-shadow-fix2 is a fix on top of fix1 (both patch livepatch_shadow_mod):
     stacked livepatches, not a split set."""
     mods, db = samples
-    report = analyze([mods["livepatch-shadow-fix1"], mods["livepatch-shadow-fix2"],
-                      mods["livepatch-shadow-mod"]], db)
+    report = analyze(
+        [
+            mods["livepatch-shadow-fix1"],
+            mods["livepatch-shadow-fix2"],
+            mods["livepatch-shadow-mod"],
+        ],
+        db,
+    )
     lps = [m for m in report.modules if m.livepatch]
     assert [m.name for m in lps] == ["livepatch_shadow_fix1", "livepatch_shadow_fix2"]
     assert all(not m.per_object and "stacked" in m.per_object_reason for m in lps)
@@ -89,25 +104,31 @@ def test_loaded_set_states_and_atomic_replace(samples, capsys):
     err = first_error(findings)
     assert err.rule == "klp.state.incompatible"
     # tools/testing/selftests/livepatch/test-state.sh expects exactly this line
-    assert err.matches("[   42.1] livepatch: Livepatch patch (test_klp_state) is not "
-                       "compatible with the already installed livepatches.")
+    assert err.matches(
+        "[   42.1] livepatch: Livepatch patch (test_klp_state) is not "
+        "compatible with the already installed livepatches."
+    )
     assert "version 1, older than test_klp_state2's version 2" in err.message
     ok = check_module(state2, db, "6.1", loaded=[state])
     assert first_error(ok) is None
     [after] = [f for f in ok if f.rule == "loaded.set"]
-    assert after.details["patches"] == ["test_klp_state2"]         # replaced test_klp_state
+    assert after.details["patches"] == ["test_klp_state2"]  # replaced test_klp_state
     # a cumulative livepatch on top of one that patches a function it does not
     sample = mods["livepatch-sample"]
-    dropped = [f for f in check_module(state, db, "6.1", loaded=[sample])
-               if f.rule == "klp.replace.reverts"]
+    dropped = [
+        f
+        for f in check_module(state, db, "6.1", loaded=[sample])
+        if f.rule == "klp.replace.reverts"
+    ]
     assert len(dropped) == 1 and "vmlinux:cmdline_proc_show,1" in dropped[0].message
-    stacked = [f for f in check_module(mods["test_klp_livepatch"], db, "6.1",
-                                       loaded=[sample]) if f.rule == "klp.stack.top"]
+    stacked = [
+        f
+        for f in check_module(mods["test_klp_livepatch"], db, "6.1", loaded=[sample])
+        if f.rule == "klp.stack.top"
+    ]
     assert len(stacked) == 1 and "livepatch_sample" in stacked[0].message
     # the command line
-    assert main(["check", str(state), "--symbols", str(db.path), "--loaded",
-                 str(state2)]) == 1
+    assert main(["check", str(state), "--symbols", str(db.path), "--loaded", str(state2)]) == 1
     assert "refused: klp.state.incompatible" in capsys.readouterr().out
-    assert main(["check", str(state), "--symbols", str(db.path), "--loaded",
-                 str(state)]) == 1
+    assert main(["check", str(state), "--symbols", str(db.path), "--loaded", str(state)]) == 1
     assert "refused: loaded.duplicate" in capsys.readouterr().out

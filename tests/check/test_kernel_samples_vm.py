@@ -44,8 +44,9 @@ def test_incompatible_states_predicted(boot_selftests, samples):
     b, (mods, db) = boot_selftests, samples
     refused = b["s1.load"]
     assert_ran(refused, ok=False)
-    err = first_error(check_module(mods["test_klp_state"], db, "6.1",
-                                   loaded=[mods["test_klp_state2"]]))
+    err = first_error(
+        check_module(mods["test_klp_state"], db, "6.1", loaded=[mods["test_klp_state2"]])
+    )
     assert err.rule == "klp.state.incompatible"
     assert [ln for ln in refused.dmesg if err.matches(ln)], _show(refused)
     # alone, check predicts it loads -- the set decides
@@ -66,13 +67,22 @@ def test_callbacks_of_objects_without_functions(boot_selftests, samples):
     objects check reports."""
     b, (mods, db) = boot_selftests, samples
     assert_ran(b["cb.load"])
-    assert any("pre_patch_callback: vmlinux" in ln for ln in b["cb.load"].dmesg), \
-        _show(b["cb.load"])
+    assert any("pre_patch_callback: vmlinux" in ln for ln in b["cb.load"].dmesg), _show(
+        b["cb.load"]
+    )
     mod = b["cb.mod"]
-    assert any("pre_patch_callback: test_klp_callbacks_mod -> [MODULE_STATE_COMING]" in ln
-               for ln in mod.dmesg), _show(mod)
-    [objs] = [f for f in check_module(mods["test_klp_callbacks_demo"], db, "6.1")
-              if f.rule == "livepatch.objects"]
+    assert any(
+        "pre_patch_callback: test_klp_callbacks_mod -> [MODULE_STATE_COMING]" in ln
+        for ln in mod.dmesg
+    ), _show(mod)
+    [objs] = [
+        f
+        for f in check_module(mods["test_klp_callbacks_demo"], db, "6.1")
+        if f.rule == "livepatch.objects"
+    ]
     attributes = {"enabled", "force", "transition", "replace"}
-    assert set(b["cb.objects"].output) - attributes == set(objs.details["objects"]) == {
-        "vmlinux", "test_klp_callbacks_mod", "test_klp_callbacks_busy"}
+    assert (
+        set(b["cb.objects"].output) - attributes
+        == set(objs.details["objects"])
+        == {"vmlinux", "test_klp_callbacks_mod", "test_klp_callbacks_busy"}
+    )

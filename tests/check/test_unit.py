@@ -14,17 +14,34 @@ from klpkit.cli import main
 
 
 def test_matches_dmesg_lines_with_runtime_values():
-    f = Finding(Severity.ERROR, "elf.reloc-nonzero", Place(".text", 0x37), "x",
-                nonzero_message((6, 1)).replace("type %d", "type 2", 1), Stage.RELOCATIONS)
-    assert f.matches("[    7.123456] module: x86/modules: Skipping invalid relocation target, "
-                     "existing value is nonzero for type 2, loc 00000000ba0302e9, "
-                     "val ffffffffa03e293c")
-    assert not f.matches("module: x86/modules: Skipping invalid relocation target, existing "
-                         "value is nonzero for type 1, loc 0, val 0")
-    two = Finding(Severity.ERROR, "undef.crc", Place(), "x", "m: disagrees about version of "
-                  "symbol s\nm: Unknown symbol s (err -22)")
-    assert two.kernel_lines == ["m: disagrees about version of symbol s",
-                                "m: Unknown symbol s (err -22)"]
+    f = Finding(
+        Severity.ERROR,
+        "elf.reloc-nonzero",
+        Place(".text", 0x37),
+        "x",
+        nonzero_message((6, 1)).replace("type %d", "type 2", 1),
+        Stage.RELOCATIONS,
+    )
+    assert f.matches(
+        "[    7.123456] module: x86/modules: Skipping invalid relocation target, "
+        "existing value is nonzero for type 2, loc 00000000ba0302e9, "
+        "val ffffffffa03e293c"
+    )
+    assert not f.matches(
+        "module: x86/modules: Skipping invalid relocation target, existing "
+        "value is nonzero for type 1, loc 0, val 0"
+    )
+    two = Finding(
+        Severity.ERROR,
+        "undef.crc",
+        Place(),
+        "x",
+        "m: disagrees about version of symbol s\nm: Unknown symbol s (err -22)",
+    )
+    assert two.kernel_lines == [
+        "m: disagrees about version of symbol s",
+        "m: Unknown symbol s (err -22)",
+    ]
     assert two.matches("[ 1.0] m: Unknown symbol s (err -22)")
     assert not Finding(Severity.NOTE, "klp.sym.resolved", Place(), "x").matches("anything")
 
@@ -35,8 +52,10 @@ def test_nonzero_message_by_version():
     assert "sec %u, idx %u" in nonzero_message((6, 19))
 
 
-@pytest.mark.parametrize("text, want", [("6.1", (6, 1)), ("6.1.0-47-amd64", (6, 1)),
-                                        ((5, 4), (5, 4)), ("6.10-rc1", (6, 10))])
+@pytest.mark.parametrize(
+    "text, want",
+    [("6.1", (6, 1)), ("6.1.0-47-amd64", (6, 1)), ((5, 4), (5, 4)), ("6.10-rc1", (6, 10))],
+)
 def test_parse_kernel_version(text, want):
     assert parse_kernel_version(text) == want
 
@@ -52,10 +71,17 @@ def test_rules_table_records_versions():
         assert r.as_dict()["since"]
 
 
-@pytest.mark.parametrize("name, obj", [(".klp.rela.vmlinux..text", "vmlinux"),
-                                       (".klp.rela.cdrom.text", "cdrom"),
-                                       (".klp.rela..text", None), (".klp.rela.", None),
-                                       (".rela.text", None), (".klp.rela." + "a" * 60, "a" * 55)])
+@pytest.mark.parametrize(
+    "name, obj",
+    [
+        (".klp.rela.vmlinux..text", "vmlinux"),
+        (".klp.rela.cdrom.text", "cdrom"),
+        (".klp.rela..text", None),
+        (".klp.rela.", None),
+        (".rela.text", None),
+        (".klp.rela." + "a" * 60, "a" * 55),
+    ],
+)
 def test_rela_object_is_the_kernels_sscanf(name, obj):
     assert rela_object(name) == obj
 
@@ -77,5 +103,7 @@ def test_cli_on_real_modules(good_cdrom, lp_modules, debian_symdb, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["verdict"] == "refused"
     assert doc["first_error"]["kernel_message"] == "lp_cdrom: Unknown symbol debug (err -2)"
-    assert all({"severity", "rule", "place", "message", "kernel_message"} <= set(f)
-               for f in doc["findings"])
+    assert all(
+        {"severity", "rule", "place", "message", "kernel_message"} <= set(f)
+        for f in doc["findings"]
+    )

@@ -63,8 +63,9 @@ def small_list(tmp_path_factory) -> Path:
 def small_db(small_list):
     from klpkit.symbols import import_symbols_list
 
-    db = import_symbols_list(small_list, release="6.1.0-test",
-                             db=small_list.parent / "small.sqlite")
+    db = import_symbols_list(
+        small_list, release="6.1.0-test", db=small_list.parent / "small.sqlite"
+    )
     yield db
     db.close()
 

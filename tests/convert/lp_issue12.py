@@ -33,7 +33,8 @@ MODULE_LICENSE("GPL");
 MODULE_INFO(livepatch, "Y");
 """
 
-LP_EMPTY = r"""
+LP_EMPTY = (
+    r"""
 // klp_objects with empty funcs: callbacks only (cdrom), nothing (sr_mod); klp_states.
 #include <linux/module.h>
 #include <linux/livepatch.h>
@@ -68,7 +69,9 @@ static struct klp_object objs[] = {
 };
 static struct klp_state states[] = { { .id = 0x12, .version = 1, }, { } };
 static struct klp_patch patch = { .mod = THIS_MODULE, .objs = objs, .states = states, };
-""" + _TAIL
+"""
+    + _TAIL
+)
 
 LP_ANNOTONLY = r"""
 // The klp_object array is filled at run time: only the annotations name cdrom.
@@ -110,7 +113,8 @@ MODULE_LICENSE("GPL");
 MODULE_INFO(livepatch, "Y");
 """
 
-LP_VMKEY = r"""
+LP_VMKEY = (
+    r"""
 // Patches cdrom only; a static branch on a vmlinux key and a vmlinux variable:
 // .klp.rela.vmlinux.__jump_table and .klp.rela.vmlinux..text in a module-only livepatch.
 #include <linux/module.h>
@@ -133,9 +137,12 @@ static struct klp_func funcs[] = {
 };
 static struct klp_object objs[] = { { .name = "cdrom", .funcs = funcs, }, { } };
 static struct klp_patch patch = { .mod = THIS_MODULE, .objs = objs, };
-""" + _TAIL
+"""
+    + _TAIL
+)
 
-LP_DATAREL = r"""
+LP_DATAREL = (
+    r"""
 // Patches cdrom (a fix on top of lp_cdrom: the same function); livepatch relocations
 // in .data, .rodata and .data..read_mostly, gated on cdrom and on vmlinux.
 #include <linux/module.h>
@@ -174,7 +181,9 @@ static struct klp_func funcs[] = {
 };
 static struct klp_object objs[] = { { .name = "cdrom", .funcs = funcs, }, { } };
 static struct klp_patch patch = { .mod = THIS_MODULE, .objs = objs, };
-""" + _TAIL
+"""
+    + _TAIL
+)
 
 PLAIN_TARGET = r"""
 // A plain module: no klp_enable_patch(), no livepatch tag (a patched target).
@@ -203,9 +212,14 @@ MODULE_LICENSE("GPL");
 MODULE_INFO(livepatch, "Y");
 """
 
-SOURCES = {"lp_empty.c": LP_EMPTY, "lp_annotonly.c": LP_ANNOTONLY, "lp_vmkey.c": LP_VMKEY,
-           "lp_datarel.c": LP_DATAREL, "plain_target.c": PLAIN_TARGET,
-           "lp_tagonly.c": LP_TAGONLY}
+SOURCES = {
+    "lp_empty.c": LP_EMPTY,
+    "lp_annotonly.c": LP_ANNOTONLY,
+    "lp_vmkey.c": LP_VMKEY,
+    "lp_datarel.c": LP_DATAREL,
+    "plain_target.c": PLAIN_TARGET,
+    "lp_tagonly.c": LP_TAGONLY,
+}
 
 
 def build_issue12(tmp_path_factory) -> dict:

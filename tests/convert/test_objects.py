@@ -41,15 +41,19 @@ static struct klp_func mfuncs[] = {
 struct klp_object objs[] = { { .funcs = vfuncs, }, { .name = "cdrom", .funcs = mfuncs, }, { } };
 """
 
-WANT = [("vmlinux", "cmdline_proc_show", 0, "lp_a", 0),
-        ("vmlinux", "state_show", 3, "lp_b", 1),
-        ("vmlinux", "version_proc_show", 258, "lp_c", 2),
-        ("cdrom", "cdrom_ioctl_media_changed", 2, "lp_c", 0)]
+WANT = [
+    ("vmlinux", "cmdline_proc_show", 0, "lp_a", 0),
+    ("vmlinux", "state_show", 3, "lp_b", 1),
+    ("vmlinux", "version_proc_show", 258, "lp_c", 2),
+    ("cdrom", "cdrom_ioctl_media_changed", 2, "lp_c", 0),
+]
 
 
 def _summary(elf):
-    return [(f.object, f.old_name, f.old_sympos, f.new_func, f.index)
-            for f in find_patched_functions(elf)]
+    return [
+        (f.object, f.old_name, f.old_sympos, f.new_func, f.index)
+        for f in find_patched_functions(elf)
+    ]
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "i386", "s390x"])
@@ -62,8 +66,9 @@ def test_functions_of_every_object(cc, arch):
     # entries of one array are one sizeof(struct klp_func) apart
     v = [f.offset for f in funcs if f.object == "vmlinux"]
     assert v[1] - v[0] == v[2] - v[1] > 3 * word
-    assert all(f.section.startswith(".data") and f.name_section.startswith(".rodata.str")
-               for f in funcs)
+    assert all(
+        f.section.startswith(".data") and f.name_section.startswith(".rodata.str") for f in funcs
+    )
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "s390x"])
@@ -96,7 +101,9 @@ def test_no_livepatch_no_functions(cc):
 
 # ------------------------------------------------------- klp_patch.objs, as the kernel reads
 # struct klp_patch: mod (THIS_MODULE), objs, states, replace, then internal fields.
-PATCH = LAYOUT + r"""
+PATCH = (
+    LAYOUT
+    + r"""
 struct klp_state { unsigned long id; unsigned int version; void *data; };
 struct klp_patch { void *mod; struct klp_object *objs; struct klp_state *states;
                    _Bool replace; void *internal[24]; };
@@ -116,6 +123,7 @@ struct klp_patch patch = { .mod = __this_module, .objs = pobjs, .states = states
 extern int klp_enable_patch(struct klp_patch *);
 int init(void) { return klp_enable_patch(&patch); }
 """
+)
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "i386", "s390x"])
@@ -128,13 +136,17 @@ def test_klp_patch_objects_with_empty_funcs(cc, arch):
     po = read_patched_objects(ElfFile.read(cc(PATCH, arch=arch)))
     assert po.source == "klp_patch" and po.registers
     assert [(o.name, o.funcs, o.callbacks) for o in po.objects] == [
-        ("vmlinux", 3, ()), ("cdrom", 0, ("pre_patch", "post_unpatch")), ("sr_mod", 0, ())]
+        ("vmlinux", 3, ()),
+        ("cdrom", 0, ("pre_patch", "post_unpatch")),
+        ("sr_mod", 0, ()),
+    ]
     assert po.effective() == (["vmlinux", "cdrom", "sr_mod"], "klp_object")
     [patch] = po.patches
     assert patch.states and patch.replace and patch.objs is not None
     # the functions are those of the objects the kernel walks
-    assert [(f.object, f.old_name) for f in find_patched_functions(
-        ElfFile.read(cc(PATCH, arch=arch)))] == [(o, n) for o, n, *_r in WANT[:3]]
+    assert [
+        (f.object, f.old_name) for f in find_patched_functions(ElfFile.read(cc(PATCH, arch=arch)))
+    ] == [(o, n) for o, n, *_r in WANT[:3]]
 
 
 def test_objects_set_at_run_time_fall_back_to_annotations(cc):
@@ -167,8 +179,10 @@ def test_entries_without_klp_patch_add_the_annotations(cc):
     annotations name (an empty-funcs object the entries cannot show)."""
     from klpkit.convert.objects import read_patched_objects
 
-    src = LAYOUT + ('extern int st(void) __asm__(".klp.sym.rela.sr_mod.sr_mod.x.0");\n'
-                    "int g(void) { return st(); }\n")
+    src = LAYOUT + (
+        'extern int st(void) __asm__(".klp.sym.rela.sr_mod.sr_mod.x.0");\n'
+        "int g(void) { return st(); }\n"
+    )
     po = read_patched_objects(ElfFile.read(cc(src)))
     assert po.source == "klp_object" and not po.registers
     assert po.effective() == (["vmlinux", "cdrom", "sr_mod"], "klp_object, annotations")

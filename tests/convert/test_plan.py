@@ -26,8 +26,10 @@ from klpkit.elf import constants as C
 from klpkit.kernel.modinfo import Modinfo
 from klpkit.kernel.versions import parse_versions
 
-HOW = ("choose with --map {n}=OBJ,POS (or a --map-file line), KLP_MODULE_RELOC(OBJ) "
-       "{{ KLP_SYMPOS({n}, POS) }} or KLP_RELOC_SYMBOL_POS(PATCHED_OBJ, OBJ, {n}, POS)")
+HOW = (
+    "choose with --map {n}=OBJ,POS (or a --map-file line), KLP_MODULE_RELOC(OBJ) "
+    "{{ KLP_SYMPOS({n}, POS) }} or KLP_RELOC_SYMBOL_POS(PATCHED_OBJ, OBJ, {n}, POS)"
+)
 
 BASE = r"""
 extern int printk(const char *, ...);
@@ -58,8 +60,9 @@ def plan_of(path, db, **kw):
 
 
 def decisions(plan):
-    return {n: (str(d.category), str(d.action), d.klp_symbol, d.gate)
-            for n, d in plan.symbols.items()}
+    return {
+        n: (str(d.category), str(d.action), d.klp_symbol, d.gate) for n, d in plan.symbols.items()
+    }
 
 
 def convert(path, db, out, **kw):
@@ -83,18 +86,32 @@ def test_every_policy_branch(cc, small_db, tmp_path):
     assert decisions(plan) == {
         "printk": ("A", "keep", None, None),
         "cdrom_check_events": ("B", "convert", ".klp.sym.cdrom.cdrom_check_events,0", "cdrom"),
-        "cdrom_read_mech_status": ("local", "convert",
-                                   ".klp.sym.cdrom.cdrom_read_mech_status,0", "cdrom"),
+        "cdrom_read_mech_status": (
+            "local",
+            "convert",
+            ".klp.sym.cdrom.cdrom_read_mech_status,0",
+            "cdrom",
+        ),
         "scsi_device_get": ("C-D", "keep", None, None),
         # vmlinux symbols are gated on vmlinux even though the livepatch patches cdrom
-        "cmdline_proc_show": ("local", "convert", ".klp.sym.vmlinux.cmdline_proc_show,0",
-                              "vmlinux"),
-        "saved_command_line": ("local", "convert", ".klp.sym.vmlinux.saved_command_line,0",
-                               "vmlinux"),
+        "cmdline_proc_show": (
+            "local",
+            "convert",
+            ".klp.sym.vmlinux.cmdline_proc_show,0",
+            "vmlinux",
+        ),
+        "saved_command_line": (
+            "local",
+            "convert",
+            ".klp.sym.vmlinux.saved_command_line,0",
+            "vmlinux",
+        ),
     }
     sd = plan.symbols["scsi_device_get"]
-    assert sd.reason == ("exported by scsi_mod, which this livepatch does not patch: a normal "
-                         "reference; the livepatch depends on scsi_mod")
+    assert sd.reason == (
+        "exported by scsi_mod, which this livepatch does not patch: a normal "
+        "reference; the livepatch depends on scsi_mod"
+    )
     assert any(w == f"scsi_device_get: {sd.reason}" for w in plan.warnings)
     assert plan.drop_versions == ["cdrom_check_events"]
     assert plan.drop_depends == ["cdrom"]
@@ -106,18 +123,29 @@ def test_every_policy_branch(cc, small_db, tmp_path):
 def test_apply_moves_every_relocation_and_renames_once(cc, small_db, tmp_path):
     obj = cc(BASE)
     before = ElfFile.read(obj)
-    n_rms = sum(1 for rs in before.relocation_sections() for r in rs.relocations
-                if r.symbol is not None and r.symbol.name == "cdrom_read_mech_status")
+    n_rms = sum(
+        1
+        for rs in before.relocation_sections()
+        for r in rs.relocations
+        if r.symbol is not None and r.symbol.name == "cdrom_read_mech_status"
+    )
     assert n_rms == 2
     plan, res, out = convert(obj, small_db, tmp_path / "out.o", objects=["cdrom"])
     syms = {s.name: s for s in out.symtab.symbols}
-    for name in ("cdrom_check_events", "cdrom_read_mech_status", "cmdline_proc_show",
-                 "saved_command_line"):
+    for name in (
+        "cdrom_check_events",
+        "cdrom_read_mech_status",
+        "cmdline_proc_show",
+        "saved_command_line",
+    ):
         assert name not in syms
     klp = [s for s in out.symtab.symbols if s.name.startswith(".klp.sym.")]
     assert sorted(s.name for s in klp) == [
-        ".klp.sym.cdrom.cdrom_check_events,0", ".klp.sym.cdrom.cdrom_read_mech_status,0",
-        ".klp.sym.vmlinux.cmdline_proc_show,0", ".klp.sym.vmlinux.saved_command_line,0"]
+        ".klp.sym.cdrom.cdrom_check_events,0",
+        ".klp.sym.cdrom.cdrom_read_mech_status,0",
+        ".klp.sym.vmlinux.cmdline_proc_show,0",
+        ".klp.sym.vmlinux.saved_command_line,0",
+    ]
     assert all(s.shndx == C.SHN_LIVEPATCH and s.bind == C.STB_GLOBAL for s in klp)
     secs = klp_sections(out)
     assert set(secs) == {".klp.rela.cdrom..text", ".klp.rela.vmlinux..text"}
@@ -127,9 +155,11 @@ def test_apply_moves_every_relocation_and_renames_once(cc, small_db, tmp_path):
         assert s.entsize == 24 and s.addralign == 8
         assert all(r.symbol.shndx == C.SHN_LIVEPATCH for r in s.relocations)
     got = sorted(r.symbol.name for r in secs[".klp.rela.cdrom..text"].relocations)
-    assert got == [".klp.sym.cdrom.cdrom_check_events,0",
-                   ".klp.sym.cdrom.cdrom_read_mech_status,0",
-                   ".klp.sym.cdrom.cdrom_read_mech_status,0"]
+    assert got == [
+        ".klp.sym.cdrom.cdrom_check_events,0",
+        ".klp.sym.cdrom.cdrom_read_mech_status,0",
+        ".klp.sym.cdrom.cdrom_read_mech_status,0",
+    ]
     # no normal relocation is left on an SHN_LIVEPATCH symbol
     for rs in out.relocation_sections():
         if rs.name.startswith(".klp.rela."):
@@ -143,8 +173,9 @@ def test_apply_moves_every_relocation_and_renames_once(cc, small_db, tmp_path):
     assert next(s for s in out.symtab.symbols if s.name == "versions").size == 128
     assert res.moved == 5
     # readelf agrees
-    r = subprocess.run(["readelf", "-W", "-s", str(tmp_path / "out.o")], capture_output=True,
-                       text=True, check=True)
+    r = subprocess.run(
+        ["readelf", "-W", "-s", str(tmp_path / "out.o")], capture_output=True, text=True, check=True
+    )
     assert "OS [0xff20] .klp.sym.cdrom.cdrom_check_events,0" in r.stdout
 
 
@@ -152,19 +183,24 @@ def test_keep_exports_keeps_case_b(cc, small_db):
     plan = plan_of(cc(BASE), small_db, objects=["cdrom"], keep_exports=True)
     d = plan.symbols["cdrom_check_events"]
     assert (d.category, d.action) == (Category.B, Action.KEEP)
-    assert d.reason == ("exported by patched module cdrom; kept normal by --keep-exports: "
-                        "the livepatch depends on cdrom")
+    assert d.reason == (
+        "exported by patched module cdrom; kept normal by --keep-exports: "
+        "the livepatch depends on cdrom"
+    )
     assert plan.drop_depends == [] and plan.drop_versions == []
 
 
 def test_objects_from_klp_object_names(cc, small_db):
-    src = BASE + r"""
+    src = (
+        BASE
+        + r"""
 struct klp_func { const char *old_name; void *new_func; long pad[8]; };
 struct klp_object { const char *name; struct klp_func *funcs; void *cb[4]; long pad[12]; };
 static struct klp_func funcs[] = { { .old_name = "cdrom_ioctl_media_changed", .new_func = lp_func }, { } };
 static struct klp_func vfuncs[] = { { .old_name = "cmdline_proc_show", .new_func = lp_func }, { } };
 struct klp_object objs[] = { { .funcs = vfuncs }, { .name = "cdrom", .funcs = funcs }, { } };
 """
+    )
     plan = plan_of(cc(src), small_db)
     assert (plan.objects, plan.objects_source) == (["vmlinux", "cdrom"], "klp_object")
     assert plan.symbols["cdrom_check_events"].category is Category.B
@@ -173,14 +209,17 @@ struct klp_object objs[] = { { .funcs = vfuncs }, { .name = "cdrom", .funcs = fu
 def test_no_objects_found_searches_vmlinux_only(cc, small_db):
     plan = plan_of(cc(BASE), small_db)
     assert plan.objects_source == "none"
-    assert ("no klp_object names found in the module: automatic resolution searches vmlinux "
-            "only (pass --object OBJ)") in plan.warnings
+    assert (
+        "no klp_object names found in the module: automatic resolution searches vmlinux "
+        "only (pass --object OBJ)"
+    ) in plan.warnings
     d = plan.symbols["cdrom_check_events"]
     assert (d.category, d.action) == (Category.CD, Action.KEEP)
     assert plan.errors == [
         "cdrom_read_mech_status: not exported, and found only in objects this livepatch does "
         "not patch (patched: none found): cdrom (unknown, sympos 1); pass --object OBJ if the "
-        "livepatch patches it, or " + HOW.format(n="cdrom_read_mech_status")]
+        "livepatch patches it, or " + HOW.format(n="cdrom_read_mech_status")
+    ]
 
 
 # ----------------------------------------------------------------- choosing
@@ -212,30 +251,48 @@ def test_unknown_and_ambiguous_errors_list_candidates(cc, small_db):
 
 def test_map_choices_resolve(cc, small_db, tmp_path):
     src = cc(AMBIG.replace("+ klpkit_nope() ", ""))
-    choices = [parse_map_entry("state_show=vmlinux,2", "--map"),
-               parse_map_entry("dup_static = cdrom , 1", "--map"),
-               parse_map_entry("debug=vmlinux", "--map")]
-    plan, _res, out = convert(src, small_db, tmp_path / "o.o", objects=["cdrom"],
-                              choices=choices)
+    choices = [
+        parse_map_entry("state_show=vmlinux,2", "--map"),
+        parse_map_entry("dup_static = cdrom , 1", "--map"),
+        parse_map_entry("debug=vmlinux", "--map"),
+    ]
+    plan, _res, out = convert(src, small_db, tmp_path / "o.o", objects=["cdrom"], choices=choices)
     got = {d.name: d.klp_symbol for d in plan.symbols.values()}
-    assert got == {"state_show": ".klp.sym.vmlinux.state_show,2",
-                   "debug": ".klp.sym.vmlinux.debug,0",
-                   "dup_static": ".klp.sym.cdrom.dup_static,1"}
+    assert got == {
+        "state_show": ".klp.sym.vmlinux.state_show,2",
+        "debug": ".klp.sym.vmlinux.debug,0",
+        "dup_static": ".klp.sym.cdrom.dup_static,1",
+    }
     assert plan.symbols["state_show"].source == "--map"
     assert set(klp_sections(out)) == {".klp.rela.vmlinux..text", ".klp.rela.cdrom..text"}
 
 
-@pytest.mark.parametrize("entry, message", [
-    ("state_show=vmlinux,3", "state_show: --map gives sympos 3, but 'vmlinux' has only 2 "
-     "symbol(s) named 'state_show': vmlinux (unknown, sympos 1), vmlinux (unknown, sympos 2)"),
-    ("state_show=vmlinux,0", "state_show: --map gives sympos 0, which needs a unique symbol, "
-     "but 'vmlinux' has 2: vmlinux (unknown, sympos 1), vmlinux (unknown, sympos 2)"),
-    ("state_show=vmlinux", "state_show: --map names 'vmlinux' without a position, but "
-     "'vmlinux' has 2: vmlinux (unknown, sympos 1), vmlinux (unknown, sympos 2); add the "
-     "position: state_show=vmlinux,POS"),
-    ("state_show=cdrom,1", "state_show: --map names object 'cdrom', which has no symbol "
-     "'state_show'; candidates: vmlinux (unknown, sympos 1), vmlinux (unknown, sympos 2)"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (
+            "state_show=vmlinux,3",
+            "state_show: --map gives sympos 3, but 'vmlinux' has only 2 "
+            "symbol(s) named 'state_show': vmlinux (unknown, sympos 1), vmlinux (unknown, sympos 2)",
+        ),
+        (
+            "state_show=vmlinux,0",
+            "state_show: --map gives sympos 0, which needs a unique symbol, "
+            "but 'vmlinux' has 2: vmlinux (unknown, sympos 1), vmlinux (unknown, sympos 2)",
+        ),
+        (
+            "state_show=vmlinux",
+            "state_show: --map names 'vmlinux' without a position, but "
+            "'vmlinux' has 2: vmlinux (unknown, sympos 1), vmlinux (unknown, sympos 2); add the "
+            "position: state_show=vmlinux,POS",
+        ),
+        (
+            "state_show=cdrom,1",
+            "state_show: --map names object 'cdrom', which has no symbol "
+            "'state_show'; candidates: vmlinux (unknown, sympos 1), vmlinux (unknown, sympos 2)",
+        ),
+    ],
+)
 def test_map_choice_errors(cc, small_db, entry, message):
     src = cc("extern int state_show(void); int f(void) { return state_show(); }")
     plan = plan_of(src, small_db, objects=["cdrom"], choices=[parse_map_entry(entry, "--map")])
@@ -248,24 +305,36 @@ def test_map_to_unpatched_module_static_is_gated_on_the_patched_module(cc, small
     assert plan.errors == [
         "other_static: not exported, and found only in objects this livepatch does not patch "
         "(patched: cdrom): othermod (unknown, sympos 1); pass --object OBJ if the livepatch "
-        "patches it, or " + HOW.format(n="other_static")]
-    plan = plan_of(src, small_db, objects=["cdrom"],
-                   choices=[parse_map_entry("other_static=othermod", "--map")])
+        "patches it, or " + HOW.format(n="other_static")
+    ]
+    plan = plan_of(
+        src,
+        small_db,
+        objects=["cdrom"],
+        choices=[parse_map_entry("other_static=othermod", "--map")],
+    )
     d = plan.symbols["other_static"]
     assert plan.ok and (d.klp_symbol, d.gate) == (".klp.sym.othermod.other_static,0", "cdrom")
-    assert d.reason.endswith("(warning: 'othermod' is not a dependency of 'cdrom' in the "
-                             "symbol database: the symbol may be missing when the relocation "
-                             "is applied)")
+    assert d.reason.endswith(
+        "(warning: 'othermod' is not a dependency of 'cdrom' in the "
+        "symbol database: the symbol may be missing when the relocation "
+        "is applied)"
+    )
 
 
-@pytest.mark.parametrize("text, message", [
-    ("foo", "--map: 'foo' is not NAME=OBJ[,POS]"),
-    ("foo=", "--map: 'foo=' is not NAME=OBJ[,POS]"),
-    ("foo=a.b", "--map: 'a.b' is not a valid object name (1-55 characters, no '.')"),
-    ("foo=vmlinux,x", "--map: position 'x' is not a non-negative integer"),
-    ("foo=" + "m" * 56, "--map: '" + "m" * 56 + "' is not a valid object name "
-     "(1-55 characters, no '.')"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("foo", "--map: 'foo' is not NAME=OBJ[,POS]"),
+        ("foo=", "--map: 'foo=' is not NAME=OBJ[,POS]"),
+        ("foo=a.b", "--map: 'a.b' is not a valid object name (1-55 characters, no '.')"),
+        ("foo=vmlinux,x", "--map: position 'x' is not a non-negative integer"),
+        (
+            "foo=" + "m" * 56,
+            "--map: '" + "m" * 56 + "' is not a valid object name (1-55 characters, no '.')",
+        ),
+    ],
+)
 def test_map_entry_errors(text, message):
     assert parse_map_entry(text, "--map") == message
 
@@ -295,7 +364,8 @@ def test_v7_module_relocs_annotations(cc, small_db, tmp_path, arch):
     plan, res, out = convert(cc(V7, arch), small_db, tmp_path / "o.o", objects=["cdrom"])
     assert {d.name: d.klp_symbol for d in plan.symbols.values()} == {
         "state_show": ".klp.sym.vmlinux.state_show,2",
-        "dup_static": ".klp.sym.cdrom.dup_static,1"}
+        "dup_static": ".klp.sym.cdrom.dup_static,1",
+    }
     assert plan.symbols["state_show"].source == "KLP_MODULE_RELOC(vmlinux) record 0"
     names = [s.name for s in out.sections]
     assert not any("module_relocs" in n for n in names)
@@ -305,8 +375,10 @@ def test_v7_module_relocs_annotations(cc, small_db, tmp_path, arch):
 
 
 def test_v7_annotation_errors(cc, small_db):
-    src = V7.replace("int f(void) { return state_show() + dup_static(); }",
-                     "int f(void) { return state_show(); }")
+    src = V7.replace(
+        "int f(void) { return state_show() + dup_static(); }",
+        "int f(void) { return state_show(); }",
+    )
     src += r"""
 struct klp_module_reloc vm2[] __attribute__((section(".klp.module_relocs.vmlinux"),
     used, aligned(4))) = { { .sym = state_show, .sympos = 1 } };
@@ -316,7 +388,8 @@ struct klp_module_reloc vm2[] __attribute__((section(".klp.module_relocs.vmlinux
         # (gcc emits vm2 first in the section)
         "state_show: conflicting annotations: vmlinux,1 (KLP_MODULE_RELOC(vmlinux) record 0) "
         "vs vmlinux,2 (KLP_MODULE_RELOC(vmlinux) record 1)",
-        "dup_static: annotated in .klp.module_relocs but no relocation uses it"]
+        "dup_static: annotated in .klp.module_relocs but no relocation uses it",
+    ]
 
 
 def test_v7_annotation_record_size_error(cc, small_db):
@@ -327,8 +400,9 @@ struct r rel[] __attribute__((section(".klp.module_relocs.vmlinux"), used)) = { 
 int f(void) { return state_show(); }
 """
     plan = plan_of(cc(src), small_db, objects=["cdrom"])
-    assert plan.errors[0] == (".klp.module_relocs.vmlinux: size 16 is not a multiple of 12 "
-                              "(struct klp_module_reloc)")
+    assert plan.errors[0] == (
+        ".klp.module_relocs.vmlinux: size 16 is not a multiple of 12 (struct klp_module_reloc)"
+    )
 
 
 MINIMAL = r"""
@@ -344,45 +418,67 @@ def test_minimal_intermediate_symbols(cc, small_db, tmp_path):
     plan, res, out = convert(cc(MINIMAL), small_db, tmp_path / "o.o")
     d = {n: (x.klp_symbol, x.gate) for n, x in plan.symbols.items()}
     assert d == {
-        ".klp.sym.rela.cdrom.cdrom.cdrom_read_mech_status,0":
-            (".klp.sym.cdrom.cdrom_read_mech_status,0", "cdrom"),
-        ".klp.sym.rela.vmlinux.cdrom.cdrom_read_mech_status,0":
-            (".klp.sym.cdrom.cdrom_read_mech_status,0", "vmlinux"),
+        ".klp.sym.rela.cdrom.cdrom.cdrom_read_mech_status,0": (
+            ".klp.sym.cdrom.cdrom_read_mech_status,0",
+            "cdrom",
+        ),
+        ".klp.sym.rela.vmlinux.cdrom.cdrom_read_mech_status,0": (
+            ".klp.sym.cdrom.cdrom_read_mech_status,0",
+            "vmlinux",
+        ),
         ".klp.sym.rela.vmlinux.vmlinux.state_show.2": (".klp.sym.vmlinux.state_show,2", "vmlinux"),
         # a vmlinux symbol gated on a module is re-gated on vmlinux (kernel >= 5.8)
-        ".klp.sym.rela.cdrom.vmlinux.cmdline_proc_show.0":
-            (".klp.sym.vmlinux.cmdline_proc_show,0", "vmlinux"),
+        ".klp.sym.rela.cdrom.vmlinux.cmdline_proc_show.0": (
+            ".klp.sym.vmlinux.cmdline_proc_show,0",
+            "vmlinux",
+        ),
     }
     assert plan.symbols[".klp.sym.rela.cdrom.vmlinux.cmdline_proc_show.0"].reason.endswith(
         "; gated on vmlinux, not cdrom: since 5.8 the kernel refuses vmlinux symbols in a "
-        "module-gated section")
+        "module-gated section"
+    )
     # two intermediates naming one kernel symbol become one symbol
     klp = [s.name for s in out.symtab.symbols if s.name.startswith(".klp.sym.")]
-    assert sorted(klp) == [".klp.sym.cdrom.cdrom_read_mech_status,0",
-                           ".klp.sym.vmlinux.cmdline_proc_show,0",
-                           ".klp.sym.vmlinux.state_show,2"]
+    assert sorted(klp) == [
+        ".klp.sym.cdrom.cdrom_read_mech_status,0",
+        ".klp.sym.vmlinux.cmdline_proc_show,0",
+        ".klp.sym.vmlinux.state_show,2",
+    ]
     assert set(klp_sections(out)) == {".klp.rela.cdrom..text", ".klp.rela.vmlinux..text"}
 
 
 def test_minimal_mode_without_database(cc, tmp_path):
     plan, _res, out = convert(cc(MINIMAL), None, tmp_path / "o.o")
-    assert plan.symbols[".klp.sym.rela.vmlinux.vmlinux.state_show.2"].klp_symbol == \
-        ".klp.sym.vmlinux.state_show,2"
+    assert (
+        plan.symbols[".klp.sym.rela.vmlinux.vmlinux.state_show.2"].klp_symbol
+        == ".klp.sym.vmlinux.state_show,2"
+    )
     assert set(klp_sections(out)) == {".klp.rela.cdrom..text", ".klp.rela.vmlinux..text"}
 
 
-@pytest.mark.parametrize("name, message", [
-    (".klp.sym.rela.cdrom.cdrom.foo.isra.0.1",
-     "intermediate symbol '.klp.sym.rela.cdrom.cdrom.foo.isra.0.1': the v3 form '<sym>.<pos>' "
-     "cannot carry a dotted symbol name ('foo.isra.0'; the kernel tool reads it with "
-     "%511[^.]); use the v2 form '<sym>,<pos>' or --map"),
-    (".klp.sym.rela.cdrom.foo", "intermediate symbol '.klp.sym.rela.cdrom.foo' is not "
-     ".klp.sym.rela.<lp_obj>.<sym_obj>.<sym>,<pos> (v1/v2) or "
-     ".klp.sym.rela.<lp_obj>.<sym_obj>.<sym>.<pos> (v3)"),
-    (".klp.sym.rela.cdrom.cdrom.foo,x", "intermediate symbol '.klp.sym.rela.cdrom.cdrom.foo,x' "
-     "is not .klp.sym.rela.<lp_obj>.<sym_obj>.<sym>,<pos> (v1/v2) or "
-     ".klp.sym.rela.<lp_obj>.<sym_obj>.<sym>.<pos> (v3)"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (
+            ".klp.sym.rela.cdrom.cdrom.foo.isra.0.1",
+            "intermediate symbol '.klp.sym.rela.cdrom.cdrom.foo.isra.0.1': the v3 form '<sym>.<pos>' "
+            "cannot carry a dotted symbol name ('foo.isra.0'; the kernel tool reads it with "
+            "%511[^.]); use the v2 form '<sym>,<pos>' or --map",
+        ),
+        (
+            ".klp.sym.rela.cdrom.foo",
+            "intermediate symbol '.klp.sym.rela.cdrom.foo' is not "
+            ".klp.sym.rela.<lp_obj>.<sym_obj>.<sym>,<pos> (v1/v2) or "
+            ".klp.sym.rela.<lp_obj>.<sym_obj>.<sym>.<pos> (v3)",
+        ),
+        (
+            ".klp.sym.rela.cdrom.cdrom.foo,x",
+            "intermediate symbol '.klp.sym.rela.cdrom.cdrom.foo,x' "
+            "is not .klp.sym.rela.<lp_obj>.<sym_obj>.<sym>,<pos> (v1/v2) or "
+            ".klp.sym.rela.<lp_obj>.<sym_obj>.<sym>.<pos> (v3)",
+        ),
+    ],
+)
 def test_intermediate_errors(name, message):
     assert parse_intermediate(name) == message
 
@@ -400,31 +496,50 @@ void *entries[] __attribute__((section("{sec}"), used)) = {{ (void *) {sym} }};
 """
 
 
-@pytest.mark.parametrize("sec, sym, error", [
-    ("__jump_table", "cmdline_proc_show", None),       # vmlinux-gated: applied early (5.8+)
-    ("__jump_table", "cdrom_read_mech_status",
-     "jump_label_add_module() reads the keys when the livepatch loads; only vmlinux-gated "
-     "relocations (applied early, kernel >= 5.8) are there in time"),
-    (".altinstructions", "cmdline_proc_show",
-     "apply_alternatives() consumes it in module_finalize() when the livepatch loads, before "
-     "livepatch relocations are applied"),
-    (".static_call_sites", "cdrom_read_mech_status",
-     "static_call_add_module() resolves the keys when the livepatch loads, before livepatch "
-     "relocations are applied"),
-    ("__ex_table", "cmdline_proc_show",
-     "the exception table is sorted and searched from load time on; entries must point into "
-     "the livepatch itself"),
-    (".parainstructions", "cdrom_read_mech_status",
-     "apply_paravirt() patches these sites in module_finalize() when the livepatch loads"),
-])
+@pytest.mark.parametrize(
+    "sec, sym, error",
+    [
+        ("__jump_table", "cmdline_proc_show", None),  # vmlinux-gated: applied early (5.8+)
+        (
+            "__jump_table",
+            "cdrom_read_mech_status",
+            "jump_label_add_module() reads the keys when the livepatch loads; only vmlinux-gated "
+            "relocations (applied early, kernel >= 5.8) are there in time",
+        ),
+        (
+            ".altinstructions",
+            "cmdline_proc_show",
+            "apply_alternatives() consumes it in module_finalize() when the livepatch loads, before "
+            "livepatch relocations are applied",
+        ),
+        (
+            ".static_call_sites",
+            "cdrom_read_mech_status",
+            "static_call_add_module() resolves the keys when the livepatch loads, before livepatch "
+            "relocations are applied",
+        ),
+        (
+            "__ex_table",
+            "cmdline_proc_show",
+            "the exception table is sorted and searched from load time on; entries must point into "
+            "the livepatch itself",
+        ),
+        (
+            ".parainstructions",
+            "cdrom_read_mech_status",
+            "apply_paravirt() patches these sites in module_finalize() when the livepatch loads",
+        ),
+    ],
+)
 def test_special_sections(cc, small_db, sec, sym, error):
     plan = plan_of(cc(SPECIAL.format(sec=sec, sym=sym)), small_db, objects=["cdrom"])
     if error is None:
         assert plan.ok, plan.errors
         assert any(r.new_section == f".klp.rela.vmlinux.{sec}" for r in plan.relocations)
         return
-    assert plan.errors == [f".rela{sec}: {sec}+0x0: relocation to {sym} cannot be converted: "
-                           f"special section: {error}"]
+    assert plan.errors == [
+        f".rela{sec}: {sec}+0x0: relocation to {sym} cannot be converted: special section: {error}"
+    ]
 
 
 def test_vmlinux_gated_jump_table_refused_before_5_8(cc, small_db):
@@ -448,14 +563,18 @@ __attribute__((section(".init.text.v"))) int lp_init2(void) { return cmdline_pro
         "relocations there",
         ".rela.init.text: .init.text+0x1: relocation to cdrom_read_mech_status cannot be "
         "converted: module-gated livepatch relocations are written when the patched module "
-        "loads, possibly after the livepatch's init code has run and been freed"]
+        "loads, possibly after the livepatch's init code has run and been freed",
+    ]
     # the vmlinux-gated one in .init.text.v is fine
     assert any(r.new_section == ".klp.rela.vmlinux..init.text.v" for r in plan.relocations)
 
 
 def test_rel_input_is_refused_when_it_needs_conversion(cc, small_db, tmp_path):
-    obj = cc("extern int cdrom_read_mech_status(void); extern int printk(const char *, ...);\n"
-             "int f(void) { printk(\"x\"); return cdrom_read_mech_status(); }", arch="i386")
+    obj = cc(
+        "extern int cdrom_read_mech_status(void); extern int printk(const char *, ...);\n"
+        'int f(void) { printk("x"); return cdrom_read_mech_status(); }',
+        arch="i386",
+    )
     elf = ElfFile.read(obj)
     assert elf.elfclass == 32 and elf.section(".rel.text") is not None
     plan = make_plan(elf, small_db, PlanOptions(objects=["cdrom"]))
@@ -463,12 +582,14 @@ def test_rel_input_is_refused_when_it_needs_conversion(cc, small_db, tmp_path):
         ".rel.text: .text+0x11: relocation to cdrom_read_mech_status cannot be converted: "
         "SHT_REL: the kernel's livepatch core applies only SHT_RELA sections "
         "(klp_apply_section_relocs -> apply_relocate_add); REL architectures have no "
-        "livepatch support, so klpkit does not invent RELA for them"]
+        "livepatch support, so klpkit does not invent RELA for them"
+    ]
     with pytest.raises(ConvertError, match="the plan has 1 error"):
         apply_plan(elf, plan)
     # a REL object whose references all stay normal converts (to an identical file)
-    ok = cc("extern int printk(const char *, ...); int f(void) { return printk(\"x\"); }",
-            arch="i386")
+    ok = cc(
+        'extern int printk(const char *, ...); int f(void) { return printk("x"); }', arch="i386"
+    )
     plan, _res, out = convert(ok, small_db, tmp_path / "rel.o", objects=["cdrom"])
     assert (tmp_path / "rel.o").read_bytes() == ok.read_bytes()
 
@@ -488,22 +609,22 @@ f:      mflr 0
 
 
 def test_elf32_big_endian_rela(cc, small_db, tmp_path):
-    plan, _res, out = convert(cc(PPC, arch="ppc"), small_db, tmp_path / "ppc.o",
-                              objects=["cdrom"])
+    plan, _res, out = convert(cc(PPC, arch="ppc"), small_db, tmp_path / "ppc.o", objects=["cdrom"])
     assert (out.elfclass, out.little_endian) == (32, False)
     secs = klp_sections(out)
     assert set(secs) == {".klp.rela.cdrom..text", ".klp.rela.vmlinux..text"}
     assert all(s.entsize == 12 and s.addralign == 4 for s in secs.values())
-    assert [r.symbol.name for r in secs[".klp.rela.vmlinux..text"].relocations] == \
-        [".klp.sym.vmlinux.cmdline_proc_show,0"] * 2
-    r = subprocess.run(["readelf", "-W", "-r", str(tmp_path / "ppc.o")], capture_output=True,
-                       text=True, check=True)
+    assert [r.symbol.name for r in secs[".klp.rela.vmlinux..text"].relocations] == [
+        ".klp.sym.vmlinux.cmdline_proc_show,0"
+    ] * 2
+    r = subprocess.run(
+        ["readelf", "-W", "-r", str(tmp_path / "ppc.o")], capture_output=True, text=True, check=True
+    )
     assert "R_PPC_ADDR16_HA" in r.stdout and ".klp.sym.vmlinux.cmdline_proc_show,0" in r.stdout
 
 
 def test_s390x_big_endian(cc, small_db, tmp_path):
-    plan, _res, out = convert(cc(BASE, arch="s390x"), small_db, tmp_path / "s.o",
-                              objects=["cdrom"])
+    plan, _res, out = convert(cc(BASE, arch="s390x"), small_db, tmp_path / "s.o", objects=["cdrom"])
     assert not out.little_endian
     assert Modinfo.parse(out.section(".modinfo").data).depends == ["scsi_mod"]
     names = [v.name for v in parse_versions(out.section("__versions").data, 64, False)]
@@ -516,8 +637,10 @@ def test_normal_relocation_on_livepatch_symbol_is_an_error(cc, small_db):
     sym = next(s for s in elf.symtab.symbols if s.name == "printk")
     sym.shndx = C.SHN_LIVEPATCH
     plan = make_plan(elf, small_db, PlanOptions(objects=["cdrom"]))
-    assert plan.errors and all("normal relocation on livepatch symbol printk (the loader "
-                               "would resolve it to 0)" in e for e in plan.errors)
+    assert plan.errors and all(
+        "normal relocation on livepatch symbol printk (the loader would resolve it to 0)" in e
+        for e in plan.errors
+    )
 
 
 def test_reconverting_is_a_no_op_and_bad_klp_sections_are_reported(cc, small_db, tmp_path):
@@ -530,33 +653,49 @@ def test_reconverting_is_a_no_op_and_bad_klp_sections_are_reported(cc, small_db,
     plan = make_plan(out, small_db, PlanOptions(objects=["cdrom"]))
     assert plan.errors[0].startswith(".klp.rela.cdrom..text+0x")
     assert len(plan.errors) == 1
-    assert plan.errors[0].endswith(": symbol printk is not marked as a livepatch symbol "
-                                   "(the kernel refuses the module)")
+    assert plan.errors[0].endswith(
+        ": symbol printk is not marked as a livepatch symbol (the kernel refuses the module)"
+    )
 
 
 def test_missing_livepatch_tag_warns(cc, small_db):
-    plan = plan_of(cc("extern int printk(const char *, ...); int f(void){return printk(\"\");}"),
-                   small_db, objects=["cdrom"])
+    plan = plan_of(
+        cc('extern int printk(const char *, ...); int f(void){return printk("");}'),
+        small_db,
+        objects=["cdrom"],
+    )
     assert plan.ok
-    assert ('no livepatch=Y in .modinfo (MODULE_INFO(livepatch, "Y")): klp_enable_patch() '
-            "will refuse the module") in plan.warnings
+    assert (
+        'no livepatch=Y in .modinfo (MODULE_INFO(livepatch, "Y")): klp_enable_patch() '
+        "will refuse the module"
+    ) in plan.warnings
 
 
 def test_symbol_name_too_long_for_the_kernel(cc, small_db):
     long = "x" * 600
-    src = cc(f'extern int f1(void) __asm__("\\".klp.sym.rela.vmlinux.vmlinux.{long},0\\"");\n'
-             "int f(void) { return f1(); }")
+    src = cc(
+        f'extern int f1(void) __asm__("\\".klp.sym.rela.vmlinux.vmlinux.{long},0\\"");\n'
+        "int f(void) { return f1(); }"
+    )
     plan = make_plan(ElfFile.read(src), None, PlanOptions())
-    assert plan.errors == [f".klp.sym.rela.vmlinux.vmlinux.{long},0: '{long}' cannot be a "
-                           "livepatch symbol name on kernel 6.1 (at most 511 characters, no ',')"]
+    assert plan.errors == [
+        f".klp.sym.rela.vmlinux.vmlinux.{long},0: '{long}' cannot be a "
+        "livepatch symbol name on kernel 6.1 (at most 511 characters, no ',')"
+    ]
 
 
 # ----------------------------------------------------------------- classifier API
 def test_classifier_api(small_db):
     clf = Classifier(small_db, ["cdrom"])
     d = clf.classify("cdrom_check_events")
-    assert (d.category, d.action, d.object, d.sympos, d.gate, d.klp_symbol) == \
-        (Category.B, Action.CONVERT, "cdrom", 0, "cdrom", ".klp.sym.cdrom.cdrom_check_events,0")
+    assert (d.category, d.action, d.object, d.sympos, d.gate, d.klp_symbol) == (
+        Category.B,
+        Action.CONVERT,
+        "cdrom",
+        0,
+        "cdrom",
+        ".klp.sym.cdrom.cdrom_check_events,0",
+    )
     assert clf.classify("printk").category is Category.A
     assert clf.classify("klpkit_weak", weak=True).action is Action.KEEP
     assert Classifier(None, []).classify("printk").category is Category.UNCHECKED

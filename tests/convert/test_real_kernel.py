@@ -37,15 +37,21 @@ def cdrom_converted(lp_modules, debian_symdb, tmp_path_factory):
 def test_cdrom_seed_case_symbols(cdrom_converted, debian_symdb):
     src, out = cdrom_converted
     syms = run(tool("readelf"), "--wide", "--symbols", out)
-    lines = {ln.split()[-1]: " ".join(ln.split()[3:8]) for ln in syms.splitlines()
-             if ".klp.sym." in ln}
+    lines = {
+        ln.split()[-1]: " ".join(ln.split()[3:8]) for ln in syms.splitlines() if ".klp.sym." in ln
+    }
     assert lines[".klp.sym.cdrom.cdrom_check_events,0"] == "FUNC GLOBAL DEFAULT OS [0xff20]"
     # every static of cdrom the copy uses (what the real 6.1 function calls: the local
     # cdrom_read_mech_status and the local `debug`) became .klp.sym.cdrom.<name>,0
     undefined = [s.name for s in ElfFile.read(src).symtab.symbols if s.is_undefined and s.name]
-    statics = [n for n in undefined
-               if any(e.object == "cdrom" and e.bind == "local"
-                      for e in debian_symdb.lookup(n, object="cdrom"))]
+    statics = [
+        n
+        for n in undefined
+        if any(
+            e.object == "cdrom" and e.bind == "local"
+            for e in debian_symdb.lookup(n, object="cdrom")
+        )
+    ]
     assert sorted(statics) == ["cdrom_read_mech_status", "debug"]
     for name in statics:
         assert f".klp.sym.cdrom.{name},0" in lines
@@ -67,14 +73,20 @@ def test_cdrom_seed_case_relocations(cdrom_converted):
     _src, out = cdrom_converted
     text = run(tool("readelf"), "--wide", "--relocs", out)
     blocks = re.split(r"\n(?=Relocation section )", text)
-    klp = {re.match(r"Relocation section '([^']+)'", b).group(1): b for b in blocks
-           if b.startswith("Relocation section '.klp.rela.")}
+    klp = {
+        re.match(r"Relocation section '([^']+)'", b).group(1): b
+        for b in blocks
+        if b.startswith("Relocation section '.klp.rela.")
+    }
     assert klp and all(name.startswith(".klp.rela.cdrom..text") for name in klp)
     body = "\n".join(klp.values())
     for name in ("cdrom_check_events", "cdrom_read_mech_status", "debug"):
         assert f".klp.sym.cdrom.{name},0" in body
-    normal = "\n".join(b for n, b in ((re.match(r"Relocation section '([^']+)'", b), b)
-                                      for b in blocks) if n and not n.group(1).startswith(".klp"))
+    normal = "\n".join(
+        b
+        for n, b in ((re.match(r"Relocation section '([^']+)'", b), b) for b in blocks)
+        if n and not n.group(1).startswith(".klp")
+    )
     assert ".klp.sym." not in normal
     secs = run(tool("readelf"), "--wide", "--sections", out)
     for ln in secs.splitlines():
@@ -99,10 +111,14 @@ def test_cdrom_seed_case_modinfo(cdrom_converted):
 
 
 ALLOWED_ELFLINT = [
-    re.compile(r"^section \[\s*\d+\] '\.symtab': symbol \d+ \(\.klp\.sym\.[^)]+\): "
-               r"invalid section index$"),
-    re.compile(r"^section \[\s*\d+\] '\.klp\.rela\.[^']+' contains unknown flag\(s\) "
-               r"0x100000$"),
+    re.compile(
+        r"^section \[\s*\d+\] '\.symtab': symbol \d+ \(\.klp\.sym\.[^)]+\): "
+        r"invalid section index$"
+    ),
+    re.compile(
+        r"^section \[\s*\d+\] '\.klp\.rela\.[^']+' contains unknown flag\(s\) "
+        r"0x100000$"
+    ),
 ]
 
 
@@ -119,8 +135,20 @@ def test_cdrom_seed_case_elflint(cdrom_converted):
 
 def test_cdrom_keep_exports_keeps_the_dependency(lp_modules, debian_symdb, tmp_path):
     out = tmp_path / "keep.ko"
-    assert main(["convert", str(lp_modules["lp_cdrom"]), "-o", str(out), "--symbols",
-                 str(debian_symdb.path), "--keep-exports"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(lp_modules["lp_cdrom"]),
+                "-o",
+                str(out),
+                "--symbols",
+                str(debian_symdb.path),
+                "--keep-exports",
+            ]
+        )
+        == 0
+    )
     mi = Modinfo.parse(ElfFile.read(out).section(".modinfo").data)
     assert mi.depends == ["cdrom"]
     names = {s.name for s in ElfFile.read(out).symtab.symbols}
@@ -132,21 +160,31 @@ def test_policy_branches_on_a_built_module(lp_modules, debian_symdb, tmp_path):
     plan = make_plan(ElfFile.read(src), debian_symdb)
     assert plan.ok, plan.errors
     assert (plan.objects, plan.objects_source) == (["cdrom"], "klp_object")
-    got = {n: (str(d.category), d.klp_symbol) for n, d in plan.symbols.items()
-           if n in ("_printk", "cdrom_check_events", "cdrom_read_mech_status", "debug",
-                    "cmdline_proc_show", "saved_command_line", "scsi_device_get")}
+    got = {
+        n: (str(d.category), d.klp_symbol)
+        for n, d in plan.symbols.items()
+        if n
+        in (
+            "_printk",
+            "cdrom_check_events",
+            "cdrom_read_mech_status",
+            "debug",
+            "cmdline_proc_show",
+            "saved_command_line",
+            "scsi_device_get",
+        )
+    }
     assert got == {
         "_printk": ("A", None),
         "cdrom_check_events": ("B", ".klp.sym.cdrom.cdrom_check_events,0"),
         "cdrom_read_mech_status": ("local", ".klp.sym.cdrom.cdrom_read_mech_status,0"),
-        "debug": ("local", ".klp.sym.cdrom.debug,0"),   # not one of vmlinux's two
+        "debug": ("local", ".klp.sym.cdrom.debug,0"),  # not one of vmlinux's two
         "cmdline_proc_show": ("local", ".klp.sym.vmlinux.cmdline_proc_show,0"),
         "saved_command_line": ("local", ".klp.sym.vmlinux.saved_command_line,0"),
         "scsi_device_get": ("C-D", None),
     }
     out = tmp_path / "lp_policy.klp.ko"
-    assert main(["convert", str(src), "-o", str(out), "--symbols",
-                 str(debian_symdb.path)]) == 0
+    assert main(["convert", str(src), "-o", str(out), "--symbols", str(debian_symdb.path)]) == 0
     elf = ElfFile.read(out)
     assert Modinfo.parse(elf.section(".modinfo").data).depends == ["scsi_mod"]
     names = {s.name for s in elf.sections}
@@ -159,26 +197,49 @@ def test_ambiguous_and_unknown_on_the_real_kernel(lp_modules, debian_symdb, caps
     src = lp_modules["lp_ambig"]
     plan = make_plan(ElfFile.read(src), debian_symdb)
     assert plan.objects == ["vmlinux"]
-    how = ("choose with --map {n}=OBJ,POS (or a --map-file line), KLP_MODULE_RELOC(OBJ) "
-           "{{ KLP_SYMPOS({n}, POS) }} or KLP_RELOC_SYMBOL_POS(PATCHED_OBJ, OBJ, {n}, POS)")
+    how = (
+        "choose with --map {n}=OBJ,POS (or a --map-file line), KLP_MODULE_RELOC(OBJ) "
+        "{{ KLP_SYMPOS({n}, POS) }} or KLP_RELOC_SYMBOL_POS(PATCHED_OBJ, OBJ, {n}, POS)"
+    )
     assert plan.errors == [
         "state_show: ambiguous: 5 candidates in vmlinux: "
-        + ", ".join(f"vmlinux (local, sympos {i})" for i in range(1, 6)) + "; "
+        + ", ".join(f"vmlinux (local, sympos {i})" for i in range(1, 6))
+        + "; "
         + how.format(n="state_show"),
         "klpkit_no_such_symbol: not found in any object of the symbol database; define it "
-        "in the livepatch, or " + how.format(n="klpkit_no_such_symbol")]
+        "in the livepatch, or " + how.format(n="klpkit_no_such_symbol"),
+    ]
     out = tmp_path / "o.ko"
-    rc = main(["convert", str(src), "-o", str(out), "--symbols", str(debian_symdb.path),
-               "--map", "state_show=vmlinux,3"])
+    rc = main(
+        [
+            "convert",
+            str(src),
+            "-o",
+            str(out),
+            "--symbols",
+            str(debian_symdb.path),
+            "--map",
+            "state_show=vmlinux,3",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and not out.exists()
     assert err.splitlines()[0].startswith("klpkit: error: klpkit_no_such_symbol: not found")
-    plan = make_plan(ElfFile.read(src), debian_symdb, PlanOptions(
-        choices=[parse_map_entry("state_show=vmlinux,3", "--map"),
-                 parse_map_entry("klpkit_no_such_symbol=vmlinux", "--map")]))
+    plan = make_plan(
+        ElfFile.read(src),
+        debian_symdb,
+        PlanOptions(
+            choices=[
+                parse_map_entry("state_show=vmlinux,3", "--map"),
+                parse_map_entry("klpkit_no_such_symbol=vmlinux", "--map"),
+            ]
+        ),
+    )
     assert plan.symbols["state_show"].klp_symbol == ".klp.sym.vmlinux.state_show,3"
-    assert plan.errors == ["klpkit_no_such_symbol: --map names object 'vmlinux', which has no "
-                           "symbol 'klpkit_no_such_symbol'"]
+    assert plan.errors == [
+        "klpkit_no_such_symbol: --map names object 'vmlinux', which has no "
+        "symbol 'klpkit_no_such_symbol'"
+    ]
 
 
 def test_annotations_on_a_built_module(lp_modules, debian_symdb, tmp_path):
@@ -188,14 +249,18 @@ def test_annotations_on_a_built_module(lp_modules, debian_symdb, tmp_path):
     plan = make_plan(elf, debian_symdb)
     assert plan.ok, plan.errors
     assert plan.objects == ["vmlinux", "cdrom"]
-    assert ('no livepatch=Y in .modinfo (MODULE_INFO(livepatch, "Y")): klp_enable_patch() '
-            "will refuse the module") in plan.warnings
-    assert main(["convert", str(src), "-o", str(out), "--symbols",
-                 str(debian_symdb.path)]) == 0
+    assert (
+        'no livepatch=Y in .modinfo (MODULE_INFO(livepatch, "Y")): klp_enable_patch() '
+        "will refuse the module"
+    ) in plan.warnings
+    assert main(["convert", str(src), "-o", str(out), "--symbols", str(debian_symdb.path)]) == 0
     conv = ElfFile.read(out)
     klp = sorted(s.name for s in conv.symtab.symbols if s.name.startswith(".klp.sym."))
-    assert klp == [".klp.sym.cdrom.cdrom_read_mech_status,0",
-                   ".klp.sym.vmlinux.enabled_show,4", ".klp.sym.vmlinux.state_show,3"]
+    assert klp == [
+        ".klp.sym.cdrom.cdrom_read_mech_status,0",
+        ".klp.sym.vmlinux.enabled_show,4",
+        ".klp.sym.vmlinux.state_show,3",
+    ]
     assert not any("module_relocs" in s.name for s in conv.sections)
     assert any(s.name.startswith(".klp.rela.cdrom..text") for s in conv.sections)
 
@@ -214,25 +279,32 @@ def test_klp_convert_dropin_with_a_symbols_list(lp_modules, debian_symdb, tmp_pa
                 lines.append(e.name)
     order = ["vmlinux"] + sorted(o for o in objs if o != "vmlinux")
     lst = tmp_path / "Symbols.list"
-    lst.write_text("klp-convert-symbol-data.0.1\n" + "".join(
-        f"*{o}\n" + "".join(f"{n}\n" for n in objs.get(o, [])) for o in order))
+    lst.write_text(
+        "klp-convert-symbol-data.0.1\n"
+        + "".join(f"*{o}\n" + "".join(f"{n}\n" for n in objs.get(o, [])) for o in order)
+    )
     out = tmp_path / "lp_cdrom.ko"
     assert klp_convert_main([str(lst), str(src), str(out)]) == 0
     assert capsys.readouterr().err == ""
     names = {s.name for s in ElfFile.read(out).symtab.symbols}
-    assert {".klp.sym.cdrom.cdrom_check_events,0", ".klp.sym.cdrom.debug,0",
-            ".klp.sym.cdrom.cdrom_read_mech_status,0"} <= names
+    assert {
+        ".klp.sym.cdrom.cdrom_check_events,0",
+        ".klp.sym.cdrom.debug,0",
+        ".klp.sym.cdrom.cdrom_read_mech_status,0",
+    } <= names
 
 
 def test_module_of_another_architecture_is_refused(cc, debian_symdb, tmp_path):
     """The database knows its kernel's architecture (from vmlinux): an i386 object
     converted against the x86_64 kernel is refused, and nothing is written."""
     assert debian_symdb.machine == 62  # EM_X86_64
-    obj = cc("extern int printk(const char *, ...);\n"
-             "int f(void) { return printk(\"x\"); }\n", arch="i386")
+    obj = cc(
+        'extern int printk(const char *, ...);\nint f(void) { return printk("x"); }\n', arch="i386"
+    )
     out = tmp_path / "out.ko"
     plan = make_plan(ElfFile.read(obj), debian_symdb, PlanOptions(objects=["vmlinux"]))
-    assert ("the module is for i386, the symbol database's kernel 6.1.0-47-amd64 is for "
-            "x86_64") in plan.errors
+    assert (
+        "the module is for i386, the symbol database's kernel 6.1.0-47-amd64 is for x86_64"
+    ) in plan.errors
     rc = main(["convert", str(obj), "-o", str(out), "--symbols", str(debian_symdb.path)])
     assert rc == 1 and not out.exists()

@@ -50,8 +50,9 @@ def _same_answers(path, tmp_path, names=NAMES, release="6.1.0-test"):
         for name in names:
             for obj in (None, "vmlinux", "mod", "other", "missing"):
                 for init in (False, True):
-                    assert st.lookup(name, obj, include_init=init) == \
-                        db.lookup(name, obj, include_init=init), (name, obj, init)
+                    assert st.lookup(name, obj, include_init=init) == db.lookup(
+                        name, obj, include_init=init
+                    ), (name, obj, init)
         for obj in db.objects():
             assert st.module_depends(obj) == db.module_depends(obj)
             info = db.object_info(obj)
@@ -71,31 +72,46 @@ def test_klpkit_format_matches_the_import(tmp_path):
     assert st.lookup("init_fn") == []
     f = st.lookup("f", "mod")
     assert [(e.bind, e.sympos, e.count, e.exported, e.namespace, e.crc) for e in f] == [
-        ("local", 1, 2, False, None, None), ("global", 2, 2, True, "NS", 0xabcd)]
-    assert st.lookup("g", "mod")[0].sympos == 1      # the object's second run
+        ("local", 1, 2, False, None, None),
+        ("global", 2, 2, True, "NS", 0xABCD),
+    ]
+    assert st.lookup("g", "mod")[0].sympos == 1  # the object's second run
     assert st.meta["source"] == "symbols-list(test)" and st.build_id == "abc"
 
 
 def test_nm_format_matches_the_import(small_list, tmp_path):
-    names = ["printk", "state_show", "cdrom_check_events", "debug", "dup_static",
-             "scsi_device_get", "__ksymtab_printk", "other_static", "nope"]
+    names = [
+        "printk",
+        "state_show",
+        "cdrom_check_events",
+        "debug",
+        "dup_static",
+        "scsi_device_get",
+        "__ksymtab_printk",
+        "other_static",
+        "nope",
+    ]
     st = _same_answers(small_list, tmp_path, names)
     assert st.lookup("cdrom_check_events")[0].exported
-    assert not st.lookup("cdrom_read_mech_status", "cdrom")[0].exported   # rescanned
+    assert not st.lookup("cdrom_read_mech_status", "cdrom")[0].exported  # rescanned
 
 
 def test_our_export_of_a_database(small_db, tmp_path):
     path = tmp_path / "exported.list"
     export_symbols_list(small_db, path)
-    _same_answers(path, tmp_path, ["printk", "state_show", "debug", "dup_static",
-                                   "cdrom_check_events", "other_static"], "6.1.0-test")
+    _same_answers(
+        path,
+        tmp_path,
+        ["printk", "state_show", "debug", "dup_static", "cdrom_check_events", "other_static"],
+        "6.1.0-test",
+    )
 
 
 @pytest.mark.parametrize("block", [7, 64, 1 << 20])
 def test_block_boundaries(tmp_path, monkeypatch, block):
     monkeypatch.setattr(symbol_stream, "BLOCK", block)
     path = tmp_path / "Symbols.list"
-    path.write_text(KLPKIT_LIST.rstrip("\n"))        # no final newline either
+    path.write_text(KLPKIT_LIST.rstrip("\n"))  # no final newline either
     _same_answers(path, tmp_path)
 
 
@@ -107,14 +123,17 @@ def test_a_name_nobody_announced_is_found_by_a_second_pass(tmp_path):
     assert st.lookup("f", "mod")[1].exported
 
 
-@pytest.mark.parametrize("text, release", [
-    ("not a symbols list\n*vmlinux\n", None),
-    ("klp-convert-symbol-data.0.1\nstray\n*vmlinux\nprintk\n", "6.1.0-test"),
-    (KLPKIT_LIST.replace("object\tother\tmodule\t\t\t1\tBC\n", ""), None),
-    (KLPKIT_LIST.replace("\t4\t!ACACBCBC", "\t9\t!ACACBCBC"), None),
-    (KLPKIT_LIST, "6.1.0-other"),
-    ("klp-convert-symbol-data.0.1\n*vmlinux\nprintk\n", None),
-])
+@pytest.mark.parametrize(
+    "text, release",
+    [
+        ("not a symbols list\n*vmlinux\n", None),
+        ("klp-convert-symbol-data.0.1\nstray\n*vmlinux\nprintk\n", "6.1.0-test"),
+        (KLPKIT_LIST.replace("object\tother\tmodule\t\t\t1\tBC\n", ""), None),
+        (KLPKIT_LIST.replace("\t4\t!ACACBCBC", "\t9\t!ACACBCBC"), None),
+        (KLPKIT_LIST, "6.1.0-other"),
+        ("klp-convert-symbol-data.0.1\n*vmlinux\nprintk\n", None),
+    ],
+)
 def test_errors_are_the_imports(tmp_path, text, release):
     """(The klpkit record of an object is checked when a needed name is in it: here
     'f' is in 'mod'.)"""

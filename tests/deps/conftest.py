@@ -42,7 +42,8 @@ MODULE_LICENSE("GPL");
 MODULE_INFO(livepatch, "Y");
 """
 
-LP_VM = r"""
+LP_VM = (
+    r"""
 // Main livepatch of the set: patches vmlinux, exports a helper (used by lp_sr: case C).
 #include <linux/module.h>
 #include <linux/livepatch.h>
@@ -60,9 +61,12 @@ static struct klp_func funcs[] = {
 	{ .old_name = "cmdline_proc_show", .new_func = lp_cmdline_proc_show, }, { }
 };
 static struct klp_object objs[] = { { .funcs = funcs, }, { } };
-""" + _TAIL
+"""
+    + _TAIL
+)
 
-LP_CD = r"""
+LP_CD = (
+    r"""
 // Per-object livepatch for cdrom; exports a helper (used by lp_sr: case D, mirrored).
 #include <linux/module.h>
 #include <linux/livepatch.h>
@@ -80,9 +84,12 @@ static struct klp_func funcs[] = {
 	{ .old_name = "cdrom_ioctl_media_changed", .new_func = lp_media_changed, }, { }
 };
 static struct klp_object objs[] = { { .name = "cdrom", .funcs = funcs, }, { } };
-""" + _TAIL
+"""
+    + _TAIL
+)
 
-LP_SR = r"""
+LP_SR = (
+    r"""
 // Per-object livepatch for sr_mod: C (lp_vm's export), D mirrored (lp_cd's export).
 #include <linux/module.h>
 #include <linux/livepatch.h>
@@ -100,9 +107,12 @@ static struct klp_func funcs[] = {
 	{ .old_name = "sr_check_events", .new_func = lp_sr_check_events, }, { }
 };
 static struct klp_object objs[] = { { .name = "sr_mod", .funcs = funcs, }, { } };
-""" + _TAIL
+"""
+    + _TAIL
+)
 
-LP_CD_BAD = r"""
+LP_CD_BAD = (
+    r"""
 // Per-object livepatch for cdrom using lp_sr's export: D not mirrored.
 #include <linux/module.h>
 #include <linux/livepatch.h>
@@ -118,7 +128,9 @@ static struct klp_func funcs[] = {
 	{ .old_name = "cdrom_ioctl_media_changed", .new_func = lp_media_changed, }, { }
 };
 static struct klp_object objs[] = { { .name = "cdrom", .funcs = funcs, }, { } };
-""" + _TAIL
+"""
+    + _TAIL
+)
 
 
 @pytest.fixture(scope="session")
@@ -129,12 +141,15 @@ def deps_modules(debian_headers, tmp_path_factory) -> dict[str, Path]:
     from tests.kbuild import build_modules
 
     tmp = tmp_path_factory.mktemp("deps-modules")
-    sources = {"lp_vm.c": LP_VM, "lp_cd.c": LP_CD, "lp_sr.c": LP_SR,
-               "lp_cd_bad.c": LP_CD_BAD,
-               "lp_cdrom.c": (EXAMPLE_CDROM / "lp_cdrom.c").read_text()}
+    sources = {
+        "lp_vm.c": LP_VM,
+        "lp_cd.c": LP_CD,
+        "lp_sr.c": LP_SR,
+        "lp_cd_bad.c": LP_CD_BAD,
+        "lp_cdrom.c": (EXAMPLE_CDROM / "lp_cdrom.c").read_text(),
+    }
     kbuild = "obj-m := " + " ".join(n.replace(".c", ".o") for n in sources) + "\n"
     kos = build_modules(tmp, sources, kbuild)
     mods = {k.stem: k for k in kos}
     assert set(mods) == {n[:-2] for n in sources}, sorted(mods)
     return mods
-

@@ -47,8 +47,9 @@ def _check_verdict(findings, gate: str, symbol: str, sections: set[str]) -> str:
     for f in findings:
         if f.stage is Stage.LATER or not f.rule.startswith("klp."):
             continue
-        mine = (f.place.symbol == symbol and f.details.get("gate", gate) == gate) or \
-            (f.place.section in sections and not f.place.symbol)
+        mine = (f.place.symbol == symbol and f.details.get("gate", gate) == gate) or (
+            f.place.section in sections and not f.place.symbol
+        )
         if mine and RANK[VERDICT[f.severity]] > RANK[worst]:
             worst = VERDICT[f.severity]
     return worst
@@ -61,14 +62,24 @@ def assert_agree(label: str, path, db, findings=None) -> None:
     for r in report.references:
         if r.kind != "klp":
             continue
-        want = _check_verdict(findings, r.gate or "", r.symbol,
-                              holding.get((r.gate or "", r.symbol), set()))
-        assert r.verdict == want, (label, r.as_dict(),
-                                   [f.as_dict() for f in findings if f.rule.startswith("klp.")])
-    deps_unknown = {r.symbol for r in report.references
-                    if r.kind == "undefined" and r.category in (CAT_LOCAL, CAT_UNRESOLVED)}
-    check_unknown = {f.place.symbol for f in findings
-                     if f.rule in UNKNOWN_SYMBOL and f.severity is Severity.ERROR}
+        want = _check_verdict(
+            findings, r.gate or "", r.symbol, holding.get((r.gate or "", r.symbol), set())
+        )
+        assert r.verdict == want, (
+            label,
+            r.as_dict(),
+            [f.as_dict() for f in findings if f.rule.startswith("klp.")],
+        )
+    deps_unknown = {
+        r.symbol
+        for r in report.references
+        if r.kind == "undefined" and r.category in (CAT_LOCAL, CAT_UNRESOLVED)
+    }
+    check_unknown = {
+        f.place.symbol
+        for f in findings
+        if f.rule in UNKNOWN_SYMBOL and f.severity is Severity.ERROR
+    }
     assert deps_unknown == check_unknown, label
 
 
@@ -76,9 +87,11 @@ def assert_agree(label: str, path, db, findings=None) -> None:
 def corpus(lp_modules, deps_modules, issue12_modules, debian_symdb, tmp_path_factory):
     """(label, path) of every module: as built, and converted where it converts."""
     out = tmp_path_factory.mktemp("agreement")
-    mods = {**{f"lp/{k}": v for k, v in lp_modules.items()},
-            **{f"deps/{k}": v for k, v in deps_modules.items()},
-            **{f"issue12/{k}": v for k, v in issue12_modules.items()}}
+    mods = {
+        **{f"lp/{k}": v for k, v in lp_modules.items()},
+        **{f"deps/{k}": v for k, v in deps_modules.items()},
+        **{f"issue12/{k}": v for k, v in issue12_modules.items()},
+    }
     items = list(mods.items())
     for label, path in mods.items():
         dst = out / (label.replace("/", "_") + ".klp.ko")
@@ -97,8 +110,9 @@ def test_deps_and_check_agree_on_the_corpus(corpus, debian_symdb):
 
 
 @pytest.mark.parametrize("name, mutate, rule, _kernel", MUTATIONS, ids=[m[0] for m in MUTATIONS])
-def test_deps_and_check_agree_on_each_breakage(name, mutate, rule, _kernel, lp_modules,
-                                                debian_symdb, tmp_path):
+def test_deps_and_check_agree_on_each_breakage(
+    name, mutate, rule, _kernel, lp_modules, debian_symdb, tmp_path
+):
     """Every single-rule breakage of the check mutation tests, applied to the converted
     cdrom example: deps sees each livepatch relocation as check does."""
     good = tmp_path / "good.ko"
@@ -108,5 +122,9 @@ def test_deps_and_check_agree_on_each_breakage(name, mutate, rule, _kernel, lp_m
     mutate(elf)
     path = tmp_path / f"{name}.ko"
     elf.write(path)
-    assert_agree(name, path, debian_symdb,
-                 check_bytes(path.read_bytes(), debian_symdb, "6.1", path=str(path)))
+    assert_agree(
+        name,
+        path,
+        debian_symdb,
+        check_bytes(path.read_bytes(), debian_symdb, "6.1", path=str(path)),
+    )

@@ -40,8 +40,7 @@ def dot_edges(dot: str) -> dict[tuple[str, str, str], dict[str, str]]:
 
 
 def dot_nodes(dot: str) -> dict[str, str]:
-    return {m.group(1): m.group(2) for m in re.finditer(r'^\s*"([^"]+)" \[kind="(\w+)"', dot,
-                                                        re.M)}
+    return {m.group(1): m.group(2) for m in re.finditer(r'^\s*"([^"]+)" \[kind="(\w+)"', dot, re.M)}
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +83,14 @@ def test_category_b_before_conversion(deps_modules, debian_symdb):
     e = report.edge("lp_cdrom", "cdrom")
     assert e.category == "B" and e.verdict == "error"
     assert e.symbols == ["cdrom_check_events"] and set(e.via) == {"symbols", "depends="}
-    assert report.pins == [{"livepatch": "lp_cdrom", "module": "cdrom",
-                            "symbols": ["cdrom_check_events"], "via": ["symbols", "depends="]}]
+    assert report.pins == [
+        {
+            "livepatch": "lp_cdrom",
+            "module": "cdrom",
+            "symbols": ["cdrom_check_events"],
+            "via": ["symbols", "depends="],
+        }
+    ]
     assert report.verdict == "error"
     edges = dot_edges(to_dot(report))
     assert edges[("lp_cdrom", "cdrom", "needs")]["category"] == "B"
@@ -106,7 +111,7 @@ def test_category_b_after_conversion(deps_modules, debian_symdb, tmp_path):
     r = one(report, "lp_cdrom", "klp-ok", ".klp.sym.cdrom.cdrom_check_events,0")
     assert r.verdict == "ok" and r.gate == "cdrom" and r.object == "cdrom" and r.policy == "B"
     assert one(report, "lp_cdrom", "klp-ok", ".klp.sym.cdrom.debug,0").policy == "local"
-    assert report.edge("lp_cdrom", "cdrom") is None          # no load dependency: no pin
+    assert report.edge("lp_cdrom", "cdrom") is None  # no load dependency: no pin
     assert report.edge("lp_cdrom", "cdrom", "klp").verdict == "ok"
     assert report.pins == [] and report.cycles == [] and report.verdict == "ok"
     edges = dot_edges(to_dot(report))
@@ -143,8 +148,12 @@ def test_b_recursion_on_per_object_set(deps_modules, debian_symdb, capsys):
     assert rc == 1
     data = json.loads(capsys.readouterr().out)
     assert [c["path"] for c in data["cycles"]] == [["lp_cdrom", "cdrom", "lp_cdrom"]]
-    assert {"livepatch": "lp_cdrom", "module": "cdrom", "symbols": ["cdrom_check_events"],
-            "via": ["symbols", "depends="]} in data["pins"]
+    assert {
+        "livepatch": "lp_cdrom",
+        "module": "cdrom",
+        "symbols": ["cdrom_check_events"],
+        "via": ["symbols", "depends="],
+    } in data["pins"]
     mod = next(m for m in data["modules"] if m["name"] == "lp_cdrom")
     assert mod["per_object"] is True and "split livepatch" in mod["per_object_reason"]
 
@@ -184,8 +193,14 @@ def test_lone_livepatch_pins_without_recursion(deps_modules, debian_symdb, capsy
     assert "normal livepatch" in m.per_object_reason
     r = one(report, "lp_cdrom", "B", "cdrom_check_events")
     assert r.verdict == "error" and "pinned" in r.reason and "recursion" not in r.reason
-    assert report.pins == [{"livepatch": "lp_cdrom", "module": "cdrom",
-                            "symbols": ["cdrom_check_events"], "via": ["symbols", "depends="]}]
+    assert report.pins == [
+        {
+            "livepatch": "lp_cdrom",
+            "module": "cdrom",
+            "symbols": ["cdrom_check_events"],
+            "via": ["symbols", "depends="],
+        }
+    ]
     assert report.cycles == []
     assert report.edge("cdrom", "lp_cdrom", "triggers") is None
     assert report.edge("lp_cdrom", "cdrom").verdict == "error"
@@ -205,7 +220,7 @@ def test_category_c(the_set):
     assert "klp_shadow" in r.fix
     e = the_set.edge("lp_sr", "lp_vm")
     assert e.category == "C" and e.verdict == "warn" and e.symbols == ["lp_vm_helper"]
-    assert "depends=" in e.via        # modpost recorded it too
+    assert "depends=" in e.via  # modpost recorded it too
     assert the_set.nodes["lp_vm"] == "livepatch"
     edges = dot_edges(to_dot(the_set))
     assert edges[("lp_sr", "lp_vm", "needs")]["category"] == "C"
@@ -219,14 +234,19 @@ def test_category_d_mirrored(the_set, debian_symdb):
     assert r.object == "lp_cd" and r.verdict == "ok" and "sr_mod depends on cdrom" in r.reason
     e = the_set.edge("lp_sr", "lp_cd")
     assert e.category == "D" and e.verdict == "ok"
-    assert the_set.edge("sr_mod", "cdrom", "object-dep") is not None   # what it mirrors
-    assert the_set.cycles == [] and the_set.verdict == "warn"          # C warns, no error
+    assert the_set.edge("sr_mod", "cdrom", "object-dep") is not None  # what it mirrors
+    assert the_set.cycles == [] and the_set.verdict == "warn"  # C warns, no error
     edges = dot_edges(to_dot(the_set))
     assert edges[("lp_sr", "lp_cd", "needs")]["category"] == "D"
     assert edges[("lp_sr", "lp_cd", "needs")]["color"] not in ("red", "orange")
     assert dot_nodes(to_dot(the_set)) == {
-        "lp_vm": "livepatch", "lp_cd": "livepatch", "lp_sr": "livepatch",
-        "vmlinux": "vmlinux", "cdrom": "patched", "sr_mod": "patched"}
+        "lp_vm": "livepatch",
+        "lp_cd": "livepatch",
+        "lp_sr": "livepatch",
+        "vmlinux": "vmlinux",
+        "cdrom": "patched",
+        "sr_mod": "patched",
+    }
 
 
 def test_category_d_not_mirrored(deps_modules, debian_symdb):
@@ -250,14 +270,22 @@ def test_cdrom_example_png(deps_modules, debian_symdb, tmp_path, capsys):
     the recursion."""
     require_tools("dot")
     png = tmp_path / "cdrom-deps.png"
-    rc = main(["deps", str(deps_modules["lp_cdrom"]), "--symbols", str(debian_symdb.path),
-               "--per-object", "--graph", str(png)])
+    rc = main(
+        [
+            "deps",
+            str(deps_modules["lp_cdrom"]),
+            "--symbols",
+            str(debian_symdb.path),
+            "--per-object",
+            "--graph",
+            str(png),
+        ]
+    )
     assert rc == 1
     out = capsys.readouterr().out
     assert "cycle: lp_cdrom -> cdrom -> lp_cdrom" in out
     dot = (tmp_path / "cdrom-deps.dot").read_text()
-    assert dot_nodes(dot) == {"lp_cdrom": "livepatch", "cdrom": "patched",
-                              "vmlinux": "vmlinux"}
+    assert dot_nodes(dot) == {"lp_cdrom": "livepatch", "cdrom": "patched", "vmlinux": "vmlinux"}
     edges = dot_edges(dot)
     assert edges[("lp_cdrom", "cdrom", "needs")]["category"] == "B"
     assert edges[("lp_cdrom", "cdrom", "needs")]["color"] == "red"
@@ -276,18 +304,37 @@ def test_klp_wrong_object_with_object_map(deps_modules, debian_symdb, tmp_path, 
     out = tmp_path / "lp_cdrom.ko"
     plan, _result, _elf = convert_file(deps_modules["lp_cdrom"], out, debian_symdb)
     assert plan.ok, plan.errors
-    rc = main(["deps", str(out), "--symbols", str(debian_symdb.path),
-               "--object", "lp_cdrom=sr_mod", "--json"])
+    rc = main(
+        [
+            "deps",
+            str(out),
+            "--symbols",
+            str(debian_symdb.path),
+            "--object",
+            "lp_cdrom=sr_mod",
+            "--json",
+        ]
+    )
     assert rc == 1
     data = json.loads(capsys.readouterr().out)
     mod = data["modules"][0]
     assert mod["objects"] == ["sr_mod"] and mod["objects_source"] == "--object"
     wrong = [r for r in mod["references"] if r["category"] == "klp-wrong-object"]
-    assert {r["symbol"] for r in wrong} == {".klp.sym.cdrom.cdrom_check_events,0",
-                                            ".klp.sym.cdrom.debug,0",
-                                            ".klp.sym.cdrom.cdrom_read_mech_status,0"}
-    assert all(r["verdict"] == "error" and r["gate"] == "cdrom" and r["sites"]
-               for r in wrong)
+    assert {r["symbol"] for r in wrong} == {
+        ".klp.sym.cdrom.cdrom_check_events,0",
+        ".klp.sym.cdrom.debug,0",
+        ".klp.sym.cdrom.cdrom_read_mech_status,0",
+    }
+    assert all(r["verdict"] == "error" and r["gate"] == "cdrom" and r["sites"] for r in wrong)
     klp = [e for e in data["graph"]["edges"] if e["kind"] == "klp"]
-    assert klp == [dict(klp[0], **{"from": "lp_cdrom", "to": "cdrom", "verdict": "error",
-                                   "category": "klp-wrong-object"})]
+    assert klp == [
+        dict(
+            klp[0],
+            **{
+                "from": "lp_cdrom",
+                "to": "cdrom",
+                "verdict": "error",
+                "category": "klp-wrong-object",
+            },
+        )
+    ]

@@ -21,7 +21,9 @@ from klpkit.errors import InputError
 
 def test_parse_object_map():
     assert parse_object_map(["lp-sr.ko=sr_mod", "lp_vm=vmlinux,cdrom", "lp_vm=cdrom"]) == {
-        "lp_sr": ["sr_mod"], "lp_vm": ["vmlinux", "cdrom"]}
+        "lp_sr": ["sr_mod"],
+        "lp_vm": ["vmlinux", "cdrom"],
+    }
     for bad in ("lp_sr", "=sr_mod", "lp_sr=", "lp_sr=,"):
         with pytest.raises(InputError):
             parse_object_map([bad])
@@ -40,8 +42,9 @@ def test_per_object_flags_parse():
 def _per_object(specs, flag=None):
     """{name: per_object} for modules given as (name, livepatch, objects)."""
     run = _Analysis(None, None, flag)
-    run.modules = [ModuleInfo(n, f"{n}.ko", lp, objs, "klp_object", False, [], [])
-                   for n, lp, objs in specs]
+    run.modules = [
+        ModuleInfo(n, f"{n}.ko", lp, objs, "klp_object", False, [], []) for n, lp, objs in specs
+    ]
     run._decide_per_object()
     return {m.name: m.per_object for m in run.modules}
 
@@ -51,15 +54,16 @@ def test_per_object_decision():
     assert _per_object(lone) == {"lp_cdrom": False}
     assert _per_object(lone, True) == {"lp_cdrom": True}
     # a split livepatch: the main module for vmlinux plus one per patched module
-    split = [("lp_vm", True, ["vmlinux"]), ("lp_cd", True, ["cdrom"]),
-             ("lp_sr", True, ["sr_mod"])]
+    split = [("lp_vm", True, ["vmlinux"]), ("lp_cd", True, ["cdrom"]), ("lp_sr", True, ["sr_mod"])]
     assert _per_object(split) == {"lp_vm": False, "lp_cd": True, "lp_sr": True}
     assert _per_object(split, False) == {"lp_vm": False, "lp_cd": False, "lp_sr": False}
     # never for vmlinux, several objects, or a plain module, whatever the flag says
     odd = [("lp_multi", True, ["cdrom", "sr_mod"]), ("cdrom", False, [])]
     assert _per_object(odd, True) == {"lp_multi": False, "cdrom": False}
     assert _per_object([("lp_x", True, ["cdrom"]), ("cdrom", False, [])]) == {
-        "lp_x": False, "cdrom": False}
+        "lp_x": False,
+        "cdrom": False,
+    }
 
 
 def test_bad_input_exits_2(tmp_path, capsys):
@@ -70,8 +74,12 @@ def test_bad_input_exits_2(tmp_path, capsys):
 
 
 def test_cycles_start_at_the_livepatch():
-    edges = [Edge("lp_x", "x", "needs", "B"), Edge("x", "lp_x", "triggers"),
-             Edge("lp_x", "vmlinux", "needs", "A"), Edge("lp_y", "lp_x", "needs", "D")]
+    edges = [
+        Edge("lp_x", "x", "needs", "B"),
+        Edge("x", "lp_x", "triggers"),
+        Edge("lp_x", "vmlinux", "needs", "A"),
+        Edge("lp_y", "lp_x", "needs", "D"),
+    ]
     cycles = _cycles(edges)
     assert [c["path"] for c in cycles] == [["lp_x", "x", "lp_x"]]
     assert "recursion" in cycles[0]["reason"]
@@ -82,9 +90,16 @@ def test_cycles_start_at_the_livepatch():
 
 
 def _report():
-    return Report([], {"lp": "livepatch", "m": "patched", "vmlinux": "vmlinux"},
-                  [Edge("lp", "m", "needs", "B", "error", ["f"]),
-                   Edge("lp", "vmlinux", "needs", "A", "ok", ["printk"])], [], [])
+    return Report(
+        [],
+        {"lp": "livepatch", "m": "patched", "vmlinux": "vmlinux"},
+        [
+            Edge("lp", "m", "needs", "B", "error", ["f"]),
+            Edge("lp", "vmlinux", "needs", "A", "ok", ["printk"]),
+        ],
+        [],
+        [],
+    )
 
 
 def test_dot_colours():
@@ -108,6 +123,10 @@ def test_stacked_livepatches_are_no_split_set():
     assert _per_object(stacked) == {"lp_fix1": False, "lp_fix2": False}
     assert _per_object(stacked, True) == {"lp_fix1": True, "lp_fix2": True}
     # a split set with a stacked fix on top of one of its parts is no split set either
-    mixed = [("lp_vm", True, ["vmlinux"]), ("lp_cd", True, ["cdrom"]),
-             ("lp_sr", True, ["sr_mod"]), ("lp_cd_fix", True, ["cdrom"])]
+    mixed = [
+        ("lp_vm", True, ["vmlinux"]),
+        ("lp_cd", True, ["cdrom"]),
+        ("lp_sr", True, ["sr_mod"]),
+        ("lp_cd_fix", True, ["cdrom"]),
+    ]
     assert not any(_per_object(mixed).values())

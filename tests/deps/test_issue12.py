@@ -42,16 +42,20 @@ def test_contradicting_object(issue12_converted, debian_symdb, capsys):
     assert main(["deps", path, "--symbols", db, "--object", "lp_vmkey=sr_mod", "--json"]) == 1
     mod = json.loads(capsys.readouterr().out)["modules"][0]
     [ref] = [r for r in mod["references"] if r["category"] == "objects-contradicted"]
-    assert ref["verdict"] == "error" and "contradicts lp_vmkey, which patches cdrom" in \
-        ref["reason"]
+    assert (
+        ref["verdict"] == "error" and "contradicts lp_vmkey, which patches cdrom" in ref["reason"]
+    )
     # its vmlinux-gated relocations are applied whatever the objects: still klp-ok
     klp = [r for r in mod["references"] if r["kind"] == "klp"]
     assert klp and all(r["category"] == "klp-ok" for r in klp)
-    assert main(["deps", path, "--symbols", db, "--object", "lp_vmkey=sr_mod", "--force",
-                 "--json"]) == 0
+    assert (
+        main(["deps", path, "--symbols", db, "--object", "lp_vmkey=sr_mod", "--force", "--json"])
+        == 0
+    )
     mod = json.loads(capsys.readouterr().out)["modules"][0]
-    assert [r["verdict"] for r in mod["references"]
-            if r["category"] == "objects-contradicted"] == ["warn"]
+    assert [r["verdict"] for r in mod["references"] if r["category"] == "objects-contradicted"] == [
+        "warn"
+    ]
     # naming what it patches is no contradiction
     assert main(["deps", path, "--symbols", db, "--object", "lp_vmkey=cdrom"]) == 0
     capsys.readouterr()
@@ -61,9 +65,14 @@ def test_contradicting_object(issue12_converted, debian_symdb, capsys):
 def test_livepatch_relocations_are_klp_ok(name, issue12_converted, debian_symdb):
     report = analyze([issue12_converted[name]], debian_symdb)
     klp = [r for r in report.references if r.kind == "klp"]
-    assert klp and all((r.category, r.verdict) == ("klp-ok", "ok") for r in klp), \
-        [r.as_dict() for r in klp]
+    assert klp and all((r.category, r.verdict) == ("klp-ok", "ok") for r in klp), [
+        r.as_dict() for r in klp
+    ]
     m = report.modules[0]
-    want = {"lp_vmkey": ["cdrom"], "lp_datarel": ["cdrom"], "lp_annotonly": [],
-            "lp_empty": ["vmlinux", "cdrom", "sr_mod"]}[name]
+    want = {
+        "lp_vmkey": ["cdrom"],
+        "lp_datarel": ["cdrom"],
+        "lp_annotonly": [],
+        "lp_empty": ["vmlinux", "cdrom", "sr_mod"],
+    }[name]
     assert m.objects == want and m.livepatch

@@ -52,8 +52,10 @@ def _report_boots(request):
 def vm_ready(debian_image):
     from klpkit.vm.initramfs import is_static_elf
 
-    require(shutil.which("qemu-system-x86_64"),
-            "qemu-system-x86_64 not installed (klpkit setup --install)")
+    require(
+        shutil.which("qemu-system-x86_64"),
+        "qemu-system-x86_64 not installed (klpkit setup --install)",
+    )
     bb = Path("/bin/busybox")
     require(bb.is_file() and is_static_elf(bb.read_bytes()), "static /bin/busybox (busybox-static)")
     return debian_image
@@ -70,8 +72,10 @@ def boot(vm_ready, pytestconfig):
     def run(name, spec):
         result = run_vm(spec)
         BOOTS.append((name, result.boot_seconds, result.ok))
-        line = (f"\n[vm] {name}: boot-to-poweroff {result.boot_seconds} s, ok={result.ok}, "
-                f"failure={result.failure.kind if result.failure else None}")
+        line = (
+            f"\n[vm] {name}: boot-to-poweroff {result.boot_seconds} s, ok={result.ok}, "
+            f"failure={result.failure.kind if result.failure else None}"
+        )
         if capman is not None:
             with capman.global_and_fixture_disabled():
                 print(line, flush=True)
@@ -94,7 +98,7 @@ def e2e_build(debian_headers, tmp_path_factory) -> dict[str, Path]:
         for src in sorted((MODULES / d).glob("*.c")):
             sources[src.name] = src.read_text()
         kbuild = MODULES / d / "Kbuild"
-        if kbuild.is_file():   # a multi-file module: take its composite rule
+        if kbuild.is_file():  # a multi-file module: take its composite rule
             extra += [ln for ln in kbuild.read_text().splitlines() if ln.startswith(f"{d}-")]
         objs.append(f"{d}.o")
     kos = build_modules(tmp, sources, "obj-m := " + " ".join(objs) + "\n" + "\n".join(extra) + "\n")
@@ -106,8 +110,11 @@ def e2e_db(debian_symdb, e2e_build, tmp_path_factory):
     """The Debian database plus the scenario's own (out-of-tree) target modules."""
     from klpkit.symbols import add_modules
 
-    db = add_modules(debian_symdb, [e2e_build[t] for t in TARGET_DIRS],
-                     dest=tmp_path_factory.mktemp("e2e-db") / "symbols.sqlite")
+    db = add_modules(
+        debian_symdb,
+        [e2e_build[t] for t in TARGET_DIRS],
+        dest=tmp_path_factory.mktemp("e2e-db") / "symbols.sqlite",
+    )
     yield db
     db.close()
 
@@ -139,6 +146,7 @@ def rename_symbol(old: str, new: str):
         syms = [s for s in elf.symtab.symbols if s.name == old]
         assert len(syms) == 1, f"{old}: {len(syms)} symbols"
         syms[0].name = new
+
     return edit
 
 
@@ -149,8 +157,10 @@ def bad_crc(name: str):
         sec = elf.section("__versions")
         entries = parse_versions(sec.data)
         assert any(e.name == name for e in entries), f"{name} not in __versions"
-        sec.data = serialize_versions([ModVersion(e.name, e.crc ^ 0x5A5A5A5A)
-                                       if e.name == name else e for e in entries])
+        sec.data = serialize_versions(
+            [ModVersion(e.name, e.crc ^ 0x5A5A5A5A) if e.name == name else e for e in entries]
+        )
+
     return edit
 
 
@@ -159,28 +169,49 @@ def e2e_mods(e2e_build, e2e_db, tmp_path_factory) -> dict[str, Path]:
     """Every module a scenario loads, by role: built, converted and broken variants."""
     out = tmp_path_factory.mktemp("e2e-mods")
     b = e2e_build
-    m = {"e2e_target": b["e2e_target"], "e2e_dup": b["e2e_dup"],
-         "lp_vmlinux.raw": b["lp_vmlinux"], "lp_target.raw": b["lp_target"]}
+    m = {
+        "e2e_target": b["e2e_target"],
+        "e2e_dup": b["e2e_dup"],
+        "lp_vmlinux.raw": b["lp_vmlinux"],
+        "lp_target.raw": b["lp_target"],
+    }
     m["lp_vmlinux"] = convert(b["lp_vmlinux"], out / "lp_vmlinux.klp.ko", e2e_db)
     m["lp_target"] = convert(b["lp_target"], out / "lp_target.klp.ko", e2e_db)
-    m["lp_dup.1"] = convert(b["lp_dup"], out / "lp_dup.pos1.klp.ko", e2e_db,
-                            ("dup_name=e2e_dup,1",))
-    m["lp_dup.2"] = convert(b["lp_dup"], out / "lp_dup.pos2.klp.ko", e2e_db,
-                            ("dup_name=e2e_dup,2",))
+    m["lp_dup.1"] = convert(
+        b["lp_dup"], out / "lp_dup.pos1.klp.ko", e2e_db, ("dup_name=e2e_dup,1",)
+    )
+    m["lp_dup.2"] = convert(
+        b["lp_dup"], out / "lp_dup.pos2.klp.ko", e2e_db, ("dup_name=e2e_dup,2",)
+    )
     # broken on purpose (issue 7): one rule each
-    m["lp_dup.pos3"] = mutate(m["lp_dup.2"], out / "lp_dup.pos3.klp.ko", rename_symbol(
-        ".klp.sym.e2e_dup.dup_name,2", ".klp.sym.e2e_dup.dup_name,3"))
-    m["lp_dup.pos0"] = mutate(m["lp_dup.2"], out / "lp_dup.pos0.klp.ko", rename_symbol(
-        ".klp.sym.e2e_dup.dup_name,2", ".klp.sym.e2e_dup.dup_name,0"))
+    m["lp_dup.pos3"] = mutate(
+        m["lp_dup.2"],
+        out / "lp_dup.pos3.klp.ko",
+        rename_symbol(".klp.sym.e2e_dup.dup_name,2", ".klp.sym.e2e_dup.dup_name,3"),
+    )
+    m["lp_dup.pos0"] = mutate(
+        m["lp_dup.2"],
+        out / "lp_dup.pos0.klp.ko",
+        rename_symbol(".klp.sym.e2e_dup.dup_name,2", ".klp.sym.e2e_dup.dup_name,0"),
+    )
     m["lp_target.vmlinux-in-module"] = mutate(
-        m["lp_target"], out / "lp_target.vmmod.klp.ko", rename_symbol(
-            ".klp.sym.e2e_target.e2e_target_export,0", ".klp.sym.vmlinux.nr_processes,0"))
-    m["lp_vmlinux.missing-export"] = mutate(m["lp_vmlinux"], out / "lp_vmlinux.missing.klp.ko",
-                                            rename_symbol("seq_printf", "klpkit_e2e_missing"))
-    m["lp_vmlinux.crc"] = mutate(m["lp_vmlinux"], out / "lp_vmlinux.crc.klp.ko",
-                                 bad_crc("seq_printf"))
-    m["lp_vmlinux.inlined"] = mutate(m["lp_vmlinux"], out / "lp_vmlinux.inlined.klp.ko",
-                                     lambda elf: set_old_name(elf, "cmdline_proc_show", INLINED))
+        m["lp_target"],
+        out / "lp_target.vmmod.klp.ko",
+        rename_symbol(".klp.sym.e2e_target.e2e_target_export,0", ".klp.sym.vmlinux.nr_processes,0"),
+    )
+    m["lp_vmlinux.missing-export"] = mutate(
+        m["lp_vmlinux"],
+        out / "lp_vmlinux.missing.klp.ko",
+        rename_symbol("seq_printf", "klpkit_e2e_missing"),
+    )
+    m["lp_vmlinux.crc"] = mutate(
+        m["lp_vmlinux"], out / "lp_vmlinux.crc.klp.ko", bad_crc("seq_printf")
+    )
+    m["lp_vmlinux.inlined"] = mutate(
+        m["lp_vmlinux"],
+        out / "lp_vmlinux.inlined.klp.ko",
+        lambda elf: set_old_name(elf, "cmdline_proc_show", INLINED),
+    )
     return m
 
 
@@ -200,8 +231,10 @@ def cdrom_ioctl(tmp_path_factory) -> Path:
     """The static guest program that calls ioctl(CDROM_MEDIA_CHANGED)."""
     require_tools("gcc")
     out = tmp_path_factory.mktemp("e2e-prog") / "cdrom_ioctl"
-    r = subprocess.run(["gcc", "-static", "-O2", "-o", str(out),
-                        str(MODULES / "cdrom_ioctl" / "cdrom_ioctl.c")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["gcc", "-static", "-O2", "-o", str(out), str(MODULES / "cdrom_ioctl" / "cdrom_ioctl.c")],
+        capture_output=True,
+        text=True,
+    )
     require(r.returncode == 0, f"gcc -static failed (static glibc missing?): {r.stderr[-500:]}")
     return out

@@ -90,7 +90,8 @@ def lp_612(db_612, tmp_path_factory) -> dict[str, Path]:
     raw = build_module(tmp / "build", {"lp_612.c": LP_612}, "obj-m := lp_612.o\n", RELEASE)
     out = tmp / "lp_612.klp.ko"
     plan, result, _elf = convert_file(
-        raw, out, db_612, PlanOptions(choices=[parse_map_entry("debug=vmlinux,2", "--map")]))
+        raw, out, db_612, PlanOptions(choices=[parse_map_entry("debug=vmlinux,2", "--map")])
+    )
     assert plan.ok, plan.errors
     assert result is not None and out.is_file()
     return {"raw": raw, "klp": out}
@@ -103,8 +104,10 @@ def boot_612(lp_612, pytestconfig):
     from klpkit.vm.initramfs import is_static_elf
 
     image_612()
-    require(shutil.which("qemu-system-x86_64"),
-            "qemu-system-x86_64 not installed (klpkit setup --install)")
+    require(
+        shutil.which("qemu-system-x86_64"),
+        "qemu-system-x86_64 not installed (klpkit setup --install)",
+    )
     bb = Path("/bin/busybox")
     require(bb.is_file() and is_static_elf(bb.read_bytes()), "static /bin/busybox (busybox-static)")
     labels, steps = {}, []
@@ -122,17 +125,26 @@ def boot_612(lp_612, pytestconfig):
     add("after", "run", "cat /proc/cmdline")
     add("insmod cdrom", "insmod", "cdrom")
     # (one pass over /proc/kallsyms, ~6 s under TCG: vmlinux's `debug`s and cdrom's symbols)
-    add("cdrom loaded", "run", "grep '^cdrom ' /proc/modules; cat /sys/module/compression; "
-        r"grep -E ' debug$|\[cdrom\]$' /proc/kallsyms")
+    add(
+        "cdrom loaded",
+        "run",
+        "grep '^cdrom ' /proc/modules; cat /sys/module/compression; "
+        r"grep -E ' debug$|\[cdrom\]$' /proc/kallsyms",
+    )
     add("rmmod cdrom", "rmmod", "cdrom")
-    add("busybox insmod", "run", "busybox insmod /lib/modules/cdrom.ko.xz && "
-        "grep -c '^cdrom ' /proc/modules")
+    add(
+        "busybox insmod",
+        "run",
+        "busybox insmod /lib/modules/cdrom.ko.xz && grep -c '^cdrom ' /proc/modules",
+    )
     add("rmmod cdrom again", "rmmod", "cdrom")
     result = run_vm(VmSpec(steps=steps, release=RELEASE))
     BOOTS.append(("6.12", result.boot_seconds, result.ok))
     capman = pytestconfig.pluginmanager.getplugin("capturemanager")
-    line = (f"\n[vm] 6.12: boot-to-poweroff {result.boot_seconds} s, ok={result.ok}, "
-            f"failure={result.failure.kind if result.failure else None}")
+    line = (
+        f"\n[vm] 6.12: boot-to-poweroff {result.boot_seconds} s, ok={result.ok}, "
+        f"failure={result.failure.kind if result.failure else None}"
+    )
     if capman is not None:
         with capman.global_and_fixture_disabled():
             print(line, flush=True)
@@ -148,12 +160,18 @@ def test_converted_livepatch_has_klp_relocations(lp_612):
     """What the kernel will resolve: vmlinux-gated .klp.rela sections (the only gating the
     module loader accepts for vmlinux symbols since v5.8) on SHN_LIVEPATCH symbols."""
     raw = ElfFile.read(lp_612["raw"])
-    assert raw.section(".modinfo").data.split(b"\0").count(
-        f"vermagic={RELEASE} SMP preempt mod_unload modversions ".encode()) == 1
+    assert (
+        raw.section(".modinfo")
+        .data.split(b"\0")
+        .count(f"vermagic={RELEASE} SMP preempt mod_unload modversions ".encode())
+        == 1
+    )
     elf = ElfFile.read(lp_612["klp"])
     klp = {s.name: s.shndx for s in elf.symtab.symbols if s.name.startswith(".klp.sym.")}
-    assert klp == {".klp.sym.vmlinux.max_threads,0": C.SHN_LIVEPATCH,
-                   ".klp.sym.vmlinux.debug,2": C.SHN_LIVEPATCH}
+    assert klp == {
+        ".klp.sym.vmlinux.max_threads,0": C.SHN_LIVEPATCH,
+        ".klp.sym.vmlinux.debug,2": C.SHN_LIVEPATCH,
+    }
     rela = [s for s in elf.sections if s.name.startswith(".klp.rela.")]
     assert [s.name for s in rela] == [".klp.rela.vmlinux..text"]
     assert rela[0].flags & C.SHF_RELA_LIVEPATCH
@@ -175,11 +193,12 @@ def test_livepatch_replaces_cmdline_proc_show(boot_612):
     assert any("'lp_612': patching complete" in ln for ln in insmod.dmesg + transition.dmesg)
     m = re.fullmatch(MARKER + r" max_threads=(\d+) debug=([0-9a-f]{16})", patched.output[0])
     assert m, patched.output
-    assert m.group(1) == patched.output[1]              # /proc/sys/kernel/threads-max
+    assert m.group(1) == patched.output[1]  # /proc/sys/kernel/threads-max
     # sympos 2: the second `debug` of vmlinux in kallsyms order, as the livepatch core
     # counts (klp_find_object_symbol); the database said so offline
-    debugs = [ln.split()[0] for ln in _step(boot_612, "cdrom loaded").output
-              if ln.endswith(" debug")]
+    debugs = [
+        ln.split()[0] for ln in _step(boot_612, "cdrom loaded").output if ln.endswith(" debug")
+    ]
     assert len(debugs) == 2
     assert m.group(2) == debugs[1]
 
@@ -199,7 +218,7 @@ def test_cdrom_ko_xz_loads_by_bare_name(boot_612):
     assert not any("Invalid ELF header magic" in ln for ln in insmod.dmesg), insmod.dmesg
     assert any(m.startswith("cdrom ") for m in insmod.modules)
     loaded = _step(boot_612, "cdrom loaded").output
-    assert loaded[0].startswith("cdrom ") and loaded[1] == "xz"   # /sys/module/compression
+    assert loaded[0].startswith("cdrom ") and loaded[1] == "xz"  # /sys/module/compression
     assert not any(m.startswith("cdrom ") for m in _step(boot_612, "rmmod cdrom").modules)
     # busybox's insmod: finit_module() without the flag fails on xz data, its init_module()
     # fallback loads what busybox decompressed itself
@@ -218,8 +237,9 @@ def test_database_of_cdrom_ko_xz_is_the_kernels_kallsyms(boot_612, db_612):
 
     assert debian.find_module("cdrom", RELEASE).name == "cdrom.ko.xz"
     assert db_612.object_info("cdrom")["path"].endswith("/cdrom.ko.xz")
-    live = [ln.split()[2] for ln in _step(boot_612, "cdrom loaded").output
-            if ln.endswith("[cdrom]")]
+    live = [
+        ln.split()[2] for ln in _step(boot_612, "cdrom loaded").output if ln.endswith("[cdrom]")
+    ]
     offline = [name for name, flags in db_612.symbols_of("cdrom") if not flags & NONCORE]
     assert len(live) > 300 and any(n.startswith("__pfx_") for n in live)
     assert live == offline

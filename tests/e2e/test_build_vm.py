@@ -31,8 +31,10 @@ from tests.e2e.test_scenarios import (
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
-WAIT_SR0 = ("i=0; while [ ! -b /dev/sr0 ] && [ $i -lt 100 ]; do usleep 100000; "
-            "i=$((i+1)); done; ls -l /dev/sr0")
+WAIT_SR0 = (
+    "i=0; while [ ! -b /dev/sr0 ] && [ $i -lt 100 ]; do usleep 100000; "
+    "i=$((i+1)); done; ls -l /dev/sr0"
+)
 
 
 def _ko(built_patches, name: str) -> Path:
@@ -76,8 +78,13 @@ def boot_seed(boot, built_patches, cdrom_ioctl):
     s.add("two.cmdline", "run", "cat /proc/cmdline")
     s.add("two.ioctl", "run", "cdrom_ioctl /dev/sr0")
     s.livepatch_off("two", lp2)
-    return Boot(s, boot("build: seed + two objects", _spec(
-        s, programs=[cdrom_ioctl], qemu_args=["-cdrom", "/dev/null"])))
+    return Boot(
+        s,
+        boot(
+            "build: seed + two objects",
+            _spec(s, programs=[cdrom_ioctl], qemu_args=["-cdrom", "/dev/null"]),
+        ),
+    )
 
 
 def _printed(sr, marker: str) -> list[str]:
@@ -92,8 +99,10 @@ def test_seed_livepatch_in_the_real_kernel(boot_seed, built_patches):
     ksyms = [ln.split() for ln in b["kallsyms"].output]
     addrs = {f[0] for f in ksyms if len(f) >= 3 and f[2] == "cdrom_check_events"}
     assert len(addrs) == 1, ksyms
-    assert any(f"livepatch: applying patch '{lp}' to loading module 'cdrom'" in ln
-               for ln in b["a.cdrom"].dmesg), _show(b["a.cdrom"])
+    assert any(
+        f"livepatch: applying patch '{lp}' to loading module 'cdrom'" in ln
+        for ln in b["a.cdrom"].dmesg
+    ), _show(b["a.cdrom"])
     for step in ("a.ioctl", "b.ioctl"):
         printed = _printed(b[step], r"cdrom: ")
         assert printed and set(printed) == addrs, (_show(b[step]), addrs)
@@ -120,8 +129,14 @@ def test_check_predicts_built_livepatches(boot_seed, debian_symdb):
 
 
 # ------------------------------------------------------------------ boot: the corpus
-CORPUS = ("proc-cmdline-marker", "version-new-helper", "uptime-string-warn",
-          "loadavg-static-branch", "consoles-sympos-once", "readdir-uaccess")
+CORPUS = (
+    "proc-cmdline-marker",
+    "version-new-helper",
+    "uptime-string-warn",
+    "loadavg-static-branch",
+    "consoles-sympos-once",
+    "readdir-uaccess",
+)
 FILES = "/proc/cmdline /proc/version /proc/uptime /proc/loadavg /proc/consoles"
 
 
@@ -133,8 +148,12 @@ def boot_corpus(boot, built_patches):
         s.load_livepatch(f"{name}.load", _ko(built_patches, name))
         s.add(f"{name}.wait", "wait-transition", _modname(built_patches, name))
     s.add("after", "run", f"ls /tmp; cat {FILES}")
-    s.add("schedstats", "run", "echo 1 > /proc/sys/kernel/sched_schedstats; cat /proc/loadavg; "
-          "echo 0 > /proc/sys/kernel/sched_schedstats; cat /proc/loadavg")
+    s.add(
+        "schedstats",
+        "run",
+        "echo 1 > /proc/sys/kernel/sched_schedstats; cat /proc/loadavg; "
+        "echo 0 > /proc/sys/kernel/sched_schedstats; cat /proc/loadavg",
+    )
     s.add("kallsyms", "run", "grep -w -e c_next -e show_console_dev /proc/kallsyms")
     s.add("once", "run", "cat /proc/consoles >/dev/null; cat /proc/consoles >/dev/null")
     for name in CORPUS:
@@ -157,12 +176,11 @@ def test_corpus_livepatches_in_the_real_kernel(boot_corpus, built_patches):
     before, after, off = ([ln for ln in x if ln not in names] for x in (before, after, off))
     assert not any("klpkit" in ln for ln in before), before
     text = "\n".join(after)
-    for marker in ("klpkit_livepatched", "klpkit-version-helper", "klpkit-uptime",
-                   "klpkit-c_next"):
+    for marker in ("klpkit_livepatched", "klpkit-version-helper", "klpkit-uptime", "klpkit-c_next"):
         assert marker in text, (marker, after)
     assert "klpkit-schedstats" not in text
     sched = b["schedstats"].output
-    assert sum("klpkit-schedstats" in ln for ln in sched) == 1, sched   # on, then off again
+    assert sum("klpkit-schedstats" in ln for ln in sched) == 1, sched  # on, then off again
     assert not any("klpkit" in ln for ln in off), off
     for name in CORPUS:
         assert_off(b, name, _modname(built_patches, name))
@@ -171,14 +189,16 @@ def test_corpus_livepatches_in_the_real_kernel(boot_corpus, built_patches):
 @pytest.mark.xdist_group("e2e-build-corpus")
 def test_non_unique_static_resolves_to_this_files_symbol(boot_corpus):
     b = boot_corpus
-    printed = [m[1] for ln in b["after"].output if (m := re.search(r"klpkit-c_next ([0-9a-f]+)", ln))]
+    printed = [
+        m[1] for ln in b["after"].output if (m := re.search(r"klpkit-c_next ([0-9a-f]+)", ln))
+    ]
     ksyms = [ln.split() for ln in b["kallsyms"].output if "[" not in ln]
     show = next(int(f[0], 16) for f in ksyms if f[2] == "show_console_dev")
     c_next = sorted((abs(int(f[0], 16) - show), f[0]) for f in ksyms if f[2] == "c_next")
     assert len(c_next) >= 3, ksyms
     assert printed and set(printed) == {c_next[0][1]}, (printed, c_next)
     once = [ln for ln in b.result.dmesg if "klpkit: consoles c_start" in ln]
-    assert len(once) == 1, once            # pr_info_once: its own fresh _once flag
+    assert len(once) == 1, once  # pr_info_once: its own fresh _once flag
 
 
 @pytest.mark.xdist_group("e2e-build-corpus")
@@ -198,13 +218,29 @@ def test_build_verify_loads_in_both_orders(vm_ready, source_tree, debian_symdb, 
     from tests.conftest import EXAMPLE_PATCHES
 
     out = tmp_path / "livepatch-verify.ko"
-    r = subprocess.run([sys.executable, "-m", "klpkit.cli", "build",
-                        str(EXAMPLE_PATCHES / "cdrom-media-changed.patch"), "-o", str(out),
-                        "--symbols", str(debian_symdb.path), "--verify", "--json"],
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "klpkit.cli",
+            "build",
+            str(EXAMPLE_PATCHES / "cdrom-media-changed.patch"),
+            "-o",
+            str(out),
+            "--symbols",
+            str(debian_symdb.path),
+            "--verify",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-2000:])
     doc = json.loads(r.stdout)
     v = doc["verify"]
     assert v["ok"] and v["orders"] == {"A": "ok", "B": "ok"}, v
-    assert any("applying patch 'livepatch_verify' to loading module 'cdrom'" in ln
-               for ln in v["kernel_lines"]), v["kernel_lines"]
+    assert any(
+        "applying patch 'livepatch_verify' to loading module 'cdrom'" in ln
+        for ln in v["kernel_lines"]
+    ), v["kernel_lines"]

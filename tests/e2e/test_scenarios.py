@@ -45,7 +45,7 @@ class Script:
     def __init__(self):
         self.steps: list[Step] = []
         self.index: dict[str, int] = {}
-        self.checked: dict[str, Path] = {}   # label -> livepatch whose load is predicted
+        self.checked: dict[str, Path] = {}  # label -> livepatch whose load is predicted
 
     def add(self, label: str, kind: str, *args, expect: str = "ok", timeout=None) -> None:
         assert label not in self.index, label
@@ -71,7 +71,9 @@ class Boot:
 
 
 def _show(sr) -> str:
-    return f"step {sr.index} {sr.step.describe()}: status={sr.status} out={sr.output} dmesg={sr.dmesg}"
+    return (
+        f"step {sr.index} {sr.step.describe()}: status={sr.status} out={sr.output} dmesg={sr.dmesg}"
+    )
 
 
 def assert_boot_clean(r) -> None:
@@ -106,12 +108,15 @@ def cross_check(boot: Boot, db) -> list[str]:
         err = first_error(findings)
         assert sr.status not in ("skipped", "incomplete"), _show(sr)
         if err is None:
-            assert sr.exit_status == 0, f"check predicts {path.name} loads, the kernel " \
-                                        f"refused it: {_show(sr)}"
+            assert sr.exit_status == 0, (
+                f"check predicts {path.name} loads, the kernel refused it: {_show(sr)}"
+            )
             report.append(f"{label}: predicted OK, loaded")
         else:
-            assert sr.exit_status != 0, f"check predicts {err.rule} ({err.kernel_message}), " \
-                                        f"but {path.name} loaded: {_show(sr)}"
+            assert sr.exit_status != 0, (
+                f"check predicts {err.rule} ({err.kernel_message}), "
+                f"but {path.name} loaded: {_show(sr)}"
+            )
             assert err.kernel_message, f"{err.rule} has no kernel message"
             hits = [ln for ln in sr.dmesg if err.matches(ln)]
             assert hits, f"no dmesg line matches {err.rule} {err.kernel_message!r}: {_show(sr)}"
@@ -184,7 +189,9 @@ def test_scenario1_unconverted_is_rejected(boot_vmlinux_dup, e2e_db, e2e_mods):
     sr = boot_vmlinux_dup["s1.raw"]
     assert_ran(sr, ok=False)
     for name in ("nr_processes", "max_threads"):
-        assert any(f"lp_vmlinux: Unknown symbol {name} (err -2)" in ln for ln in sr.dmesg), _show(sr)
+        assert any(f"lp_vmlinux: Unknown symbol {name} (err -2)" in ln for ln in sr.dmesg), _show(
+            sr
+        )
     assert set(errors(e2e_mods["lp_vmlinux.raw"], e2e_db)) == {"undef.unexported"}
 
 
@@ -208,11 +215,15 @@ def test_scenario3_wrong_sympos_is_rejected(boot_vmlinux_dup):
     b = boot_vmlinux_dup
     pos3, pos0 = b["s3.pos3"], b["s3.pos0"]
     assert_ran(pos3, ok=False)
-    assert any("livepatch: symbol position 3 for symbol 'dup_name' in object 'e2e_dup' not found"
-               in ln for ln in pos3.dmesg), _show(pos3)
+    assert any(
+        "livepatch: symbol position 3 for symbol 'dup_name' in object 'e2e_dup' not found" in ln
+        for ln in pos3.dmesg
+    ), _show(pos3)
     assert_ran(pos0, ok=False)
-    assert any("livepatch: unresolvable ambiguity for symbol 'dup_name' in object 'e2e_dup'"
-               in ln for ln in pos0.dmesg), _show(pos0)
+    assert any(
+        "livepatch: unresolvable ambiguity for symbol 'dup_name' in object 'e2e_dup'" in ln
+        for ln in pos0.dmesg
+    ), _show(pos0)
     for sr in (pos3, pos0):
         assert "lp_dup" not in sr.livepatch
 
@@ -222,11 +233,13 @@ def test_broken_exports_are_rejected(boot_vmlinux_dup):
     b = boot_vmlinux_dup
     miss, crc = b["s1.missing-export"], b["s1.crc"]
     assert_ran(miss, ok=False)
-    assert any("lp_vmlinux: Unknown symbol klpkit_e2e_missing (err -2)" in ln
-               for ln in miss.dmesg), _show(miss)
+    assert any(
+        "lp_vmlinux: Unknown symbol klpkit_e2e_missing (err -2)" in ln for ln in miss.dmesg
+    ), _show(miss)
     assert_ran(crc, ok=False)
-    assert any("lp_vmlinux: disagrees about version of symbol seq_printf" in ln
-               for ln in crc.dmesg), _show(crc)
+    assert any(
+        "lp_vmlinux: disagrees about version of symbol seq_printf" in ln for ln in crc.dmesg
+    ), _show(crc)
 
 
 @pytest.mark.xdist_group("e2e-vmlinux-dup")
@@ -238,8 +251,9 @@ def test_replaced_function_absent_is_rejected(boot_vmlinux_dup, e2e_db, e2e_mods
     assert e2e_db.lookup(f"{INLINED}.isra.0", object="vmlinux")
     sr = boot_vmlinux_dup["s1.inlined"]
     assert_ran(sr, ok=False)
-    assert any(f"livepatch: symbol '{INLINED}' not found in symbol table" in ln
-               for ln in sr.dmesg), _show(sr)
+    assert any(
+        f"livepatch: symbol '{INLINED}' not found in symbol table" in ln for ln in sr.dmesg
+    ), _show(sr)
     assert "lp_vmlinux" not in sr.livepatch
     assert not any(mod.split()[0] == "lp_vmlinux" for mod in sr.modules), _show(sr)
     err = first_error(check_module(e2e_mods["lp_vmlinux.inlined"], e2e_db, "6.1"))
@@ -251,9 +265,10 @@ def test_check_predicts_boot_vmlinux_dup(boot_vmlinux_dup, e2e_db, capsys):
     report = cross_check(boot_vmlinux_dup, e2e_db)
     with capsys.disabled():
         print("\n[check==kernel] " + "\n[check==kernel] ".join(report))
-    rules = {label: {f.rule for f in check_module(p, e2e_db, "6.1")
-                     if f.severity is Severity.ERROR}
-             for label, p in boot_vmlinux_dup.script.checked.items()}
+    rules = {
+        label: {f.rule for f in check_module(p, e2e_db, "6.1") if f.severity is Severity.ERROR}
+        for label, p in boot_vmlinux_dup.script.checked.items()
+    }
     assert rules["s1.raw"] == {"undef.unexported"}
     assert rules["s1.missing-export"] == {"undef.missing"}
     assert rules["s1.crc"] == {"undef.crc"}
@@ -308,16 +323,20 @@ def test_scenario2_late_module_patching_without_pin(boot_case_b):
     assert b["s2.wait"].livepatch == {"lp_target": {"enabled": 1, "transition": 0}}
     tgt = b["s2.target"]
     assert_ran(tgt)
-    assert any("livepatch: applying patch 'lp_target' to loading module 'e2e_target'" in ln
-               for ln in tgt.dmesg), _show(tgt)
+    assert any(
+        "livepatch: applying patch 'lp_target' to loading module 'e2e_target'" in ln
+        for ln in tgt.dmesg
+    ), _show(tgt)
     # the replaced static calls the target's export: 40 + 2
     assert b["s2.show"].output == ["KLPE2E-TARGET value=42"]
     # no implicit reference: refcnt 0, no holders, rmmod works with the livepatch loaded
     assert b["s2.refs"].output == ["0"]
     rm = b["s2.target.rmmod"]
     assert_ran(rm)
-    assert any("livepatch: reverting patch 'lp_target' on unloading module 'e2e_target'" in ln
-               for ln in rm.dmesg), _show(rm)
+    assert any(
+        "livepatch: reverting patch 'lp_target' on unloading module 'e2e_target'" in ln
+        for ln in rm.dmesg
+    ), _show(rm)
     assert not any(mod.split()[0] == "e2e_target" for mod in rm.modules)
     assert b["s2.state"].output[0] == "1"
 
@@ -331,10 +350,14 @@ def test_scenario2_reload_on_6_1_170(boot_case_b, e2e_db, e2e_mods):
     sr = b["s2.target.reload"]
     assert_ran(sr, ok=False)
     assert any("existing value is nonzero" in ln for ln in sr.dmesg), _show(sr)
-    assert any("livepatch: patch 'lp_target' failed for module 'e2e_target', refusing to load "
-               "module 'e2e_target'" in ln for ln in sr.dmesg), _show(sr)
-    warn = [f for f in check_module(e2e_mods["lp_target"], e2e_db, "6.1")
-            if f.rule == "klp.rela.reload"]
+    assert any(
+        "livepatch: patch 'lp_target' failed for module 'e2e_target', refusing to load "
+        "module 'e2e_target'" in ln
+        for ln in sr.dmesg
+    ), _show(sr)
+    warn = [
+        f for f in check_module(e2e_mods["lp_target"], e2e_db, "6.1") if f.rule == "klp.rela.reload"
+    ]
     assert len(warn) == 1 and warn[0].severity is Severity.WARNING
     for pattern in warn[0].kernel_patterns():
         assert any(pattern.search(ln) for ln in sr.dmesg), (pattern.pattern, sr.dmesg)
@@ -350,8 +373,9 @@ def test_scenario2_unconverted_fails_early_and_pins(boot_case_b, e2e_db, e2e_mod
     b = boot_case_b
     early = b["raw.early"]
     assert_ran(early, ok=False)
-    assert any("lp_target: Unknown symbol e2e_target_export (err -2)" in ln
-               for ln in early.dmesg), _show(early)
+    assert any(
+        "lp_target: Unknown symbol e2e_target_export (err -2)" in ln for ln in early.dmesg
+    ), _show(early)
     assert_ran(b["raw.load"])
     assert b["raw.show"].output == ["KLPE2E-TARGET value=42"]
     assert b["raw.refs"].output == ["1", "lp_target"]
@@ -361,8 +385,9 @@ def test_scenario2_unconverted_fails_early_and_pins(boot_case_b, e2e_db, e2e_mod
     assert any(mod.split()[0] == "e2e_target" for mod in rm.modules)
     assert_off(b, "raw", "lp_target")
     # check foresaw the pin (and the load-before-target failure it implies)
-    pins = [f for f in check_module(e2e_mods["lp_target.raw"], e2e_db, "6.1")
-            if f.rule == "deps.pin"]
+    pins = [
+        f for f in check_module(e2e_mods["lp_target.raw"], e2e_db, "6.1") if f.rule == "deps.pin"
+    ]
     assert pins and "e2e_target" in pins[0].message
 
 
@@ -370,8 +395,11 @@ def test_scenario2_unconverted_fails_early_and_pins(boot_case_b, e2e_db, e2e_mod
 def test_vmlinux_symbol_in_module_section_is_rejected(boot_case_b):
     sr = boot_case_b["vmmod.load"]
     assert_ran(sr, ok=False)
-    assert any("livepatch: invalid access to vmlinux symbol 'nr_processes' from "
-               "module-specific livepatch relocation section" in ln for ln in sr.dmesg), _show(sr)
+    assert any(
+        "livepatch: invalid access to vmlinux symbol 'nr_processes' from "
+        "module-specific livepatch relocation section" in ln
+        for ln in sr.dmesg
+    ), _show(sr)
 
 
 @pytest.mark.xdist_group("e2e-case-b")
@@ -391,8 +419,12 @@ def cdrom_steps(lp_cdrom: Path) -> Script:
     s.add("lp.wait", "wait-transition", "lp_cdrom")
     for mod in CDROM_CHAIN:
         s.add(f"load.{mod}", "insmod", mod)
-    s.add("sr0", "run", "i=0; while [ ! -b /dev/sr0 ] && [ $i -lt 100 ]; do usleep 100000; "
-          "i=$((i+1)); done; ls -l /dev/sr0")
+    s.add(
+        "sr0",
+        "run",
+        "i=0; while [ ! -b /dev/sr0 ] && [ $i -lt 100 ]; do usleep 100000; "
+        "i=$((i+1)); done; ls -l /dev/sr0",
+    )
     s.add("ioctl", "run", "cdrom_ioctl /dev/sr0")
     s.add("kallsyms", "run", "grep -w cdrom_check_events /proc/kallsyms")
     s.add("rmmod.chain", "run", "rmmod sr_mod cdrom")
@@ -404,8 +436,13 @@ def cdrom_steps(lp_cdrom: Path) -> Script:
 @pytest.fixture(scope="session")
 def boot_cdrom(boot, lp_cdrom_converted, cdrom_ioctl):
     s = cdrom_steps(lp_cdrom_converted)
-    return Boot(s, boot("cdrom (scenario 4)", _spec(s, programs=[cdrom_ioctl],
-                                                      qemu_args=["-cdrom", "/dev/null"])))
+    return Boot(
+        s,
+        boot(
+            "cdrom (scenario 4)",
+            _spec(s, programs=[cdrom_ioctl], qemu_args=["-cdrom", "/dev/null"]),
+        ),
+    )
 
 
 def test_cdrom_chain_order_follows_modinfo(vm_ready):
@@ -425,10 +462,13 @@ def test_scenario4_seed_cdrom_case(boot_cdrom):
     assert r.done and r.ok, (r.failure, [_show(sr) for sr in r.steps if not sr.passed])
     assert r.warnings == []
     cdrom = b["load.cdrom"]
-    assert any("livepatch: applying patch 'lp_cdrom' to loading module 'cdrom'" in ln
-               for ln in cdrom.dmesg), _show(cdrom)
+    assert any(
+        "livepatch: applying patch 'lp_cdrom' to loading module 'cdrom'" in ln for ln in cdrom.dmesg
+    ), _show(cdrom)
     ioctl = b["ioctl"]
-    assert ioctl.output and ioctl.output[0].startswith("CDROM_MEDIA_CHANGED /dev/sr0 -> "), ioctl.output
+    assert ioctl.output and ioctl.output[0].startswith("CDROM_MEDIA_CHANGED /dev/sr0 -> "), (
+        ioctl.output
+    )
     printed = [m[1] for ln in ioctl.dmesg if (m := re.search(r"lp_cdrom: ([0-9a-f]{16})$", ln))]
     assert printed, _show(ioctl)
     ksyms = [ln.split() for ln in b["kallsyms"].output]
@@ -439,8 +479,9 @@ def test_scenario4_seed_cdrom_case(boot_cdrom):
     chain = b["rmmod.chain"]
     assert_ran(chain)
     assert not {mod.split()[0] for mod in chain.modules} & {"sr_mod", "cdrom"}
-    assert any("reverting patch 'lp_cdrom' on unloading module 'cdrom'" in ln
-               for ln in chain.dmesg), _show(chain)
+    assert any(
+        "reverting patch 'lp_cdrom' on unloading module 'cdrom'" in ln for ln in chain.dmesg
+    ), _show(chain)
     assert b["state"].output == ["1"]
     assert_off(b, "lp", "lp_cdrom")
 

@@ -79,15 +79,29 @@ def compile_object(tmp_path, arch: str, source: str = C_SOURCE, flags=(), name="
         src = tmp_path / f"{name}.s"
         obj = tmp_path / f"{name}-{arch}.o"
         src.write_text(PPC_SOURCE)
-        proc = subprocess.run([*cmd, "-a32", str(src), "-o", str(obj)], capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            [*cmd, "-a32", str(src), "-o", str(obj)], capture_output=True, text=True
+        )
         require(proc.returncode == 0, f"{cmd[0]} cannot assemble: {proc.stderr}")
         return obj.read_bytes()
     src = tmp_path / f"{name}.c"
     obj = tmp_path / f"{name}-{arch}.o"
     src.write_text(source)
-    proc = subprocess.run([*cmd, *extra, "-O2", "-c", "-fno-asynchronous-unwind-tables",
-                           *flags, str(src), "-o", str(obj)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            *cmd,
+            *extra,
+            "-O2",
+            "-c",
+            "-fno-asynchronous-unwind-tables",
+            *flags,
+            str(src),
+            "-o",
+            str(obj),
+        ],
+        capture_output=True,
+        text=True,
+    )
     require(proc.returncode == 0, f"{cmd[0]} {' '.join(extra)} cannot compile: {proc.stderr}")
     return obj.read_bytes()
 

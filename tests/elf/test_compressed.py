@@ -26,14 +26,19 @@ from .test_malformed import exercise
 
 def xz(data: bytes) -> bytes:
     """As scripts/Makefile.modinst makes a .ko.xz: xz --check=crc32 --lzma2=dict=1MiB."""
-    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
-                         filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}])
+    return lzma.compress(
+        data,
+        format=lzma.FORMAT_XZ,
+        check=lzma.CHECK_CRC32,
+        filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}],
+    )
 
 
 def zst(data: bytes) -> bytes:
     require(shutil.which("zstd"), "zstd not installed (scripts/setup.sh)")
-    return subprocess.run(["zstd", "-q", "-c", "-T1"], input=data, capture_output=True,
-                          check=True).stdout
+    return subprocess.run(
+        ["zstd", "-q", "-c", "-T1"], input=data, capture_output=True, check=True
+    ).stdout
 
 
 COMPRESSORS = {".xz": xz, ".gz": lambda d: gzip.compress(d, mtime=0), ".zst": zst}
@@ -60,7 +65,7 @@ def test_readers_see_through_compression(packed, sample):
     elf = ElfFile.read(path)
     assert elf.compression == Z.SUFFIXES[suffix]
     assert ElfFile.read(plain).compression is None
-    assert elf.to_bytes() == sample                       # a no-op write: the plain bytes
+    assert elf.to_bytes() == sample  # a no-op write: the plain bytes
     assert [s.name for s in elf.sections] == [s.name for s in ElfFile.read(plain).sections]
     # the fast scanner, on the path and on the compressed bytes
     with open_scan(path) as scan, open_scan(plain) as ref:
@@ -90,8 +95,9 @@ def test_concatenated_streams_and_padding(sample):
     half = len(sample) // 2
     joined = xz(sample[:half]) + b"\0" * 8 + xz(sample[half:])
     assert Z.decompress(joined, "xz") == sample
-    assert Z.decompress(gzip.compress(sample[:half]) + gzip.compress(sample[half:]),
-                        "gzip") == sample
+    assert (
+        Z.decompress(gzip.compress(sample[:half]) + gzip.compress(sample[half:]), "gzip") == sample
+    )
 
 
 @pytest.mark.parametrize("suffix", sorted(COMPRESSORS))
@@ -101,15 +107,20 @@ def test_damage_is_one_line(suffix, sample, tmp_path):
     cases = {
         "truncated": (data[: len(data) // 2], f"(truncated {fmt} data|damaged {fmt} data)"),
         "garbage after": (data + b"not a stream", f"damaged {fmt} data"),
-        "flipped": (data[:40] + bytes([data[40] ^ 0xFF]) + data[41:],
-                    f"damaged {fmt} data|truncated {fmt} data|bad magic|not an ELF"),
+        "flipped": (
+            data[:40] + bytes([data[40] ^ 0xFF]) + data[41:],
+            f"damaged {fmt} data|truncated {fmt} data|bad magic|not an ELF",
+        ),
         "magic only": (data[:6], f"(truncated|damaged) {fmt} data"),
     }
     for what, (bad, message) in cases.items():
         path = tmp_path / f"bad-{what.replace(' ', '-')}.ko{suffix}"
         path.write_bytes(bad)
-        for read in (ElfFile.read, lambda p: open_scan(p).close(),
-                     lambda p: open_scan(p.read_bytes(), str(p)).close()):
+        for read in (
+            ElfFile.read,
+            lambda p: open_scan(p).close(),
+            lambda p: open_scan(p.read_bytes(), str(p)).close(),
+        ):
             with pytest.raises(ElfError) as e:
                 read(path)
             text = str(e.value)
@@ -121,8 +132,11 @@ def test_damage_is_one_line(suffix, sample, tmp_path):
 def test_named_compressed_but_is_not(tmp_path, sample):
     bad = tmp_path / "m.ko.xz"
     bad.write_bytes(b"hello, not a module at all")
-    with pytest.raises(ElfError, match=r"m\.ko\.xz: not xz-compressed \(bad magic\) although "
-                                       r"named \.xz, and not ELF either"):
+    with pytest.raises(
+        ElfError,
+        match=r"m\.ko\.xz: not xz-compressed \(bad magic\) although "
+        r"named \.xz, and not ELF either",
+    ):
         ElfFile.read(bad)
     with pytest.raises(ElfError, match="not xz-compressed"):
         open_scan(bad)
@@ -147,8 +161,11 @@ def test_inflation_is_bounded(sample):
 def test_zstd_without_the_tool(monkeypatch, sample):
     monkeypatch.setattr(Z, "_stdlib_zstd", lambda: None)
     monkeypatch.setattr(Z.shutil, "which", lambda _name: None)
-    with pytest.raises(ElfError, match=r"m\.ko\.zst: zstd-compressed, and Python 3.11 cannot "
-                                       r"read zstd: install the zstd command"):
+    with pytest.raises(
+        ElfError,
+        match=r"m\.ko\.zst: zstd-compressed, and Python 3.11 cannot "
+        r"read zstd: install the zstd command",
+    ):
         Z.decompress(b"\x28\xb5\x2f\xfd" + b"\0" * 16, "zstd", "m.ko.zst")
 
 
@@ -165,7 +182,7 @@ def test_read_many_keeps_order_and_reports_errors_as_values(tmp_path, sample):
         if i == 7:
             assert isinstance(data, ElfError) and "damaged xz data" in str(data)
         else:
-            assert data == (sample if i % 3 else b"")    # plain .ko files are not read here
+            assert data == (sample if i % 3 else b"")  # plain .ko files are not read here
     assert list(Z.read_many(paths[:1], workers=1)) == [(paths[0], b"")]
     # stopping early leaves no thread behind that would still fill memory
     it = Z.read_many(paths, workers=2, ahead=4)
@@ -176,13 +193,15 @@ def test_read_many_keeps_order_and_reports_errors_as_values(tmp_path, sample):
 def test_cli_inspect_reads_ko_xz(tmp_path, sample):
     path = tmp_path / "m.ko.xz"
     path.write_bytes(xz(sample))
-    ok = subprocess.run([sys.executable, "-m", "klpkit.cli", "inspect", str(path)],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "klpkit.cli", "inspect", str(path)], capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith(f"{path} (xz-compressed): ELF64 little-endian x86_64 REL")
     path.write_bytes(xz(sample)[:-20])
-    bad = subprocess.run([sys.executable, "-m", "klpkit.cli", "inspect", str(path)],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "klpkit.cli", "inspect", str(path)], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
     assert str(path) in bad.stderr and "xz data" in bad.stderr
@@ -209,5 +228,5 @@ def test_hypothesis_compressed_overwrites(sample, data):
     for _ in range(data.draw(st.integers(1, 4))):
         pos = data.draw(st.integers(0, len(packed) - 1))
         chunk = data.draw(st.binary(min_size=1, max_size=8))
-        packed[pos:pos + len(chunk)] = chunk
+        packed[pos : pos + len(chunk)] = chunk
     exercise(bytes(packed[: data.draw(st.integers(0, len(packed)))]))

@@ -12,8 +12,18 @@ from klpkit.elf.fast import _HI_FLAGS, _indexes_fine, _lo_flags, open_scan
 from klpkit.elf.structs import ident_layout
 from klpkit.errors import ElfError
 
-SHDR_COLUMNS = ("sh_names", "sh_types", "sh_flags", "sh_addrs", "sh_offsets", "sh_sizes",
-                "sh_links", "sh_infos", "_aligns", "sh_entsizes")
+SHDR_COLUMNS = (
+    "sh_names",
+    "sh_types",
+    "sh_flags",
+    "sh_addrs",
+    "sh_offsets",
+    "sh_sizes",
+    "sh_links",
+    "sh_infos",
+    "_aligns",
+    "sh_entsizes",
+)
 
 
 def _tables(data: bytes):
@@ -21,26 +31,34 @@ def _tables(data: bytes):
     lay = ident_layout(data)
     ehdr = lay.ehdr.unpack_from(data, 0)
     shoff, shnum = ehdr[6], ehdr[12]
-    rows = list(lay.shdr.iter_unpack(data[shoff:shoff + shnum * lay.shdr.size]))
+    rows = list(lay.shdr.iter_unpack(data[shoff : shoff + shnum * lay.shdr.size]))
     symtab = next(i for i, r in enumerate(rows) if r[1] == C.SHT_SYMTAB)
     return lay, shoff, rows, symtab
 
 
 def _expected_symbols(data: bytes, lay, rows, symtab):
     sh = rows[symtab]
-    strtab = data[rows[sh[6]][4]:rows[sh[6]][4] + rows[sh[6]][5]]
+    strtab = data[rows[sh[6]][4] : rows[sh[6]][4] + rows[sh[6]][5]]
     out = []
-    for name, value, size, info, other, shndx in lay.iter_syms(data[sh[4]:sh[4] + sh[5]]):
-        text = strtab[name:strtab.index(b"\0", name)].decode()
+    for name, value, size, info, other, shndx in lay.iter_syms(data[sh[4] : sh[4] + sh[5]]):
+        text = strtab[name : strtab.index(b"\0", name)].decode()
         out.append((text, value, size, info, other, shndx))
     return out
 
 
 def _scan_view(scan) -> dict:
     view = {c: getattr(scan, c) for c in SHDR_COLUMNS}
-    view.update(symbols=scan.symbols, st_names=scan.st_names, infos=scan.infos,
-                others=scan.others, values=scan.values, sizes=scan.sizes,
-                shndxs=scan.shndxs, strtab=scan.strtab, symtab_index=scan.symtab_index)
+    view.update(
+        symbols=scan.symbols,
+        st_names=scan.st_names,
+        infos=scan.infos,
+        others=scan.others,
+        values=scan.values,
+        sizes=scan.sizes,
+        shndxs=scan.shndxs,
+        strtab=scan.strtab,
+        symtab_index=scan.symtab_index,
+    )
     return view
 
 
@@ -63,8 +81,11 @@ def test_columns_match_struct_decoding(compiled, tmp_path):
             assert type(scan.infos) is bytes and type(scan.others) is bytes
             assert scan.others == bytes(s[4] for s in expected)
             for i in range(len(rows)):
-                assert scan.section_data(i) == (b"" if rows[i][1] == C.SHT_NOBITS or i == 0
-                                               else data[rows[i][4]:rows[i][4] + rows[i][5]])
+                assert scan.section_data(i) == (
+                    b""
+                    if rows[i][1] == C.SHT_NOBITS or i == 0
+                    else data[rows[i][4] : rows[i][4] + rows[i][5]]
+                )
         # a column built on first access is then an ordinary attribute
         scan = open_scan(data, "t.o")
         scan.values = [0] * len(scan.values)
@@ -81,20 +102,32 @@ def _move_to_end(data: bytes, index: int, pad: int) -> bytes:
     off, size = rows[index][4], rows[index][5]
     out = bytearray(data) + bytes(pad)
     new_off = len(out)
-    out += data[off:off + size]
+    out += data[off : off + size]
     row = list(rows[index])
     row[4] = new_off
     lay.shdr.pack_into(out, shoff + index * lay.shdr.size, *row)
     return bytes(out)
 
 
-@pytest.mark.parametrize("what, pad", [("shstrtab", 0), ("shstrtab", 5000), ("strtab", 0),
-                                       ("strtab", 9000), ("symtab", 0), ("symtab", 9000)])
+@pytest.mark.parametrize(
+    "what, pad",
+    [
+        ("shstrtab", 0),
+        ("shstrtab", 5000),
+        ("strtab", 0),
+        ("strtab", 9000),
+        ("symtab", 0),
+        ("symtab", 9000),
+    ],
+)
 def test_reads_whatever_the_layout(compiled, what, pad):
     _, data = compiled
     lay, _, rows, symtab = _tables(data)
-    index = {"shstrtab": lay.ehdr.unpack_from(data, 0)[13], "symtab": symtab,
-             "strtab": rows[symtab][6]}[what]
+    index = {
+        "shstrtab": lay.ehdr.unpack_from(data, 0)[13],
+        "symtab": symtab,
+        "strtab": rows[symtab][6],
+    }[what]
     moved = _move_to_end(data, index, pad)
     with open_scan(data, "a.o") as a, open_scan(moved, "b.o") as b:
         va, vb = _scan_view(a), _scan_view(b)
@@ -128,8 +161,24 @@ def test_every_section_index_value(compiled):
     sym = rows[symtab][4] + lay.sym.size  # symbol 1
     at = sym + (6 if lay.elfclass == 64 else 14)
     fmt = ("<" if lay.little_endian else ">") + "H"
-    for v in sorted({0, 1, nsec - 1, nsec, nsec + 1, 0xFF, 0x100, 0x1FF, 0xFEFF,
-                     C.SHN_LORESERVE, C.SHN_ABS, C.SHN_COMMON, 0xFFFE, C.SHN_XINDEX}):
+    for v in sorted(
+        {
+            0,
+            1,
+            nsec - 1,
+            nsec,
+            nsec + 1,
+            0xFF,
+            0x100,
+            0x1FF,
+            0xFEFF,
+            C.SHN_LORESERVE,
+            C.SHN_ABS,
+            C.SHN_COMMON,
+            0xFFFE,
+            C.SHN_XINDEX,
+        }
+    ):
         patched = bytearray(data)
         struct.pack_into(fmt, patched, at, v)
         if nsec <= v < C.SHN_LORESERVE or v == C.SHN_XINDEX:
@@ -144,7 +193,7 @@ def test_one_pass_index_check(compiled):
     fine (below the section count or reserved, not SHN_XINDEX)."""
     _, data = compiled
     lay, _, rows, symtab = _tables(data)
-    raw = bytearray(data[rows[symtab][4]:rows[symtab][4] + rows[symtab][5]])
+    raw = bytearray(data[rows[symtab][4] : rows[symtab][4] + rows[symtab][5]])
     count = len(raw) // lay.sym.size
     at = 6 if lay.elfclass == 64 else 14
     fmt = ("<" if lay.little_endian else ">") + "H"
@@ -152,8 +201,27 @@ def test_one_pass_index_check(compiled):
     def fine(v, nsec):
         return not nsec <= v < C.SHN_LORESERVE and v != C.SHN_XINDEX
 
-    values = [0, 1, 2, 0x0D, 0x0E, 0x7F, 0xFE, 0xFF, 0x100, 0x101, 0x1FF, 0xD00, 0xFEFF,
-              C.SHN_LORESERVE, 0xFF01, C.SHN_ABS, C.SHN_COMMON, 0xFFFE, C.SHN_XINDEX]
+    values = [
+        0,
+        1,
+        2,
+        0x0D,
+        0x0E,
+        0x7F,
+        0xFE,
+        0xFF,
+        0x100,
+        0x101,
+        0x1FF,
+        0xD00,
+        0xFEFF,
+        C.SHN_LORESERVE,
+        0xFF01,
+        C.SHN_ABS,
+        C.SHN_COMMON,
+        0xFFFE,
+        C.SHN_XINDEX,
+    ]
     for nsec in (1, 0x0E, 0xFF, 0x100):
         for v in values:
             for other in (0, C.SHN_ABS):  # every symbol v, or v and a fine index in turn

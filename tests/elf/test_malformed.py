@@ -71,8 +71,7 @@ def test_truncations(sample):
 
 
 def test_header_fields_bogus(sample):
-    for off, fmt in [(0x04, "B"), (0x05, "B"), (0x28, "Q"), (0x3A, "H"), (0x3C, "H"),
-                     (0x3E, "H")]:
+    for off, fmt in [(0x04, "B"), (0x05, "B"), (0x28, "Q"), (0x3A, "H"), (0x3C, "H"), (0x3E, "H")]:
         for value in (0, 1, 2, 3, 0xFF, 0xFFFF, 0xFFFFFFFF, 2**63):
             try:
                 patched = bytearray(sample)
@@ -87,8 +86,15 @@ def test_section_header_fields_bogus(sample):
     for i in range(shnum):
         base = shoff + i * 64
         # name, type, flags, addr, offset, size, link, info, addralign, entsize
-        for field_off, fmt in [(0, "I"), (4, "I"), (24, "Q"), (32, "Q"), (40, "I"), (44, "I"),
-                               (56, "Q")]:
+        for field_off, fmt in [
+            (0, "I"),
+            (4, "I"),
+            (24, "Q"),
+            (32, "Q"),
+            (40, "I"),
+            (44, "I"),
+            (56, "Q"),
+        ]:
             for value in (0, 1, 0x7FFF, 0xFFFFFFFF, 2**40):
                 try:
                     patched = bytearray(sample)
@@ -134,7 +140,7 @@ def test_section_data_past_the_end_from_a_path(sample, tmp_path):
     for i in range(1, shnum):
         patched = bytearray(sample)
         struct.pack_into("<Q", patched, shoff + i * 64 + 24, len(sample) - 1)  # sh_offset
-        struct.pack_into("<Q", patched, shoff + i * 64 + 32, 2)                  # sh_size
+        struct.pack_into("<Q", patched, shoff + i * 64 + 32, 2)  # sh_size
         path.write_bytes(bytes(patched))
         scan_everything(str(path), str(path))
         sh_type = struct.unpack_from("<I", patched, shoff + i * 64 + 4)[0]
@@ -166,15 +172,16 @@ def test_hypothesis_overwrites(sample, data):
     for _ in range(data.draw(st.integers(1, 6))):
         pos = data.draw(st.integers(0, len(patched) - 1))
         chunk = data.draw(st.binary(min_size=1, max_size=8))
-        patched[pos:pos + len(chunk)] = chunk
+        patched[pos : pos + len(chunk)] = chunk
     exercise(bytes(patched[: data.draw(st.integers(0, len(patched)))]))
 
 
 def test_cli_reports_one_line_and_exit_2(tmp_path, sample):
     bad = tmp_path / "bad.ko"
     bad.write_bytes(sample[:100])
-    proc = subprocess.run([sys.executable, "-m", "klpkit.cli", "inspect", str(bad)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "klpkit.cli", "inspect", str(bad)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

@@ -8,8 +8,12 @@ from klpkit.elf import constants as C
 from .conftest import compile_object
 from .oracle import assert_pyelftools_agrees, elflint_messages, readelf_warnings
 
-EXPECTED = {"x86_64": (64, True, C.SHT_RELA), "i386": (32, True, C.SHT_REL),
-            "ppc": (32, False, C.SHT_RELA), "s390x": (64, False, C.SHT_RELA)}
+EXPECTED = {
+    "x86_64": (64, True, C.SHT_RELA),
+    "i386": (32, True, C.SHT_REL),
+    "ppc": (32, False, C.SHT_RELA),
+    "s390x": (64, False, C.SHT_RELA),
+}
 
 
 def test_reads_class_order_and_relocation_kind(compiled):
@@ -52,8 +56,11 @@ def _rename_and_move(elf: ElfFile, name: str) -> int:
             continue
         rs.relocations = [r for r in rs.relocations if r.symbol is not target]
         new = elf.new_relocation_section(
-            f".klp.rela.vmlinux.{rs.target.name}", rs.target, rela=rs.is_rela,
-            flags=C.SHF_ALLOC | C.SHF_INFO_LINK | C.SHF_RELA_LIVEPATCH)
+            f".klp.rela.vmlinux.{rs.target.name}",
+            rs.target,
+            rela=rs.is_rela,
+            flags=C.SHF_ALLOC | C.SHF_INFO_LINK | C.SHF_RELA_LIVEPATCH,
+        )
         new.relocations = mine
         moved += len(mine)
     target.name = f".klp.sym.vmlinux.{name},0"
@@ -64,8 +71,11 @@ def _rename_and_move(elf: ElfFile, name: str) -> int:
 def test_rename_and_move_relocations(compiled, tmp_path):
     arch, data = compiled
     elf = ElfFile.from_bytes(data)
-    untouched = {i: s.data for i, s in enumerate(elf.sections) if not s.is_relocation
-                 and s.type not in (C.SHT_SYMTAB, C.SHT_STRTAB)}
+    untouched = {
+        i: s.data
+        for i, s in enumerate(elf.sections)
+        if not s.is_relocation and s.type not in (C.SHT_SYMTAB, C.SHT_STRTAB)
+    }
     assert _rename_and_move(elf, "ext_func") >= 1
     out = elf.to_bytes()
     path = tmp_path / "out.o"
@@ -83,8 +93,11 @@ def test_rename_and_move_relocations(compiled, tmp_path):
     for i, data_before in untouched.items():
         assert back.sections[i].data == data_before, back.sections[i].name
     assert readelf_warnings(path) == []
-    lint = [m for m in elflint_messages(path) if "0x100000" not in m
-            and "invalid section index" not in m]
+    lint = [
+        m
+        for m in elflint_messages(path)
+        if "0x100000" not in m and "invalid section index" not in m
+    ]
     assert lint == [] or lint == ["No errors"], lint
 
 
@@ -92,14 +105,20 @@ def test_adding_a_local_renumbers_relocations(compiled):
     """A new local must precede all globals: every relocation index shifts, sh_info too."""
     _, data = compiled
     elf = ElfFile.from_bytes(data)
-    before = {(rs.name, r.offset): r.symbol.name if r.symbol else None
-              for rs in elf.relocation_sections() for r in rs.relocations}
+    before = {
+        (rs.name, r.offset): r.symbol.name if r.symbol else None
+        for rs in elf.relocation_sections()
+        for r in rs.relocations
+    }
     text = elf.section(".text")
     elf.symtab.add(Symbol("new_local", 0, 0, C.STB_LOCAL, C.STT_FUNC, 0, text))
     out = elf.to_bytes()
     back = ElfFile.from_bytes(out)
-    after = {(rs.name, r.offset): r.symbol.name if r.symbol else None
-             for rs in back.relocation_sections() for r in rs.relocations}
+    after = {
+        (rs.name, r.offset): r.symbol.name if r.symbol else None
+        for rs in back.relocation_sections()
+        for r in rs.relocations
+    }
     assert before == after
     syms = back.symtab.symbols
     first_global = back.symtab.info
@@ -113,12 +132,14 @@ def test_add_and_remove_sections(compiled, tmp_path):
     _, data = compiled
     elf = ElfFile.from_bytes(data)
     if elf.section(".comment") is None:  # the assembled object has none: add one first
-        elf.add_section(Section(".comment", C.SHT_PROGBITS, C.SHF_MERGE | C.SHF_STRINGS,
-                                b"\0test\0", entsize=1))
+        elf.add_section(
+            Section(".comment", C.SHT_PROGBITS, C.SHF_MERGE | C.SHF_STRINGS, b"\0test\0", entsize=1)
+        )
         elf = ElfFile.from_bytes(elf.to_bytes())
     elf.remove_section(elf.section(".comment"))
-    blob = elf.add_section(Section(".klpkit.note", C.SHT_PROGBITS, C.SHF_ALLOC,
-                                   b"\x01" * 13, addralign=16))
+    blob = elf.add_section(
+        Section(".klpkit.note", C.SHT_PROGBITS, C.SHF_ALLOC, b"\x01" * 13, addralign=16)
+    )
     out = elf.to_bytes()
     back = ElfFile.from_bytes(out)
     assert back.section(".comment") is None

@@ -33,7 +33,7 @@ def all_modules():
 
     try:
         root = ensure_image() / "lib" / "modules" / DEFAULT_RELEASE
-    except Exception as e:  # noqa: BLE001 - reported through require()
+    except Exception as e:
         require(False, f"cannot fetch the Debian kernel image: {e}")
     found = sorted(str(p) for p in root.rglob("*.ko"))
     assert len(found) == 4022, f"expected 4,022 modules in {root}, found {len(found)}"
@@ -83,8 +83,10 @@ def livepatch_edit(elf: ElfFile) -> tuple[set[int], str] | None:
         touched.add(rs.index)
         rs.relocations = [r for r in rs.relocations if r.symbol is not target]
         new = elf.new_relocation_section(
-            f".klp.rela.vmlinux.{rs.target.name}", rs.target,
-            flags=C.SHF_ALLOC | C.SHF_INFO_LINK | C.SHF_RELA_LIVEPATCH)
+            f".klp.rela.vmlinux.{rs.target.name}",
+            rs.target,
+            flags=C.SHF_ALLOC | C.SHF_INFO_LINK | C.SHF_RELA_LIVEPATCH,
+        )
         new.relocations = mine
     target.name = f".klp.sym.vmlinux.{target.name},0"
     target.shndx = C.SHN_LIVEPATCH
@@ -96,7 +98,9 @@ def test_noop_write_is_byte_identical(all_modules, chunk):
     for path in _chunk(all_modules, chunk):
         data = open(path, "rb").read()
         elf = ElfFile.from_bytes(data, path)
-        assert ModuleSignature.from_trailer(elf.trailer) is not None, f"{path}: Debian modules are signed"
+        assert ModuleSignature.from_trailer(elf.trailer) is not None, (
+            f"{path}: Debian modules are signed"
+        )
         assert elf.to_bytes() == data, path
 
 

@@ -338,8 +338,9 @@ def _collected_targets() -> list[str]:
     """The toolchains scripts/setup.sh installs (a missing one fails under CI), plus any
     other cross compiler that happens to be installed; absent optional ones are not
     collected at all, so a CI run reports no skipped check."""
-    return sorted(t for t, (cc, _flags, required, _m) in TARGETS.items()
-                  if required or shutil.which(cc))
+    return sorted(
+        t for t, (cc, _flags, required, _m) in TARGETS.items() if required or shutil.which(cc)
+    )
 
 
 @pytest.mark.parametrize("target", _collected_targets())

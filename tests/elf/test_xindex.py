@@ -20,8 +20,12 @@ def big_object(tmp_path_factory):
     require(shutil.which("as") is not None, "GNU as is not installed")
     tmp = tmp_path_factory.mktemp("xindex")
     src = tmp / "big.s"
-    src.write_text("\n".join(f'.section .text.f{i},"ax",@progbits\n.globl f{i}\nf{i}: ret'
-                             for i in range(NSECTIONS)) + "\n.text\ncall ext_func\n")
+    src.write_text(
+        "\n".join(
+            f'.section .text.f{i},"ax",@progbits\n.globl f{i}\nf{i}: ret' for i in range(NSECTIONS)
+        )
+        + "\n.text\ncall ext_func\n"
+    )
     subprocess.run(["as", str(src), "-o", str(tmp / "big.o")], check=True)
     return (tmp / "big.o").read_bytes()
 
@@ -56,8 +60,9 @@ def test_edit_above_loreserve(big_object, tmp_path):
     rs = elf.relocations_for(text)[0]
     moved = [r for r in rs.relocations if r.symbol is ext]
     rs.relocations = [r for r in rs.relocations if r.symbol is not ext]
-    klp = elf.new_relocation_section(".klp.rela.vmlinux..text", text,
-                                     flags=C.SHF_ALLOC | C.SHF_INFO_LINK | C.SHF_RELA_LIVEPATCH)
+    klp = elf.new_relocation_section(
+        ".klp.rela.vmlinux..text", text, flags=C.SHF_ALLOC | C.SHF_INFO_LINK | C.SHF_RELA_LIVEPATCH
+    )
     klp.relocations = moved
     out = elf.to_bytes()
     path = tmp_path / "out.o"

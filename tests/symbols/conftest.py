@@ -48,16 +48,18 @@ def _run(cmd, cwd):
     assert res.returncode == 0, f"{' '.join(cmd)}: {res.stderr}"
 
 
-def compile_module(tmp: Path, name: str, sources: list[str], cc="gcc", ld="ld",
-                   cflags=(), ldflags=()) -> Path:
+def compile_module(
+    tmp: Path, name: str, sources: list[str], cc="gcc", ld="ld", cflags=(), ldflags=()
+) -> Path:
     """Compile C snippets into one relocatable .ko with ld -r (symtab order = link order)."""
     objs = []
     for i, src in enumerate(sources):
         c = tmp / f"{name}_{i}.c"
         c.write_text(src)
         o = tmp / f"{name}_{i}.o"
-        _run([cc, "-c", "-O2", "-fno-asynchronous-unwind-tables", *cflags, "-o", str(o),
-              str(c)], tmp)
+        _run(
+            [cc, "-c", "-O2", "-fno-asynchronous-unwind-tables", *cflags, "-o", str(o), str(c)], tmp
+        )
         objs.append(str(o))
     ko = tmp / f"{name}.ko"
     _run([ld, *ldflags, "-r", "-o", str(ko), *objs], tmp)
@@ -73,16 +75,28 @@ def link_vmlinux(tmp: Path, sources: list[str]) -> Path:
         _run(["gcc", "-c", "-O2", "-fno-pie", "-o", str(o), str(c)], tmp)
         objs.append(str(o))
     out = tmp / "vmlinux"
-    _run(["gcc", "-nostdlib", "-static", "-no-pie", "-Wl,--defsym=abs_sym=0x1234", "-o",
-          str(out), *objs], tmp)
+    _run(
+        [
+            "gcc",
+            "-nostdlib",
+            "-static",
+            "-no-pie",
+            "-Wl,--defsym=abs_sym=0x1234",
+            "-o",
+            str(out),
+            *objs,
+        ],
+        tmp,
+    )
     return out
 
 
 def readelf_counts(ko: Path) -> tuple[int, int]:
     """(core, all defined) symbol counts of a module by ``readelf -SW``/``-sW`` alone,
     filtered by the kernel's rules (is_core_symbol), independently of klpkit's reader."""
-    secs = subprocess.run(["readelf", "-SW", str(ko)], capture_output=True, text=True,
-                          check=True).stdout
+    secs = subprocess.run(
+        ["readelf", "-SW", str(ko)], capture_output=True, text=True, check=True
+    ).stdout
     info = {}
     for line in secs.splitlines():
         if "]" not in line or not line.strip().startswith("["):
@@ -94,8 +108,9 @@ def readelf_counts(ko: Path) -> tuple[int, int]:
         # Name Type Address Off Size ES [Flg] Lk Inf Al: Flg is absent when empty
         flags = rest[6] if len(rest) == 10 else ""
         info[idx] = (rest[0], flags)
-    syms = subprocess.run(["readelf", "-sW", str(ko)], capture_output=True, text=True,
-                          check=True).stdout
+    syms = subprocess.run(
+        ["readelf", "-sW", str(ko)], capture_output=True, text=True, check=True
+    ).stdout
     core = total = 0
     for line in syms.splitlines():
         f = line.split()
@@ -106,10 +121,11 @@ def readelf_counts(ko: Path) -> tuple[int, int]:
             continue
         total += 1
         if not ndx.isdigit():
-            continue          # ABS/COMMON: st_shndx >= e_shnum, not core
+            continue  # ABS/COMMON: st_shndx >= e_shnum, not core
         name, flags = info[ndx]
-        if name == ".data..percpu" or ("A" in flags and not name.startswith(".init")
-                                       and name not in (".modinfo", "__versions")):
+        if name == ".data..percpu" or (
+            "A" in flags and not name.startswith(".init") and name not in (".modinfo", "__versions")
+        ):
             core += 1
     return core, total
 
@@ -129,8 +145,14 @@ def small_tree(tmp_path, tools):
     link_vmlinux(tree, [VMLINUX, VMLINUX_2])
     (tree / "drivers").mkdir()
     compile_module(tree / "drivers", "mod-a", [MOD_A, MOD_B])
-    compile_module(tree / "drivers", "other_mod", ["int other_fn(void) { return 1; }\n"
-                                                  "static const char mi[] __attribute__("
-                                                  "(used, section(\".modinfo\"))) = "
-                                                  "\"name=other_mod\";\n"])
+    compile_module(
+        tree / "drivers",
+        "other_mod",
+        [
+            "int other_fn(void) { return 1; }\n"
+            "static const char mi[] __attribute__("
+            '(used, section(".modinfo"))) = '
+            '"name=other_mod";\n'
+        ],
+    )
     return tree

@@ -21,8 +21,9 @@ def image_612():
 
 
 def headers_612():
-    return _ensure(lambda: debian.ensure_headers(RELEASE),
-                   "Debian 6.12 kernel headers (bash scripts/setup.sh)")
+    return _ensure(
+        lambda: debian.ensure_headers(RELEASE), "Debian 6.12 kernel headers (bash scripts/setup.sh)"
+    )
 
 
 def open_db_612(tmp_path_factory):
@@ -32,7 +33,7 @@ def open_db_612(tmp_path_factory):
 
     image_612()
     require(shutil.which("zstd"), "zstd not installed: 6.12's vmlinuz is zstd (scripts/setup.sh)")
-    headers_612()      # its Module.symvers is what `symbols build --debian` prefers
+    headers_612()  # its Module.symvers is what `symbols build --debian` prefers
     with _run_lock(tmp_path_factory, "debian-612-symbols") as root:
         path = root / f"{RELEASE}.sqlite"
         if not path.exists():

@@ -26,7 +26,7 @@ TEXT64 = 0xFFFFFFFF81000000
 TEXT32 = 0xC1000000
 RELEASE = "6.1.0-synthetic"
 BUILD_ID = bytes(range(20))
-SEGMENT_AT = 0x1000            # file offset of the loaded segment
+SEGMENT_AT = 0x1000  # file offset of the loaded segment
 
 
 @dataclass
@@ -49,18 +49,24 @@ class Image:
     """What a synthetic vmlinux holds (what the decoder must find)."""
 
     elf: bytes
-    symbols: list[Sym]            # kernel order, letters as kallsyms stores them
+    symbols: list[Sym]  # kernel order, letters as kallsyms stores them
     exports: list[Export]
-    tables: dict[str, int] = field(default_factory=dict)   # kallsyms table -> file offset
+    tables: dict[str, int] = field(default_factory=dict)  # kallsyms table -> file offset
 
 
 def _align(blob: bytearray, n: int) -> None:
     blob += b"\0" * (-len(blob) % n)
 
 
-def encode_kallsyms(symbols: list[Sym], *, order: str = "6.1", ptr: int = 8,
-                    absolute_percpu: bool = True, base_relative: bool = True,
-                    seqs: bool = True) -> tuple[bytes, dict[str, int], list[Sym]]:
+def encode_kallsyms(
+    symbols: list[Sym],
+    *,
+    order: str = "6.1",
+    ptr: int = 8,
+    absolute_percpu: bool = True,
+    base_relative: bool = True,
+    seqs: bool = True,
+) -> tuple[bytes, dict[str, int], list[Sym]]:
     """(blob, label -> offset in blob, symbols as stored) for ``symbols`` sorted by
     address.  With ``absolute_percpu`` the symbols in [__per_cpu_start, __per_cpu_end]
     get the letter 'A' (make_percpus_absolute)."""
@@ -78,14 +84,14 @@ def encode_kallsyms(symbols: list[Sym], *, order: str = "6.1", ptr: int = 8,
         for c in e:
             tokens[c] = bytes((c,))
     free = [c for c in range(256) if tokens[c] is None]
-    pairs = Counter(e[i:i + 2] for e in entries for i in range(len(e) - 1))
+    pairs = Counter(e[i : i + 2] for e in entries for i in range(len(e) - 1))
     best = [p for p, _n in pairs.most_common(len(free))]
     code = {}
     for c, p in zip(free, best, strict=False):
         tokens[c] = p
         code[p] = c
-    for c in free[len(best):]:
-        tokens[c] = b"zq"                      # never used: any non-empty string
+    for c in free[len(best) :]:
+        tokens[c] = b"zq"  # never used: any non-empty string
     names = bytearray()
     markers = []
     for i, e in enumerate(entries):
@@ -93,8 +99,8 @@ def encode_kallsyms(symbols: list[Sym], *, order: str = "6.1", ptr: int = 8,
             markers.append(len(names))
         out, j = [], 0
         while j < len(e):
-            if e[j:j + 2] in code:
-                out.append(code[e[j:j + 2]])
+            if e[j : j + 2] in code:
+                out.append(code[e[j : j + 2]])
                 j += 2
             else:
                 out.append(e[j])
@@ -113,9 +119,10 @@ def encode_kallsyms(symbols: list[Sym], *, order: str = "6.1", ptr: int = 8,
         rel = [a for a, ab in zip(addrs, absolute, strict=True) if not ab]
         base = rel[0] if rel else 0
         mask = (1 << (8 * ptr)) - 1
-        offsets = [a if ab else
-                   (base - a - 1 if absolute_percpu else a - base) & mask
-                   for a, ab in zip(addrs, absolute, strict=True)]
+        offsets = [
+            a if ab else (base - a - 1 if absolute_percpu else a - base) & mask
+            for a, ab in zip(addrs, absolute, strict=True)
+        ]
         addr_blob = b"".join(struct.pack("<I", o & 0xFFFFFFFF) for o in offsets)
     else:
         addr_blob = b"".join(struct.pack(pfmt, a) for a in addrs)
@@ -153,30 +160,52 @@ def encode_kallsyms(symbols: list[Sym], *, order: str = "6.1", ptr: int = 8,
 
 def default_symbols(text: int) -> list[Sym]:
     """Code symbols with every lower-case letter, duplicates, weak ones, a long name."""
-    syms = [Sym("T", "_text", text), Sym("T", "startup_64", text),
-            Sym("t", "abcdefghijklmnopqrstuvwxyz", text + 0x10)]
-    for i in range(600):                       # > 256: several markers
+    syms = [
+        Sym("T", "_text", text),
+        Sym("T", "startup_64", text),
+        Sym("t", "abcdefghijklmnopqrstuvwxyz", text + 0x10),
+    ]
+    for i in range(600):  # > 256: several markers
         syms.append(Sym("tT"[i % 2], f"func_{i}_{'xyz'[i % 3]}", text + 0x20 + 8 * i))
-    syms += [Sym("t", "dup_helper", text + 0x2000), Sym("t", "dup_helper", text + 0x2010),
-             Sym("W", "weak_fn", text + 0x2020), Sym("t", "dup_helper", text + 0x2030),
-             Sym("T", "very_long_" + "n" * 200, text + 0x2040)]
+    syms += [
+        Sym("t", "dup_helper", text + 0x2000),
+        Sym("t", "dup_helper", text + 0x2010),
+        Sym("W", "weak_fn", text + 0x2020),
+        Sym("t", "dup_helper", text + 0x2030),
+        Sym("T", "very_long_" + "n" * 200, text + 0x2040),
+    ]
     return syms
 
 
-def make_vmlinux(*, order: str = "6.1", ptr: int = 8, absolute_percpu: bool = True,
-                 base_relative: bool = True, seqs: bool = True, release: str = RELEASE,
-                 symbols: list[Sym] | None = None, exports: list[Export] | None = None,
-                 percpu: bool = True, code_only: bool = False) -> Image:
+def make_vmlinux(
+    *,
+    order: str = "6.1",
+    ptr: int = 8,
+    absolute_percpu: bool = True,
+    base_relative: bool = True,
+    seqs: bool = True,
+    release: str = RELEASE,
+    symbols: list[Sym] | None = None,
+    exports: list[Export] | None = None,
+    percpu: bool = True,
+    code_only: bool = False,
+) -> Image:
     """A vmlinux as described in the module doc; ``code_only``: every symbol typed as
     code, as in a kernel without CONFIG_KALLSYMS_ALL."""
     text = TEXT64 if ptr == 8 else TEXT32
-    vaddr0 = text                                      # vaddr of SEGMENT_AT
+    vaddr0 = text  # vaddr of SEGMENT_AT
     syms = list(symbols) if symbols is not None else default_symbols(text)
-    exports = exports if exports is not None else [
-        Export("func_5_z", crc=0x11111111), Export("func_3_x", crc=0x22222222),
-        Export("func_1_y", gpl=True, namespace="MY_NS", crc=0x33333333)]
-    data = bytearray(b"\xcc" * 0x3000)                 # "code"
-    data += struct.pack("<Q", 5) + struct.pack("<Q", 7) * 3   # decoy small words
+    exports = (
+        exports
+        if exports is not None
+        else [
+            Export("func_5_z", crc=0x11111111),
+            Export("func_3_x", crc=0x22222222),
+            Export("func_1_y", gpl=True, namespace="MY_NS", crc=0x33333333),
+        ]
+    )
+    data = bytearray(b"\xcc" * 0x3000)  # "code"
+    data += struct.pack("<Q", 5) + struct.pack("<Q", 7) * 3  # decoy small words
     banner_at = len(data)
     data += f"Linux version {release} (test@klpkit) #1 SMP\n\0".encode()
     _align(data, 4)
@@ -202,14 +231,17 @@ def make_vmlinux(*, order: str = "6.1", ptr: int = 8, absolute_percpu: bool = Tr
         at = ksymtab_at + i * entry
         value = text + 0x20
         if entry == 12 and ptr == 8:
-            fields = (value - (vaddr0 + at),
-                      vaddr0 + where[e.name] - (vaddr0 + at + 4),
-                      vaddr0 + where[e.namespace] - (vaddr0 + at + 8))
+            fields = (
+                value - (vaddr0 + at),
+                vaddr0 + where[e.name] - (vaddr0 + at + 4),
+                vaddr0 + where[e.namespace] - (vaddr0 + at + 8),
+            )
             struct.pack_into("<iii", data, at, *fields)
         else:
             fmt = "<QQQ" if ptr == 8 else "<III"
-            struct.pack_into(fmt, data, at, value, vaddr0 + where[e.name],
-                             vaddr0 + where[e.namespace])
+            struct.pack_into(
+                fmt, data, at, value, vaddr0 + where[e.name], vaddr0 + where[e.namespace]
+            )
     _align(data, 0x1000)
     kallsyms_at = len(data)
 
@@ -217,50 +249,90 @@ def make_vmlinux(*, order: str = "6.1", ptr: int = 8, absolute_percpu: bool = Tr
         return vaddr0 + off
 
     gpl_at = ksymtab_at + entry * len(plain)
-    extra = [Sym("D", "linux_banner", va(banner_at)),
-             Sym("R", "__start___ksymtab", va(ksymtab_at)),
-             Sym("R", "__stop___ksymtab", va(gpl_at)),
-             Sym("R", "__start___ksymtab_gpl", va(gpl_at)),
-             Sym("R", "__stop___ksymtab_gpl", va(kcrctab_at)),
-             Sym("R", "__start___kcrctab", va(kcrctab_at)),
-             Sym("R", "__start___kcrctab_gpl", va(kcrctab_at + 4 * len(plain))),
-             Sym("D", "__start_rodata", va(strings_at))]
-    extra += [Sym("r", f"__ksymtab_{e.name}", va(ksymtab_at + i * entry))
-              for i, e in enumerate(plain + gpl)]
+    extra = [
+        Sym("D", "linux_banner", va(banner_at)),
+        Sym("R", "__start___ksymtab", va(ksymtab_at)),
+        Sym("R", "__stop___ksymtab", va(gpl_at)),
+        Sym("R", "__start___ksymtab_gpl", va(gpl_at)),
+        Sym("R", "__stop___ksymtab_gpl", va(kcrctab_at)),
+        Sym("R", "__start___kcrctab", va(kcrctab_at)),
+        Sym("R", "__start___kcrctab_gpl", va(kcrctab_at + 4 * len(plain))),
+        Sym("D", "__start_rodata", va(strings_at)),
+    ]
+    extra += [
+        Sym("r", f"__ksymtab_{e.name}", va(ksymtab_at + i * entry))
+        for i, e in enumerate(plain + gpl)
+    ]
     if percpu:
-        extra += [Sym("D", "__per_cpu_start", 0), Sym("D", "fixed_percpu_data", 0),
-                  Sym("d", "static_pcpu", 0x40), Sym("D", "__per_cpu_end", 0x1000)]
-    everything = sorted(syms + extra, key=lambda s: s.addr)   # stable: input order on ties
+        extra += [
+            Sym("D", "__per_cpu_start", 0),
+            Sym("D", "fixed_percpu_data", 0),
+            Sym("d", "static_pcpu", 0x40),
+            Sym("D", "__per_cpu_end", 0x1000),
+        ]
+    everything = sorted(syms + extra, key=lambda s: s.addr)  # stable: input order on ties
     if code_only:
-        everything = [Sym("T" if s.letter.isupper() else "t", s.name, s.addr)
-                      for s in everything]
-    blob, labels, stored = encode_kallsyms(everything, order=order, ptr=ptr,
-                                           absolute_percpu=absolute_percpu,
-                                           base_relative=base_relative, seqs=seqs)
+        everything = [Sym("T" if s.letter.isupper() else "t", s.name, s.addr) for s in everything]
+    blob, labels, stored = encode_kallsyms(
+        everything,
+        order=order,
+        ptr=ptr,
+        absolute_percpu=absolute_percpu,
+        base_relative=base_relative,
+        seqs=seqs,
+    )
     data += blob
     data += b"\xee" * 64
     # the ELF: header, PT_LOAD (the whole data), PT_NOTE
     seg = bytes(data)
     if ptr == 8:
         phoff, phsize = 64, 56
-        head = b"\x7fELF" + bytes((2, 1, 1)) + b"\0" * 9 + struct.pack(
-            "<HHIQQQIHHHHHH", 2, 62, 1, text, phoff, 0, 0, 64, phsize, 2, 64, 0, 0)
-        ph = struct.pack("<IIQQQQQQ", 1, 5, SEGMENT_AT, vaddr0, vaddr0 & 0xFFFFFFF,
-                         len(seg), len(seg), 0x1000)
-        ph += struct.pack("<IIQQQQQQ", 4, 4, SEGMENT_AT + notes_at, va(notes_at), 0,
-                          12 + 4 + len(BUILD_ID), 12 + 4 + len(BUILD_ID), 4)
+        head = (
+            b"\x7fELF"
+            + bytes((2, 1, 1))
+            + b"\0" * 9
+            + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, text, phoff, 0, 0, 64, phsize, 2, 64, 0, 0)
+        )
+        ph = struct.pack(
+            "<IIQQQQQQ", 1, 5, SEGMENT_AT, vaddr0, vaddr0 & 0xFFFFFFF, len(seg), len(seg), 0x1000
+        )
+        ph += struct.pack(
+            "<IIQQQQQQ",
+            4,
+            4,
+            SEGMENT_AT + notes_at,
+            va(notes_at),
+            0,
+            12 + 4 + len(BUILD_ID),
+            12 + 4 + len(BUILD_ID),
+            4,
+        )
     else:
         phoff, phsize = 52, 32
-        head = b"\x7fELF" + bytes((1, 1, 1)) + b"\0" * 9 + struct.pack(
-            "<HHIIIIIHHHHHH", 2, 3, 1, text, phoff, 0, 0, 52, phsize, 2, 40, 0, 0)
-        ph = struct.pack("<IIIIIIII", 1, SEGMENT_AT, vaddr0, vaddr0 & 0xFFFFFFF,
-                         len(seg), len(seg), 5, 0x1000)
-        ph += struct.pack("<IIIIIIII", 4, SEGMENT_AT + notes_at, va(notes_at), 0,
-                          12 + 4 + len(BUILD_ID), 12 + 4 + len(BUILD_ID), 4, 4)
+        head = (
+            b"\x7fELF"
+            + bytes((1, 1, 1))
+            + b"\0" * 9
+            + struct.pack("<HHIIIIIHHHHHH", 2, 3, 1, text, phoff, 0, 0, 52, phsize, 2, 40, 0, 0)
+        )
+        ph = struct.pack(
+            "<IIIIIIII", 1, SEGMENT_AT, vaddr0, vaddr0 & 0xFFFFFFF, len(seg), len(seg), 5, 0x1000
+        )
+        ph += struct.pack(
+            "<IIIIIIII",
+            4,
+            SEGMENT_AT + notes_at,
+            va(notes_at),
+            0,
+            12 + 4 + len(BUILD_ID),
+            12 + 4 + len(BUILD_ID),
+            4,
+            4,
+        )
     elf = bytearray(head + ph)
     elf += b"\0" * (SEGMENT_AT - len(elf))
     elf += seg
-    elf += b"RELOCS" * 4                               # (vmlinux.relocs follows the ELF)
+    elf += b"RELOCS" * 4  # (vmlinux.relocs follows the ELF)
     tables = {k: SEGMENT_AT + kallsyms_at + v for k, v in labels.items()}
     return Image(bytes(elf), stored, exports, tables)
 
@@ -276,15 +348,24 @@ def compress(data: bytes, fmt: str) -> bytes | None:
         return lzma.compress(data, lzma.FORMAT_ALONE)
     if fmt == "bzip2":
         return bz2.compress(data, 9)
-    cmd = {"zstd": ["zstd", "-q", "-c", "-19"], "lz4": ["lz4", "-q", "-l", "-c"],
-           "lzo": ["lzop", "-q", "-c"]}[fmt]
+    cmd = {
+        "zstd": ["zstd", "-q", "-c", "-19"],
+        "lz4": ["lz4", "-q", "-l", "-c"],
+        "lzo": ["lzop", "-q", "-c"],
+    }[fmt]
     if not shutil.which(cmd[0]):
         return None
     return subprocess.run(cmd, input=data, capture_output=True, check=True).stdout
 
 
-def bzimage(vmlinux: bytes, fmt: str = "xz", *, version: str = f"{RELEASE} (t@t) #1 SMP",
-            protocol: int = 0x020F, payload: bytes | None = None) -> bytes:
+def bzimage(
+    vmlinux: bytes,
+    fmt: str = "xz",
+    *,
+    version: str = f"{RELEASE} (t@t) #1 SMP",
+    protocol: int = 0x020F,
+    payload: bytes | None = None,
+) -> bytes:
     """An x86 bzImage around ``vmlinux``: 4 setup sectors with the setup header, a stub,
     then the payload (compressed vmlinux + its size, 4 bytes little-endian)."""
     setup = bytearray(5 * 512)
@@ -292,7 +373,7 @@ def bzimage(vmlinux: bytes, fmt: str = "xz", *, version: str = f"{RELEASE} (t@t)
     setup[0x202:0x206] = b"HdrS"
     struct.pack_into("<H", setup, 0x206, protocol)
     vs = version.encode() + b"\0"
-    setup[0x400:0x400 + len(vs)] = vs
+    setup[0x400 : 0x400 + len(vs)] = vs
     struct.pack_into("<H", setup, 0x20E, 0x400 - 0x200)
     if payload is None:
         packed = compress(vmlinux, fmt)

@@ -25,8 +25,9 @@ def _compress(path, suffix: str):
     elif suffix == ".gz":
         packed = gzip.compress(data, mtime=0)
     else:
-        packed = subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True,
-                                check=True).stdout
+        packed = subprocess.run(
+            ["zstd", "-q", "-c"], input=data, capture_output=True, check=True
+        ).stdout
     out = path.with_name(path.name + suffix)
     out.write_bytes(packed)
     path.unlink()
@@ -35,10 +36,18 @@ def _compress(path, suffix: str):
 
 def _content(db):
     with sqlite3.connect(db.path) as conn:
-        exports = sorted(conn.execute("SELECT e.name, o.name, e.type, e.namespace, e.crc "
-                                      "FROM exports e JOIN objects o ON o.id = e.obj"))
-    return (db.all_symbols(), sorted(db.objects()),
-            {m: db.module_depends(m) for m in db.objects() if m != "vmlinux"}, exports)
+        exports = sorted(
+            conn.execute(
+                "SELECT e.name, o.name, e.type, e.namespace, e.crc "
+                "FROM exports e JOIN objects o ON o.id = e.obj"
+            )
+        )
+    return (
+        db.all_symbols(),
+        sorted(db.objects()),
+        {m: db.module_depends(m) for m in db.objects() if m != "vmlinux"},
+        exports,
+    )
 
 
 @pytest.mark.parametrize("suffix", [".xz", ".gz", ".zst"])
@@ -49,7 +58,9 @@ def test_tree_of_compressed_modules_equals_plain(small_tree, tmp_path, suffix):
     for ko in list((small_tree / "drivers").glob("*.ko")):
         _compress(ko, suffix)
     assert [p.rsplit("/", 1)[1] for p in find_modules(small_tree)] == [
-        f"mod-a.ko{suffix}", f"other_mod.ko{suffix}"]
+        f"mod-a.ko{suffix}",
+        f"other_mod.ko{suffix}",
+    ]
     packed = build_from_tree(small_tree, db=tmp_path / "packed.sqlite", progress=False)
     assert _content(packed) == _content(plain)
     assert packed.lookup("exported_fn")[0].object == "mod_a"
@@ -73,12 +84,13 @@ def test_debian_image_with_ko_xz_and_modules_dep(small_tree, tmp_path):
     for ko in list((moddir / "kernel").glob("*.ko")):
         _compress(ko, ".xz")
     (moddir / "modules.dep").write_text(
-        "kernel/plain.ko.xz: kernel/mod-a.ko.xz\nkernel/mod-a.ko.xz:\n")
+        "kernel/plain.ko.xz: kernel/mod-a.ko.xz\nkernel/mod-a.ko.xz:\n"
+    )
     dbg = tmp_path / "dbg" / "usr" / "lib" / "debug" / "boot"
     dbg.mkdir(parents=True)
     shutil.copy(small_tree / "vmlinux", dbg / "vmlinux-6.1.0-test")
     db = build_from_debian(img, tmp_path / "dbg", db=tmp_path / "d.sqlite", progress=False)
-    assert db.module_depends("plain") == ["mod_a"]          # from modules.dep
+    assert db.module_depends("plain") == ["mod_a"]  # from modules.dep
     assert db.lookup("plain_fn")[0].object == "plain"
 
 

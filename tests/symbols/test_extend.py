@@ -36,7 +36,11 @@ def test_added_module_is_looked_up_like_an_in_tree_one(small_db, tmp_path):
     assert set(db.objects()) == set(before) | {"vendor_mod"}
     (helper,) = db.lookup("vendor_helper")
     assert (helper.object, helper.bind, helper.type, helper.sympos) == (
-        "vendor_mod", "local", "func", 1)
+        "vendor_mod",
+        "local",
+        "func",
+        1,
+    )
     assert db.counts()["objects"] == len(before) + 1
     assert str(ko) in " ".join(db.sources)
     # the original database is untouched when a destination is given
@@ -46,8 +50,9 @@ def test_added_module_is_looked_up_like_an_in_tree_one(small_db, tmp_path):
 def test_module_of_another_kernel_is_refused_and_nothing_changes(small_db, tmp_path):
     ko = _vendor(tmp_path, release="5.4.0-other")
     data = small_db.path.read_bytes()
-    with pytest.raises(InputError, match="built for kernel 5.4.0-other, the database is for "
-                                         "6.1.0-test"):
+    with pytest.raises(
+        InputError, match="built for kernel 5.4.0-other, the database is for 6.1.0-test"
+    ):
         add_modules(small_db, [ko])
     assert small_db.path.read_bytes() == data
     assert [p.name for p in small_db.path.parent.iterdir() if p.suffix == ".tmp"] == []
@@ -64,11 +69,17 @@ def test_cli_add_in_place(small_db, tmp_path):
     ko = _vendor(tmp_path)
     path = small_db.path
     small_db.close()
-    proc = subprocess.run([sys.executable, "-m", "klpkit.cli", "symbols", "add", str(ko),
-                           "--db", str(path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "klpkit.cli", "symbols", "add", str(ko), "--db", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "vendor_mod" in SymbolDB.open(path).objects()
-    again = subprocess.run([sys.executable, "-m", "klpkit.cli", "symbols", "add", str(ko),
-                            "--db", str(path)], capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, "-m", "klpkit.cli", "symbols", "add", str(ko), "--db", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 2
     assert again.stderr.count("\n") == 1 and "already in the database" in again.stderr

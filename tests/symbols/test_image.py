@@ -22,7 +22,7 @@ from tests.conftest import require
 from .kimage import BUILD_ID, RELEASE, bzimage, compress, make_vmlinux
 
 DEBIAN = "6.1.0-47-amd64"
-DEBIAN_612 = "6.12.117+deb12-amd64"     # the bookworm 6.12 line (issue 13)
+DEBIAN_612 = "6.12.117+deb12-amd64"  # the bookworm 6.12 line (issue 13)
 
 
 def check_image(img, want) -> None:
@@ -36,11 +36,14 @@ def check_image(img, want) -> None:
     assert img.build_id == BUILD_ID.hex() and img.release == RELEASE
     names = [s.name for s in want.symbols]
     if ks.seqs_raw is not None:
-        assert ks.seqs_of_names == sorted(range(len(names)),
-                                          key=lambda i: (names[i], ks.addresses[i], i))
+        assert ks.seqs_of_names == sorted(
+            range(len(names)), key=lambda i: (names[i], ks.addresses[i], i)
+        )
     got = {(e.name, e.export_type, e.namespace, e.crc) for e in img.exports}
-    assert got == {(e.name, "EXPORT_SYMBOL_GPL" if e.gpl else "EXPORT_SYMBOL",
-                    e.namespace or None, e.crc) for e in want.exports}
+    assert got == {
+        (e.name, "EXPORT_SYMBOL_GPL" if e.gpl else "EXPORT_SYMBOL", e.namespace or None, e.crc)
+        for e in want.exports
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +80,16 @@ def test_table_layouts(tmp_path, order, variant):
     """The v6.1 order and the v6.4+ order (scripts/kallsyms: "change the output order"),
     with --absolute-percpu (x86_64), plain base-relative offsets, absolute addresses
     (!KALLSYMS_BASE_RELATIVE), without kallsyms_seqs_of_names, and a 32-bit kernel."""
-    opts = {"x86_64": {}, "no-seqs": {"seqs": False},
-            "relative": {"absolute_percpu": False, "percpu": False},
-            "addresses": {"base_relative": False},
-            "i386": {"ptr": 4, "absolute_percpu": False, "percpu": False}}[variant]
+    opts = {
+        "x86_64": {},
+        "no-seqs": {"seqs": False},
+        "relative": {"absolute_percpu": False, "percpu": False},
+        "addresses": {"base_relative": False},
+        "i386": {"ptr": 4, "absolute_percpu": False, "percpu": False},
+    }[variant]
     want = make_vmlinux(order=order, **opts)
     path = tmp_path / "vmlinux"
-    path.write_bytes(want.elf)                 # an uncompressed, stripped vmlinux
+    path.write_bytes(want.elf)  # an uncompressed, stripped vmlinux
     img = read_image(path)
     assert img.compression == "none"
     check_image(img, want)
@@ -96,18 +102,25 @@ def test_two_byte_lengths_and_duplicates(synthetic, tmp_path):
     path.write_bytes(bzimage(synthetic.elf, "gzip"))
     db = build_from_vmlinuz(path, db=tmp_path / "s.sqlite", progress=False)
     assert db.release == RELEASE and db.build_id == BUILD_ID.hex()
-    (long,) = db.lookup("very_long_" + "n" * 200)       # > 127 token bytes: ULEB128 length
+    (long,) = db.lookup("very_long_" + "n" * 200)  # > 127 token bytes: ULEB128 length
     assert (long.bind, long.type) == ("global", "func")
     dups = db.lookup("dup_helper")
-    assert [(e.sympos, e.count, e.bind) for e in dups] == [(1, 3, "local"), (2, 3, "local"),
-                                                          (3, 3, "local")]
+    assert [(e.sympos, e.count, e.bind) for e in dups] == [
+        (1, 3, "local"),
+        (2, 3, "local"),
+        (3, 3, "local"),
+    ]
     assert db.lookup("weak_fn")[0].bind == "weak"
     # per-cpu symbols: kallsyms types them 'A' (--absolute-percpu), binding unknown
     (pcpu,) = db.lookup("static_pcpu")
     assert (pcpu.bind, pcpu.type) == ("unknown", "object")
     (e,) = db.lookup("func_1_y")
     assert (e.exported, e.export_type, e.namespace, e.crc) == (
-        True, "EXPORT_SYMBOL_GPL", "MY_NS", 0x33333333)
+        True,
+        "EXPORT_SYMBOL_GPL",
+        "MY_NS",
+        0x33333333,
+    )
     (d,) = db.lookup("__start___ksymtab")
     assert (d.bind, d.type) == ("global", "object")
 
@@ -115,25 +128,52 @@ def test_two_byte_lengths_and_duplicates(synthetic, tmp_path):
 def test_letters_give_binding_and_type():
     """rules.LETTER_FLAGS: the kernel's type letter decides (rules: why)."""
     f = rules.letter_flags
-    assert f("T") == 1 | 2 << 4 and f("t") == 0 | 2 << 4          # global/local func
-    assert f("W") == 2 | 2 << 4 and f("V") == 2 | 1 << 4          # weak func / object
+    assert f("T") == 1 | 2 << 4 and f("t") == 0 | 2 << 4  # global/local func
+    assert f("W") == 2 | 2 << 4 and f("V") == 2 | 1 << 4  # weak func / object
     assert f("D") == 1 | 1 << 4 and f("b") == 0 | 1 << 4 and f("R") == 1 | 1 << 4
-    assert f("A") == 15 | 1 << 4                                   # per-cpu: binding unknown
+    assert f("A") == 15 | 1 << 4  # per-cpu: binding unknown
 
 
 def test_cli_image_inputs(synthetic, tmp_path, capsys):
     image = tmp_path / "vmlinuz"
     image.write_bytes(bzimage(synthetic.elf, "xz"))
-    assert main(["symbols", "build", "--vmlinuz", str(image), "--db",
-                 str(tmp_path / "a.sqlite"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "symbols",
+                "build",
+                "--vmlinuz",
+                str(image),
+                "--db",
+                str(tmp_path / "a.sqlite"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["release"] == RELEASE and out["counts"]["objects"] == 1
     # --debian-image with a file is the same as --vmlinuz
-    assert main(["symbols", "build", "--debian-image", str(image), "--db",
-                 str(tmp_path / "b.sqlite")]) == 0
+    assert (
+        main(["symbols", "build", "--debian-image", str(image), "--db", str(tmp_path / "b.sqlite")])
+        == 0
+    )
     assert SymbolDB.open(tmp_path / "a.sqlite") == SymbolDB.open(tmp_path / "b.sqlite")
-    assert main(["symbols", "build", "--vmlinuz", str(image), "--release", "6.1.0-other",
-                 "--db", str(tmp_path / "c.sqlite")]) == 2
+    assert (
+        main(
+            [
+                "symbols",
+                "build",
+                "--vmlinuz",
+                str(image),
+                "--release",
+                "6.1.0-other",
+                "--db",
+                str(tmp_path / "c.sqlite"),
+            ]
+        )
+        == 2
+    )
     assert "is kernel 6.1.0-synthetic, not 6.1.0-other" in capsys.readouterr().err
 
 
@@ -145,7 +185,8 @@ def test_debian_root_reads_its_image(synthetic, tmp_path):
     (root / "boot").mkdir()
     (root / "boot" / f"vmlinuz-{RELEASE}").write_bytes(bzimage(synthetic.elf, "xz"))
     (root / "boot" / f"System.map-{RELEASE}").write_text(
-        "ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n")
+        "ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n"
+    )
     db = build_from_debian(root, db=tmp_path / "d.sqlite", progress=False)
     assert db.objects() == ["vmlinux"] and db.meta["source"] == "debian"
     assert db.lookup("func_3_x")[0].exported
@@ -176,12 +217,13 @@ def test_refusals(synthetic, tmp_path, monkeypatch):
     one_error(p, "in no compression format the kernel uses")
     xz = compress(synthetic.elf, "xz")
     size = struct.pack("<I", len(synthetic.elf))
-    p.write_bytes(bzimage(synthetic.elf, payload=xz[:len(xz) // 2] + size))
+    p.write_bytes(bzimage(synthetic.elf, payload=xz[: len(xz) // 2] + size))
     one_error(p, "the xz payload is (truncated|damaged)")
     damaged = bytearray(xz)
     damaged[len(xz) // 2] ^= 0xFF
-    p.write_bytes(bzimage(synthetic.elf, payload=bytes(damaged) + struct.pack(
-        "<I", len(synthetic.elf))))
+    p.write_bytes(
+        bzimage(synthetic.elf, payload=bytes(damaged) + struct.pack("<I", len(synthetic.elf)))
+    )
     one_error(p, "the xz payload is damaged")
     p.write_bytes(bzimage(synthetic.elf, payload=xz + struct.pack("<I", 1000)))
     one_error(p, "decompresses to more than the 1000 bytes the image declares")
@@ -199,8 +241,11 @@ def test_refusals(synthetic, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda _cmd: None)
     monkeypatch.setattr("klpkit.symbols.vmlinuz._stdlib_zstd", lambda: None)
     p.write_bytes(bzimage(synthetic.elf, payload=b"\x28\xb5\x2f\xfd" + b"\0" * 60))
-    one_error(p, "zstd-compressed: Python's standard library cannot decompress zstd and the "
-                 "'zstd' command is not installed")
+    one_error(
+        p,
+        "zstd-compressed: Python's standard library cannot decompress zstd and the "
+        "'zstd' command is not installed",
+    )
     p.write_bytes(b"")
     one_error(p, "not a kernel image")
     with pytest.raises(KlpkitError, match="no such file"):
@@ -214,18 +259,16 @@ def test_damaged_tables(synthetic, tmp_path):
 
     def damaged(offset: int, value: bytes) -> Path:
         elf = bytearray(synthetic.elf)
-        elf[offset:offset + len(value)] = value
+        elf[offset : offset + len(value)] = value
         p.write_bytes(bytes(elf))
         return p
 
     # an empty token (two NULs in a row) or an index that misses a token
     one_error(damaged(t["kallsyms_token_table"] + 1, b"\0"), "no kallsyms token table")
-    one_error(damaged(t["kallsyms_token_index"] + 2 * 9, b"\x01\x00"),
-              "no kallsyms token table")
+    one_error(damaged(t["kallsyms_token_index"] + 2 * 9, b"\x01\x00"), "no kallsyms token table")
     # num_syms off by one, a marker wrong, a length byte wrong: no names stream fits
     n = struct.unpack_from("<I", synthetic.elf, t["kallsyms_num_syms"])[0]
-    one_error(damaged(t["kallsyms_num_syms"], struct.pack("<I", n + 1)),
-              "no kallsyms_names stream")
+    one_error(damaged(t["kallsyms_num_syms"], struct.pack("<I", n + 1)), "no kallsyms_names stream")
     one_error(damaged(t["kallsyms_markers"] + 4, b"\xff"), "no kallsyms_names stream")
     one_error(damaged(t["kallsyms_names"], b"\x7f"), "no kallsyms_names stream")
     # only code symbols: a kernel without KALLSYMS_ALL cannot be livepatched
@@ -237,7 +280,7 @@ def test_damaged_tables(synthetic, tmp_path):
 def test_inflater_stops_early(synthetic):
     """Decompression stops once the tables are out: a vmlinux's kallsyms are in .rodata,
     the rest of the payload is never inflated."""
-    tail = synthetic.elf + os.urandom(4 << 20) * 3       # 12 MiB of incompressible data
+    tail = synthetic.elf + os.urandom(4 << 20) * 3  # 12 MiB of incompressible data
     payload = payload_of(bzimage(tail, "gzip"))
     with Inflater(payload) as inf:
         lay = elf_layout(inf)
@@ -262,12 +305,22 @@ def test_real_image_tables(debian_image):
     assert img.version.startswith(f"{DEBIAN} (debian-kernel@lists.debian.org)")
     assert len(ks) == 94105 and img.declared == 65905108
     assert img.decompressed < img.declared / 2, "decompression did not stop early"
-    assert list(ks.found) == ["kallsyms_num_syms", "kallsyms_names", "kallsyms_markers",
-                              "kallsyms_token_table", "kallsyms_token_index",
-                              "kallsyms_offsets", "kallsyms_relative_base",
-                              "kallsyms_seqs_of_names"]
-    assert ks.found["kallsyms_offsets"] < ks.found["kallsyms_relative_base"] < \
-        ks.found["kallsyms_num_syms"] < ks.found["kallsyms_names"]       # v6.1 order
+    assert list(ks.found) == [
+        "kallsyms_num_syms",
+        "kallsyms_names",
+        "kallsyms_markers",
+        "kallsyms_token_table",
+        "kallsyms_token_index",
+        "kallsyms_offsets",
+        "kallsyms_relative_base",
+        "kallsyms_seqs_of_names",
+    ]
+    assert (
+        ks.found["kallsyms_offsets"]
+        < ks.found["kallsyms_relative_base"]
+        < ks.found["kallsyms_num_syms"]
+        < ks.found["kallsyms_names"]
+    )  # v6.1 order
     assert ks.addresses == sorted(ks.addresses)
     assert ks.entries[:2] == ["Afixed_percpu_data", "A__per_cpu_start"]
     assert ks.address_of("startup_64") == 0xFFFFFFFF81000000
@@ -281,8 +334,10 @@ def test_real_image_tables(debian_image):
         by_name[names[i]].append(i)
     assert all(v == sorted(v) for v in by_name.values())
     assert sum(len(v) > 1 for v in by_name.values()) == 1120
-    print(f"\nimage decode: {seconds:.2f} s ({img.decompressed >> 20} of "
-          f"{img.declared >> 20} MiB inflated)")
+    print(
+        f"\nimage decode: {seconds:.2f} s ({img.decompressed >> 20} of "
+        f"{img.declared >> 20} MiB inflated)"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -303,11 +358,17 @@ def test_real_612_image_tables(debian_612_image):
     img = read_image(Path(debian_612_image) / "boot" / f"vmlinuz-{DEBIAN_612}")
     ks = img.kallsyms
     assert (img.compression, img.release) == ("zstd", DEBIAN_612)
-    assert list(ks.found) == ["kallsyms_num_syms", "kallsyms_names", "kallsyms_markers",
-                              "kallsyms_token_table", "kallsyms_token_index",
-                              "kallsyms_offsets", "kallsyms_relative_base",
-                              "kallsyms_seqs_of_names"]
-    assert ks.found["kallsyms_token_index"] < ks.found["kallsyms_offsets"]   # v6.4+ order
+    assert list(ks.found) == [
+        "kallsyms_num_syms",
+        "kallsyms_names",
+        "kallsyms_markers",
+        "kallsyms_token_table",
+        "kallsyms_token_index",
+        "kallsyms_offsets",
+        "kallsyms_relative_base",
+        "kallsyms_seqs_of_names",
+    ]
+    assert ks.found["kallsyms_token_index"] < ks.found["kallsyms_offsets"]  # v6.4+ order
     assert len(ks) > 150_000 and ks.addresses == sorted(ks.addresses)
     assert ks.entries[0] == "Afixed_percpu_data"
     assert "T__pfx_schedule" in ks.entries and "Tschedule" in ks.entries
@@ -327,13 +388,14 @@ def test_cli_debian_needs_no_dbg(debian_image, debian_symdb, tmp_path, monkeypat
         raise AssertionError("the -dbg package was asked for")
 
     monkeypatch.setattr(debian, "ensure_dbg", no_dbg)
-    monkeypatch.setattr(debian, "fetch_deb", no_dbg)     # (the image is cached already)
+    monkeypatch.setattr(debian, "fetch_deb", no_dbg)  # (the image is cached already)
     out = tmp_path / "cli.sqlite"
     assert main(["symbols", "build", "--debian", DEBIAN, "--db", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["source"] == "debian" and summary["counts"]["objects"] == 4023
-    assert summary["symvers"] == (str(debian.headers_symvers(DEBIAN))
-                                  if debian.headers_symvers(DEBIAN) else None)
+    assert summary["symvers"] == (
+        str(debian.headers_symvers(DEBIAN)) if debian.headers_symvers(DEBIAN) else None
+    )
     assert SymbolDB.open(out) == debian_symdb
 
 
@@ -355,10 +417,9 @@ def test_oracle_image_equals_dbg(debian_image, debian_dbg, debian_symdb, tmp_pat
     from .test_rules_speed_equivalence import same
 
     vmlinux, smap = find_debug_vmlinux(Path(debian_dbg), DEBIAN)
-    dbg_db = build_from_debian(debian_image, debian_dbg, db=tmp_path / "dbg.sqlite",
-                               progress=False)
+    dbg_db = build_from_debian(debian_image, debian_dbg, db=tmp_path / "dbg.sqlite", progress=False)
     assert dbg_db == debian_symdb
-    assert any("/boot/vmlinuz-" in p for p in debian_symdb.sources)   # (the image was read)
+    assert any("/boot/vmlinuz-" in p for p in debian_symdb.sources)  # (the image was read)
 
     img = read_image(Path(debian_image) / "boot" / f"vmlinuz-{DEBIAN}")
     from klpkit.symbols.build import _scan_any
@@ -376,8 +437,9 @@ def test_oracle_image_equals_dbg(debian_image, debian_dbg, debian_symdb, tmp_pat
     # System.map (nm -n, + kallsyms' sort and per-cpu 'A') gives the same records
     from klpkit.symbols.build import system_map_record
 
-    assert [(n.encode(), f) for n, f in system_map_record(smap).pairs()] == \
-        read_vmlinuz(Path(debian_image) / "boot" / f"vmlinuz-{DEBIAN}")[0].pairs()
+    assert [(n.encode(), f) for n, f in system_map_record(smap).pairs()] == read_vmlinuz(
+        Path(debian_image) / "boot" / f"vmlinuz-{DEBIAN}"
+    )[0].pairs()
     # every duplicated name: sympos 1..N is ascending address in the real System.map
     addrs = defaultdict(list)
     for line in Path(smap).read_text().splitlines():
@@ -410,13 +472,39 @@ def test_cli_vmlinuz_with_modules(synthetic, tools, tmp_path, capsys):
     compile_module(mods / "kernel", "user", ["int user_fn(void) { return 1; }\n"])
     (mods / "modules.dep").write_text("kernel/user.ko: kernel/plain.ko\nkernel/plain.ko:\n")
     db = tmp_path / "m.sqlite"
-    assert main(["symbols", "build", "--vmlinuz", str(image), "--modules-dir", str(mods),
-                 "--db", str(db)]) == 0
+    assert (
+        main(
+            [
+                "symbols",
+                "build",
+                "--vmlinuz",
+                str(image),
+                "--modules-dir",
+                str(mods),
+                "--db",
+                str(db),
+            ]
+        )
+        == 0
+    )
     built = SymbolDB.open(db)
     assert built.objects() == ["vmlinux", "plain", "user"]
     assert built.module_depends("user") == ["plain"]
     assert built.lookup("user_fn")[0].object == "user"
     capsys.readouterr()
-    assert main(["symbols", "build", "--tree", str(tmp_path), "--modules-dir", str(mods),
-                 "--db", str(tmp_path / "n.sqlite")]) == 2
+    assert (
+        main(
+            [
+                "symbols",
+                "build",
+                "--tree",
+                str(tmp_path),
+                "--modules-dir",
+                str(mods),
+                "--db",
+                str(tmp_path / "n.sqlite"),
+            ]
+        )
+        == 2
+    )
     assert "--modules-dir goes with --vmlinuz" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from klpkit.symbols.vmlinuz import ImageError, read_image
 from .kimage import bzimage, make_vmlinux
 
 NAME = "fuzz.img"
-SLOW = 5.0     # seconds: a case taking longer is a hang in the making
+SLOW = 5.0  # seconds: a case taking longer is a hang in the making
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +108,11 @@ def test_table_bit_flips(vmlinux):
     for _ in range(1500):
         patched = bytearray(vmlinux.elf)
         for _ in range(rng.randint(1, 3)):
-            pos = rng.randrange(lo, len(patched)) if rng.random() < 0.8 \
+            pos = (
+                rng.randrange(lo, len(patched))
+                if rng.random() < 0.8
                 else rng.randrange(len(patched))
+            )
             patched[pos] ^= 1 << rng.randrange(8)
         exercise(bytes(patched))
 
@@ -127,11 +130,17 @@ def test_damaged_token_table_and_index(vmlinux):
 def test_every_table_field_bogus(vmlinux):
     """num_syms, the first length bytes, markers, offsets, base: extreme values."""
     t = vmlinux.tables
-    spots = [(t["kallsyms_num_syms"], "I"), (t["kallsyms_names"], "B"),
-             (t["kallsyms_names"] + 1, "B"), (t["kallsyms_markers"], "I"),
-             (t["kallsyms_markers"] + 4, "I"), (t["kallsyms_offsets"], "i"),
-             (t["kallsyms_offsets"] + 8, "i"), (t["kallsyms_relative_base"], "Q"),
-             (t["kallsyms_seqs_of_names"], "I")]
+    spots = [
+        (t["kallsyms_num_syms"], "I"),
+        (t["kallsyms_names"], "B"),
+        (t["kallsyms_names"] + 1, "B"),
+        (t["kallsyms_markers"], "I"),
+        (t["kallsyms_markers"] + 4, "I"),
+        (t["kallsyms_offsets"], "i"),
+        (t["kallsyms_offsets"] + 8, "i"),
+        (t["kallsyms_relative_base"], "Q"),
+        (t["kallsyms_seqs_of_names"], "I"),
+    ]
     for off, fmt in spots:
         for value in (0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0xFFFFFF, 0x7FFFFFFF, -1, 2**40):
             try:
@@ -150,16 +159,28 @@ def test_hypothesis_overwrites(vmlinux, data):
     for _ in range(data.draw(st.integers(1, 6))):
         pos = data.draw(st.integers(lo - 64, len(patched) - 1))
         chunk = data.draw(st.binary(min_size=1, max_size=8))
-        patched[pos:pos + len(chunk)] = chunk
+        patched[pos : pos + len(chunk)] = chunk
     exercise(bytes(patched[: data.draw(st.integers(0, len(patched)))]))
 
 
 def test_cli_reports_one_line_and_exit_2(tmp_path, images):
     bad = tmp_path / "vmlinuz"
     bad.write_bytes(images["xz"][:5000])
-    proc = subprocess.run([sys.executable, "-m", "klpkit.cli", "symbols", "build", "--vmlinuz",
-                           str(bad), "--db", str(tmp_path / "x.sqlite")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "klpkit.cli",
+            "symbols",
+            "build",
+            "--vmlinuz",
+            str(bad),
+            "--db",
+            str(tmp_path / "x.sqlite"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert str(bad) in proc.stderr

@@ -36,8 +36,9 @@ def real_inputs(debian_image, debian_headers):
 @pytest.fixture(scope="session")
 def real_db(real_inputs, tmp_path_factory):
     image, symvers = real_inputs
-    return build_from_debian(image, None, symvers, db=tmp_path_factory.mktemp("db") / "k.sqlite",
-                             progress=False)
+    return build_from_debian(
+        image, None, symvers, db=tmp_path_factory.mktemp("db") / "k.sqlite", progress=False
+    )
 
 
 def test_whole_kernel_built(real_db, real_inputs):
@@ -46,21 +47,32 @@ def test_whole_kernel_built(real_db, real_inputs):
     assert len(mods) == 4022
     assert real_db.release == RELEASE
     assert len(real_db.objects()) == 4023 and real_db.objects()[0] == "vmlinux"
-    assert real_db.build_id and len(real_db.build_id) == 40   # vmlinux .notes GNU build id
+    assert real_db.build_id and len(real_db.build_id) == 40  # vmlinux .notes GNU build id
     assert real_db.counts()["symbols"] > 600_000
 
 
 def test_cdrom_spot_checks(real_db):
     (e,) = real_db.lookup("cdrom_check_events")
     assert (e.object, e.bind, e.type, e.exported, e.export_type) == (
-        "cdrom", "global", "func", True, "EXPORT_SYMBOL")
+        "cdrom",
+        "global",
+        "func",
+        True,
+        "EXPORT_SYMBOL",
+    )
     assert e.klp_sympos == 0 and e.crc is not None
     (m,) = real_db.lookup("cdrom_ioctl_media_changed")
     assert (m.object, m.bind, m.type, m.exported, m.sympos, m.count) == (
-        "cdrom", "local", "func", False, 1, 1)
+        "cdrom",
+        "local",
+        "func",
+        False,
+        1,
+        1,
+    )
     (d,) = real_db.lookup("debug", "cdrom")
     assert (d.bind, d.type) == ("local", "object")
-    assert real_db.lookup("media_changed", "cdrom") == []      # inlined in 6.1
+    assert real_db.lookup("media_changed", "cdrom") == []  # inlined in 6.1
     assert real_db.exporter("cdrom_check_events") == "cdrom"
     assert "cdrom" in real_db.module_depends("sr_mod")
     assert real_db.exporter("printk") is None and real_db.exporter("_printk") == "vmlinux"
@@ -86,8 +98,9 @@ def test_vmlinux_sympos_is_kallsyms_address_order(real_db, real_inputs):
 
 
 def test_module_counts_match_readelf(real_db, real_inputs):
-    mods = {os.path.basename(p): p for p in
-            find_modules(real_inputs[0] / "lib" / "modules" / RELEASE)}
+    mods = {
+        os.path.basename(p): p for p in find_modules(real_inputs[0] / "lib" / "modules" / RELEASE)
+    }
     sample = ["cdrom.ko", "sr_mod.ko", "ext4.ko", "xfs.ko", "snd-hda-intel.ko"]
     sample += random.Random(61).sample(sorted(mods), 25)
     for base in sample:
@@ -103,8 +116,10 @@ def test_exports_from_objects_equal_module_symvers(real_inputs, real_db, debian_
     """vmlinux's exports from the image's own __ksymtab/__kcrctab and the modules' from
     their objects (``debian_symdb``) equal the headers' Module.symvers."""
     derived = debian_symdb
-    q = ("SELECT e.name, o.name, e.type, e.namespace, e.crc FROM exports e "
-         "JOIN objects o ON o.id = e.obj ORDER BY e.name")
+    q = (
+        "SELECT e.name, o.name, e.type, e.namespace, e.crc FROM exports e "
+        "JOIN objects o ON o.id = e.obj ORDER BY e.name"
+    )
     assert derived._query(q) == real_db._query(q)
     assert len(derived._query(q)) == 24618
 
@@ -133,8 +148,9 @@ def test_corrupt_module_among_thousands(real_inputs, tmp_path):
     with pytest.raises(KlpkitError, match=r"zz_corrupt\.ko: .*--skip-bad"):
         build_from_debian(fake, None, symvers, db=tmp_path / "x.sqlite", progress=False)
     assert not (tmp_path / "x.sqlite").exists()
-    db = build_from_debian(fake, None, symvers, db=tmp_path / "x.sqlite", progress=False,
-                           skip_bad=True)
+    db = build_from_debian(
+        fake, None, symvers, db=tmp_path / "x.sqlite", progress=False, skip_bad=True
+    )
     assert [p for p, _r in db.skipped] == [str(bad)]
     assert len(db.objects()) == 4023
 

@@ -44,7 +44,7 @@ def test_call_padding_prefix_symbols(db):
     Each one comes right before its function in kernel (address) order; only the syscall
     entry aliases (``__ia32_sys_*``/``__x64_sys_*`` at one address) interleave."""
     names = [n for n, _f in db.symbols_of("vmlinux")]
-    last = {n: i for i, n in enumerate(names)}        # (names repeat: init_once 8 times)
+    last = {n: i for i, n in enumerate(names)}  # (names repeat: init_once 8 times)
     pfx = [i for i, n in enumerate(names) if n.startswith("__pfx_")]
     assert len(pfx) > 50_000
     assert all(last.get(names[i][6:], -1) > i for i in pfx)
@@ -84,12 +84,17 @@ def test_exports_from_the_image_equal_module_symvers(tmp_path):
     included, as the headers' Module.symvers."""
     image = image_612()
     headers = headers_612()
-    built = build_from_debian(image, None, None, db=tmp_path / "image-only.sqlite",
-                              progress=False)
-    rows = set(built._query("SELECT e.name, o.name, e.type, e.namespace, e.crc "
-                            "FROM exports e JOIN objects o ON o.id = e.obj"))
+    built = build_from_debian(image, None, None, db=tmp_path / "image-only.sqlite", progress=False)
+    rows = set(
+        built._query(
+            "SELECT e.name, o.name, e.type, e.namespace, e.crc "
+            "FROM exports e JOIN objects o ON o.id = e.obj"
+        )
+    )
     built.close()
-    expected = {(e.name, e.object, e.export_type, e.namespace, e.crc)
-                for e in read_symvers(headers / "Module.symvers").values()}
+    expected = {
+        (e.name, e.object, e.export_type, e.namespace, e.crc)
+        for e in read_symvers(headers / "Module.symvers").values()
+    }
     assert len(expected) == 26_765
     assert rows == expected

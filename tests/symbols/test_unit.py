@@ -29,8 +29,10 @@ def tree_db(small_tree, tmp_path):
 
 # --- .modinfo / __versions ----------------------------------------------------------
 def test_modinfo_round_trip_and_edit():
-    raw = b"license=GPL\0alias=a\0alias=b\0depends=cdrom,scsi_mod\0name=sr_mod\0" \
-          b"vermagic=6.1.0-47-amd64 SMP preempt mod_unload modversions \0"
+    raw = (
+        b"license=GPL\0alias=a\0alias=b\0depends=cdrom,scsi_mod\0name=sr_mod\0"
+        b"vermagic=6.1.0-47-amd64 SMP preempt mod_unload modversions \0"
+    )
     mi = Modinfo.parse(raw)
     assert mi.to_bytes() == raw
     assert mi.get_all("alias") == ["a", "b"]
@@ -38,7 +40,7 @@ def test_modinfo_round_trip_and_edit():
     assert mi.release == "6.1.0-47-amd64"
     mi.depends = ["scsi_mod"]
     assert b"depends=scsi_mod\0" in mi.to_bytes()
-    assert Modinfo.parse(b"\0\0name=x\0\0").pairs == [("name", "x")]   # padding NULs
+    assert Modinfo.parse(b"\0\0name=x\0\0").pairs == [("name", "x")]  # padding NULs
     assert module_name("/x/snd-hda-intel.ko") == "snd_hda_intel"
     assert module_name("/x/a-b.ko.xz", Modinfo([("name", "real")])) == "real"
 
@@ -51,7 +53,7 @@ def test_versions_round_trip(elfclass, le):
     assert parse_versions(data, elfclass, le) == entries
     word = 8 if elfclass == 64 else 4
     crc = int.from_bytes(data[:word], "little" if le else "big")
-    assert crc == 0xDEADBEEF and data[word:word + 13] == b"module_layout"
+    assert crc == 0xDEADBEEF and data[word : word + 13] == b"module_layout"
     with pytest.raises(KlpkitError, match="too long"):
         serialize_versions([("x" * (64 - word), 0)], elfclass, le)
     with pytest.raises(KlpkitError, match="multiple of 64"):
@@ -62,22 +64,30 @@ def test_versions_round_trip(elfclass, le):
 def test_module_rules_and_sympos(tree_db):
     db = tree_db
     assert db.release == "6.1.0-test"
-    assert set(db.objects()) == {"vmlinux", "mod_a", "other_mod"}   # name= from .modinfo
+    assert set(db.objects()) == {"vmlinux", "mod_a", "other_mod"}  # name= from .modinfo
     helpers = db.lookup("helper", "mod_a")
     assert [(e.sympos, e.count, e.bind, e.type) for e in helpers] == [
-        (1, 2, "local", "func"), (2, 2, "local", "func")]
+        (1, 2, "local", "func"),
+        (2, 2, "local", "func"),
+    ]
     assert [e.klp_sympos for e in helpers] == [1, 2]
     # one core copy and one in .init.text: after init unique, while loading two
     (core,) = db.lookup("dup_init_core", "mod_a")
     assert (core.sympos, core.count, core.load_sympos, core.load_count) == (1, 1, 1, 2)
     both = db.lookup("dup_init_core", "mod_a", include_init=True)
     assert [e.core for e in both] == [True, False]
-    assert db.lookup("dup_init", "mod_a") == []               # init-only: not after init
-    assert db.lookup("modinfo", "mod_a") == []                # .modinfo is not loaded
+    assert db.lookup("dup_init", "mod_a") == []  # init-only: not after init
+    assert db.lookup("modinfo", "mod_a") == []  # .modinfo is not loaded
     assert db.lookup("modinfo", "mod_a", include_init=True)[0].core is False
     (e,) = db.lookup("exported_fn")
     assert (e.object, e.bind, e.exported, e.export_type, e.namespace, e.crc) == (
-        "mod_a", "global", True, "EXPORT_SYMBOL_GPL", "MY_NS", 0x12345678)
+        "mod_a",
+        "global",
+        True,
+        "EXPORT_SYMBOL_GPL",
+        "MY_NS",
+        0x12345678,
+    )
     assert db.exporter("exported_fn") == "mod_a" and db.exporter("helper") is None
     assert db.module_depends("mod_a") == ["other_mod"]
     assert db.lookup("nonexistent") == []
@@ -92,12 +102,19 @@ def test_module_counts_match_readelf(small_tree, tree_db):
 def test_vmlinux_address_order_and_filters(tree_db, small_tree):
     dups = tree_db.lookup("dup", "vmlinux")
     assert [(e.sympos, e.count) for e in dups] == [(1, 2), (2, 2)]
-    addrs = sorted(int(line.split()[1], 16) for line in subprocess.run(
-        ["readelf", "-sW", str(small_tree / "vmlinux")], capture_output=True, text=True,
-        check=True).stdout.splitlines() if line.split()[-1:] == ["dup"])
-    assert len(addrs) == 2 and addrs[0] < addrs[1]   # two copies, kallsyms counts by address
-    assert tree_db.lookup("abs_sym") == []           # absolute: not in kallsyms
-    assert tree_db.lookup("__crc_hidden") == []      # dropped by mksysmap
+    addrs = sorted(
+        int(line.split()[1], 16)
+        for line in subprocess.run(
+            ["readelf", "-sW", str(small_tree / "vmlinux")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        if line.split()[-1:] == ["dup"]
+    )
+    assert len(addrs) == 2 and addrs[0] < addrs[1]  # two copies, kallsyms counts by address
+    assert tree_db.lookup("abs_sym") == []  # absolute: not in kallsyms
+    assert tree_db.lookup("__crc_hidden") == []  # dropped by mksysmap
     assert tree_db.lookup("weak_fn")[0].bind == "weak"
     assert tree_db.lookup("caller")[0].exported is False
 
@@ -115,7 +132,7 @@ def _sql(path, statement: str, params=()) -> None:
 
 def test_truncated_db_refused(tree_db, tmp_path):
     bad = tmp_path / "trunc.sqlite"
-    bad.write_bytes(tree_db.path.read_bytes()[:8192 + 100])
+    bad.write_bytes(tree_db.path.read_bytes()[: 8192 + 100])
     with pytest.raises(KlpkitError, match="truncated"):
         SymbolDB.open(bad)
     assert main(["symbols", "info", "--db", str(bad)]) == 2
@@ -137,7 +154,7 @@ def test_garbage_and_foreign_files_refused(tmp_path):
 def test_corrupt_pages_refused(tree_db, tmp_path):
     bad = tmp_path / "corrupt.sqlite"
     data = bytearray(tree_db.path.read_bytes())
-    data[16384 + 8:16384 + 200] = os.urandom(192)   # scribble over the second page
+    data[16384 + 8 : 16384 + 200] = os.urandom(192)  # scribble over the second page
     bad.write_bytes(bytes(data))
     with pytest.raises(KlpkitError):
         db = SymbolDB.open(bad)
@@ -154,9 +171,12 @@ def test_bad_symbol_page_refused(tree_db, tmp_path, capsys):
 
     bad = tmp_path / "badpage.sqlite"
     shutil.copyfile(tree_db.path, bad)
-    _sql(bad, "UPDATE symbol_pages SET records = ? WHERE first = (SELECT first FROM "
-         "symbol_pages WHERE first <= ? ORDER BY first DESC LIMIT 1)",
-         (b"helper\0zzzz", b"helper"))
+    _sql(
+        bad,
+        "UPDATE symbol_pages SET records = ? WHERE first = (SELECT first FROM "
+        "symbol_pages WHERE first <= ? ORDER BY first DESC LIMIT 1)",
+        (b"helper\0zzzz", b"helper"),
+    )
     with pytest.raises(KlpkitError, match="bad symbol page"):
         SymbolDB.open(bad).lookup("helper")
     capsys.readouterr()
@@ -183,8 +203,7 @@ def test_wrong_release_refused(tree_db, small_tree):
         SymbolDB.open(tree_db.path, release="6.1.0-47-amd64")
     # and building another kernel into the same file is refused
     with pytest.raises(KlpkitError, match="refusing to mix"):
-        build_from_kallsyms("ffffffff81000000 T _text\n", release="5.10.0-x",
-                            db=tree_db.path)
+        build_from_kallsyms("ffffffff81000000 T _text\n", release="5.10.0-x", db=tree_db.path)
 
 
 def test_module_of_another_kernel_refused(small_tree, tmp_path):
@@ -197,16 +216,24 @@ def test_module_of_another_kernel_refused(small_tree, tmp_path):
 def test_corrupt_module_needs_skip_bad(small_tree, tmp_path, capsys):
     bad = small_tree / "drivers" / "broken.ko"
     data = (small_tree / "drivers" / "mod-a.ko").read_bytes()
-    bad.write_bytes(data[:len(data) // 2])      # truncated: symbol table cut off
+    bad.write_bytes(data[: len(data) // 2])  # truncated: symbol table cut off
     with pytest.raises(KlpkitError, match=r"broken\.ko: .*--skip-bad"):
         build_from_tree(small_tree, db=tmp_path / "x.sqlite", progress=False)
-    assert not (tmp_path / "x.sqlite").exists()           # clean failure: no file left
-    rc = main(["symbols", "build", "--tree", str(small_tree), "--db",
-               str(tmp_path / "x.sqlite")])
+    assert not (tmp_path / "x.sqlite").exists()  # clean failure: no file left
+    rc = main(["symbols", "build", "--tree", str(small_tree), "--db", str(tmp_path / "x.sqlite")])
     err = capsys.readouterr().err
     assert rc == 2 and "broken.ko" in err and err.count("\n") == 1
-    rc = main(["symbols", "build", "--tree", str(small_tree), "--db",
-               str(tmp_path / "x.sqlite"), "--skip-bad"])
+    rc = main(
+        [
+            "symbols",
+            "build",
+            "--tree",
+            str(small_tree),
+            "--db",
+            str(tmp_path / "x.sqlite"),
+            "--skip-bad",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0 and "skipped" in err and "broken.ko" in err
     db = SymbolDB.open(tmp_path / "x.sqlite")
@@ -220,7 +247,7 @@ def test_symbols_list_round_trip(tree_db, tmp_path):
     export_symbols_list(tree_db, out)
     lines = out.read_text().splitlines()
     assert lines[0] == "klp-convert-symbol-data.0.1" and lines[1] == "*vmlinux"
-    mod = lines[lines.index("*mod_a") + 1:]
+    mod = lines[lines.index("*mod_a") + 1 :]
     assert mod.index("helper") < len(mod) and "__ksymtab_exported_fn" in mod
     again = import_symbols_list(out, db=tmp_path / "again.sqlite")
     assert again == tree_db
@@ -229,8 +256,10 @@ def test_symbols_list_round_trip(tree_db, tmp_path):
 
 def test_import_kernel_generated_symbols_list(tmp_path):
     src = tmp_path / "symbols.klp"
-    src.write_text("klp-convert-symbol-data.0.1\n*vmlinux\nprintk\n__ksymtab_printk\n"
-                   "homonym\nhomonym\n*test_mod\ndriver_name\n")
+    src.write_text(
+        "klp-convert-symbol-data.0.1\n*vmlinux\nprintk\n__ksymtab_printk\n"
+        "homonym\nhomonym\n*test_mod\ndriver_name\n"
+    )
     db = import_symbols_list(src, release="6.1.0-x", db=tmp_path / "k.sqlite")
     assert [(e.sympos, e.count) for e in db.lookup("homonym")] == [(1, 2), (2, 2)]
     (p,) = db.lookup("printk")
@@ -316,15 +345,17 @@ def test_debian_placeholder_detected(tmp_path):
     (img / "boot").mkdir(parents=True)
     (img / "lib" / "modules" / "6.1.0-47-amd64").mkdir(parents=True)
     sm = img / "boot" / "System.map-6.1.0-47-amd64"
-    sm.write_text("ffffffffffffffff B The real System.map is in the "
-                  "linux-image-<version>-dbg package\n")
+    sm.write_text(
+        "ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n"
+    )
     assert is_placeholder_system_map(sm)
     with pytest.raises(KlpkitError, match=r"placeholder.*linux-image-6\.1\.0-47-amd64-dbg"):
         build_from_debian(img, db=tmp_path / "d.sqlite", progress=False)
 
 
-@pytest.mark.parametrize("cc,flags", [("gcc", ("-m32",)), ("powerpc64-linux-gnu-gcc", ()),
-                                      ("s390x-linux-gnu-gcc", ())])
+@pytest.mark.parametrize(
+    "cc,flags", [("gcc", ("-m32",)), ("powerpc64-linux-gnu-gcc", ()), ("s390x-linux-gnu-gcc", ())]
+)
 def test_other_classes_and_byte_orders(tmp_path, tools, cc, flags):
     import shutil
 
@@ -334,8 +365,15 @@ def test_other_classes_and_byte_orders(tmp_path, tools, cc, flags):
     ld = "ld" if cc == "gcc" else cc.replace("-gcc", "-ld")
     require(shutil.which(ld), f"{ld} not installed")
     ldflags = ["-m", "elf_i386"] if "-m32" in flags else []
-    ko = compile_module(tmp_path, "m", [MOD_A.replace("name=mod_a", "name=m32")], cc=cc,
-                        ld=ld, cflags=flags, ldflags=ldflags)
+    ko = compile_module(
+        tmp_path,
+        "m",
+        [MOD_A.replace("name=mod_a", "name=m32")],
+        cc=cc,
+        ld=ld,
+        cflags=flags,
+        ldflags=ldflags,
+    )
     from klpkit.symbols.build import read_module
 
     rec, mi = read_module(str(ko))
@@ -344,7 +382,11 @@ def test_other_classes_and_byte_orders(tmp_path, tools, cc, flags):
     assert mi.name == "m32"
     (exp,) = rec.exports
     assert (exp.name, exp.export_type, exp.namespace, exp.crc) == (
-        "exported_fn", "EXPORT_SYMBOL_GPL", "MY_NS", 0x12345678)
+        "exported_fn",
+        "EXPORT_SYMBOL_GPL",
+        "MY_NS",
+        0x12345678,
+    )
 
 
 def test_debian_layout_modules_dep_and_system_map(small_tree, tmp_path):
@@ -363,17 +405,17 @@ def test_debian_layout_modules_dep_and_system_map(small_tree, tmp_path):
     dbg.mkdir(parents=True)
     shutil.copy(small_tree / "vmlinux", dbg / "vmlinux-6.1.0-test")
     db = build_from_debian(img, tmp_path / "dbg", db=tmp_path / "d.sqlite", progress=False)
-    assert db.module_depends("plain") == ["mod_a"]          # from modules.dep
-    assert db.module_depends("mod_a") == ["other_mod"]      # .modinfo wins
-    assert db.build_id                                      # gcc's --build-id note
+    assert db.module_depends("plain") == ["mod_a"]  # from modules.dep
+    assert db.module_depends("mod_a") == ["other_mod"]  # .modinfo wins
+    assert db.build_id  # gcc's --build-id note
     # the same vmlinux through its System.map (nm -n, as mksysmap writes it)
-    nm = subprocess.run(["nm", "-n", str(dbg / "vmlinux-6.1.0-test")], capture_output=True,
-                        text=True, check=True).stdout
+    nm = subprocess.run(
+        ["nm", "-n", str(dbg / "vmlinux-6.1.0-test")], capture_output=True, text=True, check=True
+    ).stdout
     (dbg / "vmlinux-6.1.0-test").unlink()
     (dbg / "System.map-6.1.0-test").write_text(nm)
     db2 = build_from_debian(img, tmp_path / "dbg", db=tmp_path / "d2.sqlite", progress=False)
-    assert [n for n, _f in db2.symbols_of("vmlinux")] == [
-        n for n, _f in db.symbols_of("vmlinux")]
+    assert [n for n, _f in db2.symbols_of("vmlinux")] == [n for n, _f in db.symbols_of("vmlinux")]
     assert [(e.sympos, e.bind) for e in db2.lookup("dup")] == [(1, "local"), (2, "local")]
     # several releases installed: the caller must choose
     (img / "lib" / "modules" / "5.10.0-old").mkdir()
@@ -386,14 +428,23 @@ def test_page_records_sort_and_find():
     never confused with one (the NUL-parity rule of payloads_of)."""
     from klpkit.symbols.pages import Page, make_pages, make_records, parse_record, payloads_of
 
-    assert make_records(5, []) == []      # an object without symbols
-    hexname = "0001000002002"            # 13 hex digits: looks like a payload
-    recs = (make_records(1, [("b", 2), ("a", 1), ("b", 0x112), (hexname, 1)])
-            + make_records(0, [("b", 0x22), ("ab", 1)]) + make_records(2, [("a", 0x21)]))
+    assert make_records(5, []) == []  # an object without symbols
+    hexname = "0001000002002"  # 13 hex digits: looks like a payload
+    recs = (
+        make_records(1, [("b", 2), ("a", 1), ("b", 0x112), (hexname, 1)])
+        + make_records(0, [("b", 0x22), ("ab", 1)])
+        + make_records(2, [("a", 0x21)])
+    )
     recs.sort()
     assert [parse_record(r) for r in recs] == [
-        (hexname.encode(), 1, 3, 1), (b"a", 1, 1, 1), (b"a", 2, 0, 0x21),
-        (b"ab", 0, 1, 1), (b"b", 0, 0, 0x22), (b"b", 1, 0, 2), (b"b", 1, 2, 0x112)]
+        (hexname.encode(), 1, 3, 1),
+        (b"a", 1, 1, 1),
+        (b"a", 2, 0, 0x21),
+        (b"ab", 0, 1, 1),
+        (b"b", 0, 0, 0x22),
+        (b"b", 1, 0, 2),
+        (b"b", 1, 2, 0x112),
+    ]
     for rows in (1, 2, 3, 64):
         pages = make_pages(recs, rows)
         # a page never splits one name's records, and its key is its first name
@@ -402,8 +453,14 @@ def test_page_records_sort_and_find():
             assert page.names[0] == first
         names = [n for _f, blob in pages for n in Page.decode(blob).names]
         assert names == [parse_record(r)[0] for r in recs]
-        for name, want in ((b"b", 3), (b"a", 2), (b"ab", 1), (hexname.encode(), 1),
-                           (b"0001", 0), (b"c", 0)):
+        for name, want in (
+            (b"b", 3),
+            (b"a", 2),
+            (b"ab", 1),
+            (hexname.encode(), 1),
+            (b"0001", 0),
+            (b"c", 0),
+        ):
             got = sum(len(payloads_of(blob, name)) for _f, blob in pages)
             assert got == want, (rows, name)
     # "x" at position 0 has the payload 0001 000000 001: a record named so is found

@@ -25,7 +25,10 @@ MARKER = "KLPE2E-CMDLINE-PATCHED"
 @pytest.fixture(scope="module")
 def vm_ready(debian_image):
     """qemu, a static busybox and the Debian kernel image: what every boot needs."""
-    require(shutil.which("qemu-system-x86_64"), "qemu-system-x86_64 not installed (klpkit setup --install)")
+    require(
+        shutil.which("qemu-system-x86_64"),
+        "qemu-system-x86_64 not installed (klpkit setup --install)",
+    )
     bb = Path("/bin/busybox")
     require(bb.is_file() and is_static_elf(bb.read_bytes()), "static /bin/busybox (busybox-static)")
     return debian_image
@@ -44,23 +47,29 @@ def lp_unexported(build_module, tmp_path_factory):
 @pytest.fixture
 def report(capsys, request):
     """Print one summary line per boot straight to the terminal."""
+
     def emit(result):
         with capsys.disabled():
-            print(f"\n[vm] {request.node.name}: boot-to-poweroff {result.boot_seconds} s, "
-                  f"ok={result.ok}, failure={result.failure.kind if result.failure else None}")
+            print(
+                f"\n[vm] {request.node.name}: boot-to-poweroff {result.boot_seconds} s, "
+                f"ok={result.ok}, failure={result.failure.kind if result.failure else None}"
+            )
+
     return emit
 
 
 def test_livepatch_lifecycle(vm_ready, lp_cmdline, report):
-    spec = VmSpec(steps=[
-        Step("run", "cat /proc/cmdline"),
-        Step("insmod", str(lp_cmdline)),
-        Step("wait-transition", "lp_cmdline"),
-        Step("run", "cat /proc/cmdline"),
-        Step("disable", "lp_cmdline"),
-        Step("rmmod", "lp_cmdline"),
-        Step("run", "cat /proc/cmdline"),
-    ])
+    spec = VmSpec(
+        steps=[
+            Step("run", "cat /proc/cmdline"),
+            Step("insmod", str(lp_cmdline)),
+            Step("wait-transition", "lp_cmdline"),
+            Step("run", "cat /proc/cmdline"),
+            Step("disable", "lp_cmdline"),
+            Step("rmmod", "lp_cmdline"),
+            Step("run", "cat /proc/cmdline"),
+        ]
+    )
     result = run_vm(spec)
     report(result)
     assert result.ok, json.dumps(result.to_json()["failure"], indent=1)
@@ -80,14 +89,18 @@ def test_livepatch_lifecycle(vm_ready, lp_cmdline, report):
 def test_unexported_symbol_is_rejected(vm_ready, lp_unexported, report):
     """An unconverted livepatch that references a non-exported symbol must not load,
     and the result must say so with the kernel's own line."""
-    spec = VmSpec(steps=[Step("insmod", str(lp_unexported)), Step("run", "cat /proc/cmdline")],
-                  keep_going=True)
+    spec = VmSpec(
+        steps=[Step("insmod", str(lp_unexported)), Step("run", "cat /proc/cmdline")],
+        keep_going=True,
+    )
     result = run_vm(spec)
     report(result)
     assert not result.ok
     assert result.failure.kind == "module-rejected" and result.failure.step == 0
-    assert any("lp_unexported: Unknown symbol saved_command_line (err -2)" in line
-               for line in result.failure.lines)
+    assert any(
+        "lp_unexported: Unknown symbol saved_command_line (err -2)" in line
+        for line in result.failure.lines
+    )
     assert any("Unknown symbol saved_command_line" in line for line in result.steps[0].dmesg)
     # one load attempt (busybox's insmod would retry with init_module: every line twice)
     unknown = [ln for ln in result.steps[0].dmesg if "Unknown symbol saved_command_line" in ln]
@@ -116,9 +129,11 @@ def test_boot_timeout_is_reported_with_console_tail(vm_ready, report):
 def test_cli_script_json(vm_ready, lp_cmdline, tmp_path, capsys):
     script = tmp_path / "steps.txt"
     shutil.copy(lp_cmdline, tmp_path / "lp.ko")
-    script.write_text("# relative paths are relative to the script\n"
-                      "insmod lp.ko\nwait-transition\nrun cat /proc/cmdline\n"
-                      "! rmmod lp_cmdline\ndisable lp_cmdline\nrmmod lp_cmdline\n")
+    script.write_text(
+        "# relative paths are relative to the script\n"
+        "insmod lp.ko\nwait-transition\nrun cat /proc/cmdline\n"
+        "! rmmod lp_cmdline\ndisable lp_cmdline\nrmmod lp_cmdline\n"
+    )
     rc = cli.main(["vm", "--script", str(script), "--json"])
     doc = json.loads(capsys.readouterr().out)
     with capsys.disabled():

@@ -24,12 +24,20 @@ from tests.conftest import require
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parents[2]
 
-OK_STEPS = [Step("run", "cat /proc/cmdline"), Step("insmod", "/tmp/vmt/lp_cmdline.ko"),
-            Step("wait-transition"), Step("run", "cat /proc/cmdline"),
-            Step("disable", "lp_cmdline"), Step("rmmod", "lp_cmdline")]
+OK_STEPS = [
+    Step("run", "cat /proc/cmdline"),
+    Step("insmod", "/tmp/vmt/lp_cmdline.ko"),
+    Step("wait-transition"),
+    Step("run", "cat /proc/cmdline"),
+    Step("disable", "lp_cmdline"),
+    Step("rmmod", "lp_cmdline"),
+]
 REJECTED_STEPS = [Step("insmod", "/tmp/vmt2/lp_unexported.ko"), Step("run", "cat /proc/cmdline")]
-PANIC_STEPS = [Step("run", "echo about to crash"), Step("run", "echo c > /proc/sysrq-trigger"),
-               Step("run", "echo never")]
+PANIC_STEPS = [
+    Step("run", "echo about to crash"),
+    Step("run", "echo c > /proc/sysrq-trigger"),
+    Step("run", "echo never"),
+]
 
 
 def transcript(name: str) -> list[str]:
@@ -48,7 +56,9 @@ def busybox():
 
 def test_parse_step_kinds_and_expectations():
     assert parse_step("insmod a.ko x=1") == Step("insmod", "a.ko", "x=1")
-    assert parse_step("! insmod bad.ko timeout=5") == Step("insmod", "bad.ko", expect="fail", timeout=5)
+    assert parse_step("! insmod bad.ko timeout=5") == Step(
+        "insmod", "bad.ko", expect="fail", timeout=5
+    )
     assert parse_step("?rmmod lp").expect == "any"
     # run keeps the shell command verbatim, quotes and all
     assert parse_step("run echo 'a  b' | tr a c").args == ("echo 'a  b' | tr a c",)
@@ -56,8 +66,10 @@ def test_parse_step_kinds_and_expectations():
     assert parse_step("wait-transition lp").args == ("lp",)
 
 
-@pytest.mark.parametrize("line", ["frobnicate x", "rmmod", "rmmod a b", "disable", "dmesg x",
-                                  "insmod a.ko timeout=soon", "run"])
+@pytest.mark.parametrize(
+    "line",
+    ["frobnicate x", "rmmod", "rmmod a b", "disable", "dmesg x", "insmod a.ko timeout=soon", "run"],
+)
 def test_parse_step_rejects_bad_lines(line):
     with pytest.raises(InputError):
         parse_step(line)
@@ -71,8 +83,13 @@ def test_parse_script_skips_comments_and_names_the_line():
 
 
 def test_describe_round_trips():
-    for step in [Step("insmod", "a b.ko", "p=1"), Step("run", "echo 'x'"), Step("rmmod", "m", expect="fail"),
-                 Step("disable", "lp", expect="any"), Step("kallsyms")]:
+    for step in [
+        Step("insmod", "a b.ko", "p=1"),
+        Step("run", "echo 'x'"),
+        Step("rmmod", "m", expect="fail"),
+        Step("disable", "lp", expect="any"),
+        Step("kallsyms"),
+    ]:
         again = parse_step(step.describe())
         assert (again.kind, again.args, again.expect) == (step.kind, step.args, step.expect)
 
@@ -81,8 +98,12 @@ def test_describe_round_trips():
 
 
 def test_init_script_runs_steps_in_order_with_quoting():
-    steps = [Step("insmod", "x.ko"), Step("run", "echo 'hi there'; exit 0"), Step("disable", "lp"),
-             Step("rmmod", "x", expect="fail")]
+    steps = [
+        Step("insmod", "x.ko"),
+        Step("run", "echo 'hi there'; exit 0"),
+        Step("disable", "lp"),
+        Step("rmmod", "x", expect="fail"),
+    ]
     cmds = [step_command(steps[0], ("/lib/modules/x.ko",))] + [step_command(s) for s in steps[1:]]
     init = init_script(steps, cmds)
     assert init.startswith("#!/bin/sh\n")
@@ -100,7 +121,9 @@ def test_init_script_runs_steps_in_order_with_quoting():
 def test_guest_shell_code_parses():
     """Syntax-check /init and the helper library with the host's POSIX sh and with busybox sh."""
     init = init_script([Step("run", "true")], [step_command(Step("run", "true"))])
-    shells = [["sh", "-n"]] + ([["/bin/busybox", "sh", "-n"]] if Path("/bin/busybox").exists() else [])
+    shells = [["sh", "-n"]] + (
+        [["/bin/busybox", "sh", "-n"]] if Path("/bin/busybox").exists() else []
+    )
     for shell in shells:
         for text in (init, LIB_SH):
             r = subprocess.run([*shell, "/dev/stdin"], input=text, capture_output=True, text=True)
@@ -111,11 +134,18 @@ def test_initramfs_contents(busybox, tmp_path):
     ko = tmp_path / "m.ko"
     ko.write_bytes(b"\x7fELF fake module")
     init = "#!/bin/sh\necho hi\n"
-    image = build_initramfs(init, {"/lib/modules/m.ko": ko, "/test/prog": b"x", "/etc/a/b.txt": b"b"},
-                            busybox=busybox, executables=frozenset({"/test/prog"}))
+    image = build_initramfs(
+        init,
+        {"/lib/modules/m.ko": ko, "/test/prog": b"x", "/etc/a/b.txt": b"b"},
+        busybox=busybox,
+        executables=frozenset({"/test/prog"}),
+    )
     entries = read_newc(gzip.decompress(image))
     assert entries["init"].data == init.encode() and entries["init"].mode & 0o111
-    assert stat.S_ISREG(entries["bin/busybox"].mode) and entries["bin/busybox"].data == busybox.read_bytes()
+    assert (
+        stat.S_ISREG(entries["bin/busybox"].mode)
+        and entries["bin/busybox"].data == busybox.read_bytes()
+    )
     assert stat.S_ISLNK(entries["bin/sh"].mode) and entries["bin/sh"].data == b"busybox"
     assert stat.S_ISCHR(entries["dev/console"].mode) and entries["dev/console"].rdev == (5, 1)
     assert entries["lib/modules/m.ko"].data == ko.read_bytes()
@@ -124,8 +154,12 @@ def test_initramfs_contents(busybox, tmp_path):
     for d in ("proc", "sys", "tmp", "dev"):
         assert stat.S_ISDIR(entries[d].mode)
     # reproducible: same input, same bytes
-    assert image == build_initramfs(init, {"/lib/modules/m.ko": ko, "/test/prog": b"x", "/etc/a/b.txt": b"b"},
-                                    busybox=busybox, executables=frozenset({"/test/prog"}))
+    assert image == build_initramfs(
+        init,
+        {"/lib/modules/m.ko": ko, "/test/prog": b"x", "/etc/a/b.txt": b"b"},
+        busybox=busybox,
+        executables=frozenset({"/test/prog"}),
+    )
 
 
 def test_initramfs_is_readable_by_cpio(busybox, tmp_path):
@@ -208,24 +242,40 @@ def test_timeout_transcript_reports_the_last_lines():
 
 def test_no_boot_and_qemu_errors():
     r = parse_console([], [Step("run", "true")])
-    f = classify(r, qemu_rc=1, qemu_stderr="qemu-system-x86_64: -cdrom /nope: Could not open '/nope'\n")
+    f = classify(
+        r, qemu_rc=1, qemu_stderr="qemu-system-x86_64: -cdrom /nope: Could not open '/nope'\n"
+    )
     assert f.kind == "qemu-error" and "Could not open" in f.message
     assert classify(r, qemu_rc=0).kind == "no-boot"
 
 
 def test_markers_found_after_kernel_noise_and_guest_text_is_not_a_crash():
-    lines = ["junk\x1b[2JKLPVM:boot:1.0", "KLPVM:0:begin:1.0", "KLPVM:0:rc:0:1.1",
-             "KLPVM:0:out:BUG: this is just program output", "[ 1.1] random kernel line KLPVM:0:end",
-             "KLPVM:done:1.2"]
+    lines = [
+        "junk\x1b[2JKLPVM:boot:1.0",
+        "KLPVM:0:begin:1.0",
+        "KLPVM:0:rc:0:1.1",
+        "KLPVM:0:out:BUG: this is just program output",
+        "[ 1.1] random kernel line KLPVM:0:end",
+        "KLPVM:done:1.2",
+    ]
     r = parse_console(lines, [Step("run", "echo")])
     assert r.booted and r.done and r.steps[0].status == "ok"
     assert crash_block(r.console) == [] and classify(r) is None
 
 
 def test_unexpected_success_and_stuck_transition():
-    lines = ["KLPVM:boot:1", "KLPVM:0:begin:1", "KLPVM:0:rc:0:1", "KLPVM:0:end",
-             "KLPVM:1:begin:1", "KLPVM:1:rc:3:61", "KLPVM:1:out:transition stuck: lp",
-             "KLPVM:1:out:task 57 worker patch_state=0", "KLPVM:1:end", "KLPVM:done:62"]
+    lines = [
+        "KLPVM:boot:1",
+        "KLPVM:0:begin:1",
+        "KLPVM:0:rc:0:1",
+        "KLPVM:0:end",
+        "KLPVM:1:begin:1",
+        "KLPVM:1:rc:3:61",
+        "KLPVM:1:out:transition stuck: lp",
+        "KLPVM:1:out:task 57 worker patch_state=0",
+        "KLPVM:1:end",
+        "KLPVM:done:62",
+    ]
     steps = [Step("rmmod", "x", expect="fail"), Step("wait-transition")]
     r = parse_console(lines, steps)
     assert classify(r).kind == "unexpected-success"
@@ -242,12 +292,32 @@ def test_cli_keeps_step_order_and_splits_qemu_args(tmp_path):
     script = tmp_path / "steps.txt"
     (tmp_path / "lp.ko").write_bytes(b"")
     script.write_text("insmod lp.ko\nwait-transition\n")
-    args = cli.build_parser().parse_args([
-        "vm", "--run", "uname -r", "--script", str(script), "--load", "cdrom", "--step", "! rmmod lp",
-        "--qemu-arg", "-cdrom /dev/null", "--qemu-arg=-snapshot", "--step-timeout", "9"])
+    args = cli.build_parser().parse_args(
+        [
+            "vm",
+            "--run",
+            "uname -r",
+            "--script",
+            str(script),
+            "--load",
+            "cdrom",
+            "--step",
+            "! rmmod lp",
+            "--qemu-arg",
+            "-cdrom /dev/null",
+            "--qemu-arg=-snapshot",
+            "--step-timeout",
+            "9",
+        ]
+    )
     spec = vm_cmd.spec_from_args(args)
     assert [s.describe() for s in spec.steps] == [
-        "run uname -r", f"insmod {tmp_path / 'lp.ko'}", "wait-transition", "insmod cdrom", "! rmmod lp"]
+        "run uname -r",
+        f"insmod {tmp_path / 'lp.ko'}",
+        "wait-transition",
+        "insmod cdrom",
+        "! rmmod lp",
+    ]
     assert all(s.timeout == 9 for s in spec.steps)
     assert spec.qemu_args == ["-cdrom", "/dev/null", "-snapshot"]
 
@@ -273,8 +343,15 @@ def test_setup_reports_every_prerequisite(capsys):
     rc = cli.main(["setup", "--json"])
     doc = json.loads(capsys.readouterr().out)
     names = {c["name"] for c in doc["checks"]}
-    assert {"qemu-system-x86_64", "/bin/busybox (static)", "cpio", "eu-elflint", "readelf",
-            "kernel headers", "gcc -m32"} <= names
+    assert {
+        "qemu-system-x86_64",
+        "/bin/busybox (static)",
+        "cpio",
+        "eu-elflint",
+        "readelf",
+        "kernel headers",
+        "gcc -m32",
+    } <= names
     assert rc == (0 if doc["ok"] else 1)
 
 
@@ -288,12 +365,18 @@ def test_big_output_arrives_gzip_base64_encoded():
     r = parse_console(lines, [Step("kallsyms")])
     assert r.steps[0].output == text.splitlines()
     # a transcript cut short still yields what could be decoded, never an exception
-    r = parse_console(lines[:3 + len(b64) // 2], [Step("kallsyms")])
+    r = parse_console(lines[: 3 + len(b64) // 2], [Step("kallsyms")])
     assert r.steps[0].status == "incomplete"
 
 
 def test_guest_side_step_timeout():
-    lines = ["KLPVM:boot:1", "KLPVM:0:begin:1.0", "KLPVM:0:rc:143:6.1", "KLPVM:0:end", "KLPVM:done:7"]
+    lines = [
+        "KLPVM:boot:1",
+        "KLPVM:0:begin:1.0",
+        "KLPVM:0:rc:143:6.1",
+        "KLPVM:0:end",
+        "KLPVM:done:7",
+    ]
     r = parse_console(lines, [Step("run", "sleep 100", timeout=5)])
     assert r.steps[0].status == "timeout"
     assert classify(r).kind == "step-timeout"
@@ -317,7 +400,7 @@ def test_guest_loader_is_a_static_binary_used_by_insmod_steps():
 
     loader = guest_loader()
     assert loader is not None and is_static_elf(loader.read_bytes())
-    assert guest_loader() == loader                       # cached
+    assert guest_loader() == loader  # cached
     cmd = guest.step_command(Step("insmod", "/lib/modules/x.ko", "a=1"), insmod=GUEST_PATH)
     assert cmd == [GUEST_PATH, "/lib/modules/x.ko", "a=1"]
 
@@ -345,19 +428,29 @@ def test_bare_name_resolves_to_ko_xz_and_keeps_its_suffix(tmp_path):
     (mods / "kernel" / "drivers" / "cdrom" / "cdrom.ko.xz").write_bytes(b"\xfd7zXZ\0")
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"k")
-    plan = Plan(VmSpec(steps=[Step("insmod", "cdrom"), Step("rmmod", "cdrom")],
-                       vmlinuz=kernel, modules_dir=mods))
+    plan = Plan(
+        VmSpec(
+            steps=[Step("insmod", "cdrom"), Step("rmmod", "cdrom")],
+            vmlinuz=kernel,
+            modules_dir=mods,
+        )
+    )
     assert plan.files["/lib/modules/cdrom.ko.xz"] == mods / "kernel/drivers/cdrom/cdrom.ko.xz"
     assert plan.commands[0][-1] == "/lib/modules/cdrom.ko.xz"
     assert 'ends_with(argv[1], ".xz")' in SOURCE and "MODULE_INIT_COMPRESSED_FILE 4" in SOURCE
 
 
 def test_rejected_ko_xz_is_diagnosed_by_its_module_name():
-    lines = ["KLPVM:boot:1", "KLPVM:0:begin:1.0",
-             "insmod: can't insert '/lib/modules/sr_mod.ko.xz': unknown symbol in module",
-             "KLPVM:0:rc:1:1.1",
-             "KLPVM:0:dmesg:[    5.88] sr_mod: Unknown symbol cdrom_open (err -2)",
-             "KLPVM:0:dmesg:[    5.89] unrelated: line", "KLPVM:0:end", "KLPVM:done:3"]
+    lines = [
+        "KLPVM:boot:1",
+        "KLPVM:0:begin:1.0",
+        "insmod: can't insert '/lib/modules/sr_mod.ko.xz': unknown symbol in module",
+        "KLPVM:0:rc:1:1.1",
+        "KLPVM:0:dmesg:[    5.88] sr_mod: Unknown symbol cdrom_open (err -2)",
+        "KLPVM:0:dmesg:[    5.89] unrelated: line",
+        "KLPVM:0:end",
+        "KLPVM:done:3",
+    ]
     r = parse_console(lines, [Step("insmod", "/lib/modules/sr_mod.ko.xz")])
     assert r.steps[0].status == "rejected"
     assert any("sr_mod: Unknown symbol cdrom_open" in ln for ln in r.steps[0].diagnosis)

@@ -54,9 +54,9 @@ class Outside:
 class _OutSection:
     section: Section
     data: bytearray = field(default_factory=bytearray)
-    size: int = 0                     # NOBITS: bytes reserved
+    size: int = 0  # NOBITS: bytes reserved
     relocs: list[tuple[int, int, object, int]] = field(default_factory=list)
-    symbol: Symbol | None = None      # its STT_SECTION symbol
+    symbol: Symbol | None = None  # its STT_SECTION symbol
 
 
 @dataclass
@@ -64,12 +64,12 @@ class Extracted:
     """The livepatch object and what went into it."""
 
     elf: ElfFile
-    functions: list[str]                       # carried functions (patched names)
-    copied_data: list[str]                     # data symbols copied
-    copied_sections: list[str]                 # sections copied whole (strings, ...)
-    special_entries: dict[str, int]            # table -> entries carried
-    externals: dict[str, str]                  # undefined name -> why
-    aliases: dict[str, str]                    # replaced function -> global alias
+    functions: list[str]  # carried functions (patched names)
+    copied_data: list[str]  # data symbols copied
+    copied_sections: list[str]  # sections copied whole (strings, ...)
+    special_entries: dict[str, int]  # table -> entries carried
+    externals: dict[str, str]  # undefined name -> why
+    aliases: dict[str, str]  # replaced function -> global alias
     refusals: list[Refusal]
 
 
@@ -80,8 +80,8 @@ class _Extractor:
         self.outside = outside
         self.elf = ElfFile.new_relocatable(view.elf)
         self.outs: dict[str, _OutSection] = {}
-        self.carried: dict[int, Symbol] = {}          # id(patched sym) -> out symbol
-        self.whole: dict[int, _OutSection] = {}       # id(patched section) copied whole
+        self.carried: dict[int, Symbol] = {}  # id(patched sym) -> out symbol
+        self.whole: dict[int, _OutSection] = {}  # id(patched section) copied whole
         self.undefined: dict[str, Symbol] = {}
         self.externals: dict[str, str] = {}
         self.pending: list[tuple[Section, int, int, _OutSection, int]] = []
@@ -95,8 +95,13 @@ class _Extractor:
         name = name or src.name
         out = self.outs.get(name)
         if out is None:
-            sec = Section(name, src.type, src.flags & ~C.SHF_GROUP, addralign=src.addralign,
-                          entsize=src.entsize)
+            sec = Section(
+                name,
+                src.type,
+                src.flags & ~C.SHF_GROUP,
+                addralign=src.addralign,
+                entsize=src.entsize,
+            )
             out = self.outs[name] = _OutSection(sec)
             out.symbol = Symbol("", 0, 0, C.STB_LOCAL, C.STT_SECTION, 0, sec)
         else:
@@ -137,8 +142,11 @@ class _Extractor:
         out = self.whole.get(id(src))
         if out is None:
             if self.view.symbols_in(src):
-                raise ElfError(f"a reference into {src.name} matches none of its symbols; "
-                               "klpkit cannot tell which variable it means", path=self.view.path)
+                raise ElfError(
+                    f"a reference into {src.name} matches none of its symbols; "
+                    "klpkit cannot tell which variable it means",
+                    path=self.view.path,
+                )
             out = self._out(src, self._unique_name(src.name))
             self._append(out, src, 0, src.size, src.addralign)
             self.whole[id(src)] = out
@@ -155,7 +163,7 @@ class _Extractor:
         if t.type == C.STT_FUNC:
             return t.name in self.diff.carried
         if is_fresh_copy(t) or self.diff.orig_of(t) is None:
-            return True     # per-call-site state, or new (the differ refused new globals)
+            return True  # per-call-site state, or new (the differ refused new globals)
         # read-only data the patch changed: functions using it carry a copy
         return not is_writable(t.section) and t.name in self.diff.changed_rodata
 
@@ -163,8 +171,9 @@ class _Extractor:
         """(output symbol, addend) for what ``rel`` pointed at."""
         sym = place.symbol
         if place.external:
-            return self._undefined(self.outside.name(sym, None), "undefined in the object"), \
-                place.offset
+            return self._undefined(
+                self.outside.name(sym, None), "undefined in the object"
+            ), place.offset
         if sym is None:
             if place.section is None:
                 return None, place.offset
@@ -179,8 +188,9 @@ class _Extractor:
     def _undefined(self, name: str, why: str) -> Symbol:
         sym = self.undefined.get(name)
         if sym is None:
-            sym = self.undefined[name] = Symbol(name, 0, 0, C.STB_GLOBAL, C.STT_NOTYPE, 0,
-                                                C.SHN_UNDEF)
+            sym = self.undefined[name] = Symbol(
+                name, 0, 0, C.STB_GLOBAL, C.STT_NOTYPE, 0, C.SHN_UNDEF
+            )
             self.externals[name] = why
         return sym
 
@@ -239,20 +249,25 @@ class _Extractor:
         code = self.view.place(next(r for r in rels if r.offset == start + table.anchor))
         where = code.symbol.name if code.symbol else "?"
         what = "static branch" if table.name == "__jump_table" else "static call"
-        self.refusals.append(Refusal(
-            where, "module-key",
-            f"{where}: a {what} on key {sym.name}, which belongs to a module: the "
-            f"livepatch's {table.name} is set up when it loads, before its module "
-            "relocations are applied; test the key with static_key_enabled() or patch "
-            "another function"))
+        self.refusals.append(
+            Refusal(
+                where,
+                "module-key",
+                f"{where}: a {what} on key {sym.name}, which belongs to a module: the "
+                f"livepatch's {table.name} is set up when it loads, before its module "
+                "relocations are applied; test the key with static_key_enabled() or patch "
+                "another function",
+            )
+        )
         return False
 
     # -- the object ------------------------------------------------------------------
     def build(self, aliases: dict[str, str]) -> ElfFile:
         elf = self.elf
         strtab = Section(".strtab", C.SHT_STRTAB, data=b"\0")
-        symtab = SymbolTable(".symtab", C.SHT_SYMTAB, addralign=8,
-                             entsize=elf.layout.sym.size, link=strtab)
+        symtab = SymbolTable(
+            ".symtab", C.SHT_SYMTAB, addralign=8, entsize=elf.layout.sym.size, link=strtab
+        )
         symtab._symbols = [Symbol("", 0, 0, C.STB_LOCAL, C.STT_NOTYPE, 0, C.SHN_UNDEF)]
         for out in self.outs.values():
             sec = out.section
@@ -268,17 +283,24 @@ class _Extractor:
         syms.extend(self.locals)
         for fn, alias in aliases.items():
             new = self.carried[id(self.view.by_name[fn][0])]
-            syms.append(Symbol(alias, new.value, new.size, C.STB_GLOBAL, C.STT_FUNC, 0,
-                               new.shndx))
+            syms.append(Symbol(alias, new.value, new.size, C.STB_GLOBAL, C.STT_FUNC, 0, new.shndx))
         syms.extend(self.undefined.values())
         for out in self.outs.values():
             if not out.relocs:
                 continue
-            rs = RelocationSection(".rela" + out.section.name, C.SHT_RELA, C.SHF_INFO_LINK,
-                                   addralign=8, entsize=elf.layout.rela.size, link=symtab,
-                                   info=out.section)
-            rs._relocations = [Relocation(off, typ, sym, add)
-                               for off, typ, sym, add in sorted(out.relocs, key=lambda x: x[0])]
+            rs = RelocationSection(
+                ".rela" + out.section.name,
+                C.SHT_RELA,
+                C.SHF_INFO_LINK,
+                addralign=8,
+                entsize=elf.layout.rela.size,
+                link=symtab,
+                info=out.section,
+            )
+            rs._relocations = [
+                Relocation(off, typ, sym, add)
+                for off, typ, sym, add in sorted(out.relocs, key=lambda x: x[0])
+            ]
             elf.add_section(rs)
         return elf
 
@@ -292,6 +314,13 @@ def extract(patched: ObjectView, diff: ObjectDiff, outside: Outside) -> Extracte
     ex.entries()
     aliases = {fc.name: outside.alias(fc.name) for fc in diff.replaced}
     elf = ex.build(aliases)
-    return Extracted(elf, [fc.name for fc in diff.functions], ex.copied_data,
-                     [o.section.name for k, o in ex.whole.items()], ex.special,
-                     ex.externals, aliases, ex.refusals)
+    return Extracted(
+        elf,
+        [fc.name for fc in diff.functions],
+        ex.copied_data,
+        [o.section.name for k, o in ex.whole.items()],
+        ex.special,
+        ex.externals,
+        aliases,
+        ex.refusals,
+    )

@@ -57,16 +57,22 @@ from klpkit.kernel.special_sections import (
 class FunctionChange:
     """A function of the patched object that the livepatch carries."""
 
-    name: str                  # in the patched object
-    orig_name: str | None      # the correlated function of the original (None: new)
-    status: str                # "changed" | "new" | "part" (a .cold part of one of those)
+    name: str  # in the patched object
+    orig_name: str | None  # the correlated function of the original (None: new)
+    status: str  # "changed" | "new" | "part" (a .cold part of one of those)
     reasons: list[str] = field(default_factory=list)
     size: int = 0
     orig_size: int = 0
 
     def to_json(self) -> dict:
-        return {"name": self.name, "orig_name": self.orig_name, "status": self.status,
-                "size": self.size, "orig_size": self.orig_size, "reasons": self.reasons}
+        return {
+            "name": self.name,
+            "orig_name": self.orig_name,
+            "status": self.status,
+            "size": self.size,
+            "orig_size": self.orig_size,
+            "reasons": self.reasons,
+        }
 
 
 @dataclass
@@ -74,7 +80,7 @@ class Refusal:
     """Something the patch changes that a livepatch cannot carry."""
 
     symbol: str
-    kind: str                  # "changed-data" | "new-data" | "init" | "no-fentry" | ...
+    kind: str  # "changed-data" | "new-data" | "init" | "no-fentry" | ...
     message: str
 
     def to_json(self) -> dict:
@@ -106,9 +112,12 @@ class ObjectDiff:
         return self.correlation.get(id(sym))
 
     def to_json(self) -> dict:
-        return {"source": self.source, "unchanged_functions": self.unchanged,
-                "functions": [f.to_json() for f in self.functions],
-                "refusals": [r.to_json() for r in self.refusals]}
+        return {
+            "source": self.source,
+            "unchanged_functions": self.unchanged,
+            "functions": [f.to_json() for f in self.functions],
+            "refusals": [r.to_json() for r in self.refusals],
+        }
 
 
 def is_fresh_copy(sym: Symbol) -> bool:
@@ -116,7 +125,8 @@ def is_fresh_copy(sym: Symbol) -> bool:
     :data:`klpkit.kernel.special_sections.FRESH_COPY_PREFIXES`)."""
     sec = sym.section
     return sym.name.startswith(FRESH_COPY_PREFIXES) or (
-        sec is not None and sec.name in FRESH_COPY_SECTIONS)
+        sec is not None and sec.name in FRESH_COPY_SECTIONS
+    )
 
 
 def _ignored_section(name: str) -> bool:
@@ -194,10 +204,12 @@ class _Fingerprints:
                 if place.symbol is None or place.symbol.type != C.STT_FUNC:
                     continue
                 data, _ = view.masked_bytes(sec, start, start + table.size)
-                keys = tuple((r.offset - start, r.type, self._entry_key(table, sec, start, r))
-                             for r in rels if r is not anchor)
-                out.setdefault(id(place.symbol), []).append(
-                    (sec.name, place.offset, data, keys))
+                keys = tuple(
+                    (r.offset - start, r.type, self._entry_key(table, sec, start, r))
+                    for r in rels
+                    if r is not anchor
+                )
+                out.setdefault(id(place.symbol), []).append((sec.name, place.offset, data, keys))
         return out
 
     def _entry_key(self, table, sec, start: int, rel) -> tuple:
@@ -228,12 +240,16 @@ class _Fingerprints:
             # compiles); a mergeable constant is one entsize-long datum
             at = max(place.offset + place.bias, 0)
             size = sec.entsize if sec.flags & C.SHF_MERGE and sec.entsize else 16
-            return ("sec", sec.name, bytes(sec.data[at:at + size]))
+            return ("sec", sec.name, bytes(sec.data[at : at + size]))
         if place.external:
             return ("ext", sym.name, place.offset)
         if sym.type == C.STT_OBJECT and (is_fresh_copy(sym) or not is_writable(sym.section)):
-            return ("data", base_name(sym.name) if is_fresh_copy(sym) else self.canon(sym),
-                    place.offset, self.content(sym))
+            return (
+                "data",
+                base_name(sym.name) if is_fresh_copy(sym) else self.canon(sym),
+                place.offset,
+                self.content(sym),
+            )
         return ("sym", self.canon(sym), place.offset)
 
     def content(self, sym: Symbol) -> tuple:
@@ -266,14 +282,22 @@ def _why(old: tuple, new: tuple, old_size: int, new_size: int) -> list[str]:
     added = sorted(new_targets - old_targets)
     gone = sorted(old_targets - new_targets)
     if added:
-        reasons.append("now refers to " + ", ".join(added[:5])
-                       + (f" (+{len(added) - 5})" if len(added) > 5 else ""))
+        reasons.append(
+            "now refers to "
+            + ", ".join(added[:5])
+            + (f" (+{len(added) - 5})" if len(added) > 5 else "")
+        )
     if gone:
-        reasons.append("no longer refers to " + ", ".join(gone[:5])
-                       + (f" (+{len(gone) - 5})" if len(gone) > 5 else ""))
+        reasons.append(
+            "no longer refers to "
+            + ", ".join(gone[:5])
+            + (f" (+{len(gone) - 5})" if len(gone) > 5 else "")
+        )
     if ob != nb and not reasons:
-        first = next((i for i, (a, b) in enumerate(zip(ob, nb, strict=False)) if a != b),
-                     min(len(ob), len(nb)))
+        first = next(
+            (i for i, (a, b) in enumerate(zip(ob, nb, strict=False)) if a != b),
+            min(len(ob), len(nb)),
+        )
         reasons.append(f"code differs from offset {first:#x}")
     if ok != nk and not reasons:
         reasons.append("relocations differ (same targets, other places or addends)")
@@ -322,29 +346,42 @@ def diff_objects(orig_elf: ElfFile, patched_elf: ElfFile, source: str = "") -> O
         if old == new:
             unchanged += 1
             continue
-        status[fn.name] = FunctionChange(fn.name, o.name, "changed",
-                                         _why(old, new, o.size, fn.size), fn.size, o.size)
+        status[fn.name] = FunctionChange(
+            fn.name, o.name, "changed", _why(old, new, o.size, fn.size), fn.size, o.size
+        )
     _fold_cold_parts(patched, corr, status)
     for fc in status.values():
         sym = patched.by_name[fc.name][0]
         if is_init(sym):
-            result.refusals.append(Refusal(
-                fc.name, "init",
-                f"{fc.name}: changed {sym.section.name} code runs only while the kernel or "
-                "a module initialises or unloads, which a livepatch cannot redo; patch a "
-                "function that runs later"))
+            result.refusals.append(
+                Refusal(
+                    fc.name,
+                    "init",
+                    f"{fc.name}: changed {sym.section.name} code runs only while the kernel or "
+                    "a module initialises or unloads, which a livepatch cannot redo; patch a "
+                    "function that runs later",
+                )
+            )
         elif fc.status == "changed" and not _has_fentry(patched, sym):
-            result.refusals.append(Refusal(
-                fc.name, "no-fentry",
-                f"{fc.name}: no __fentry__ call at its entry (notrace, noinstr or "
-                "compiled without -pg): ftrace cannot redirect it; patch its callers"))
+            result.refusals.append(
+                Refusal(
+                    fc.name,
+                    "no-fentry",
+                    f"{fc.name}: no __fentry__ call at its entry (notrace, noinstr or "
+                    "compiled without -pg): ftrace cannot redirect it; patch its callers",
+                )
+            )
     result.refusals.extend(_data_refusals(orig, patched, corr, ofp, pfp))
     result.changed_rodata = {
-        s.name for s in patched.objects()
-        if not is_writable(s.section) and id(s) in corr
-        and ofp.content(corr[id(s)]) != pfp.content(s)}
-    result.functions = sorted(status.values(), key=lambda f: ({"changed": 0, "part": 1,
-                                                               "new": 2}[f.status], f.name))
+        s.name
+        for s in patched.objects()
+        if not is_writable(s.section)
+        and id(s) in corr
+        and ofp.content(corr[id(s)]) != pfp.content(s)
+    }
+    result.functions = sorted(
+        status.values(), key=lambda f: ({"changed": 0, "part": 1, "new": 2}[f.status], f.name)
+    )
     result.unchanged = unchanged
     return result
 
@@ -360,23 +397,34 @@ def _fold_cold_parts(patched: ObjectView, corr, status: dict[str, FunctionChange
         if mine is not None and parent in patched.by_name and parent not in status:
             psym = patched.by_name[parent][0]
             o = corr.get(id(psym))
-            status[parent] = FunctionChange(parent, o.name if o else None,
-                                            "changed" if o else "new",
-                                            [f"its part {fn.name} {mine.status}"],
-                                            psym.size, o.size if o else 0)
+            status[parent] = FunctionChange(
+                parent,
+                o.name if o else None,
+                "changed" if o else "new",
+                [f"its part {fn.name} {mine.status}"],
+                psym.size,
+                o.size if o else 0,
+            )
         if parent in status:
             reasons = mine.reasons if mine else []
-            status[fn.name] = FunctionChange(fn.name, corr[id(fn)].name if id(fn) in corr
-                                             else None, "part",
-                                             [f"part of {parent}", *reasons], fn.size)
+            status[fn.name] = FunctionChange(
+                fn.name,
+                corr[id(fn)].name if id(fn) in corr else None,
+                "part",
+                [f"part of {parent}", *reasons],
+                fn.size,
+            )
         elif mine is not None and parent not in patched.by_name:
             mine.status = "part"
 
 
 def _has_fentry(view: ObjectView, fn: Symbol) -> bool:
     for r in view.relocs_in(fn.section, fn.value, fn.value + max(FENTRY_RELOC_OFFSETS) + 4):
-        if r.offset - fn.value in FENTRY_RELOC_OFFSETS and r.symbol is not None \
-                and r.symbol.name == FENTRY_SYMBOL:
+        if (
+            r.offset - fn.value in FENTRY_RELOC_OFFSETS
+            and r.symbol is not None
+            and r.symbol.name == FENTRY_SYMBOL
+        ):
             return True
     return False
 
@@ -389,21 +437,29 @@ def _data_refusals(orig, patched, corr, ofp, pfp) -> list[Refusal]:
         if _ignored_section(sec.name) or is_fresh_copy(sym) or sec.name in ENTRY_TABLES:
             continue
         if not is_writable(sec):
-            continue        # read-only data: functions using a changed one change too
+            continue  # read-only data: functions using a changed one change too
         o = corr.get(id(sym))
         if o is None and base_name(sym.name) != sym.name:
-            continue        # a new function-scope static: the new code's own state
+            continue  # a new function-scope static: the new code's own state
         if o is None:
-            out.append(Refusal(
-                sym.name, "new-data",
-                f"{sym.name}: new {'global' if sym.bind != C.STB_LOCAL else 'static'} "
-                f"variable in {sec.name}; a livepatch cannot add state to the patched "
-                "object: use shadow variables (klp_shadow_get_or_alloc)"))
+            out.append(
+                Refusal(
+                    sym.name,
+                    "new-data",
+                    f"{sym.name}: new {'global' if sym.bind != C.STB_LOCAL else 'static'} "
+                    f"variable in {sec.name}; a livepatch cannot add state to the patched "
+                    "object: use shadow variables (klp_shadow_get_or_alloc)",
+                )
+            )
             continue
         if o.size != sym.size or ofp.content(o) != pfp.content(sym):
-            out.append(Refusal(
-                sym.name, "changed-data",
-                f"{sym.name}: its {'size' if o.size != sym.size else 'initial value'} "
-                "changed; the running kernel keeps the old one: leave the variable as it "
-                "is and use shadow variables for new state"))
+            out.append(
+                Refusal(
+                    sym.name,
+                    "changed-data",
+                    f"{sym.name}: its {'size' if o.size != sym.size else 'initial value'} "
+                    "changed; the running kernel keeps the old one: leave the variable as it "
+                    "is and use shadow variables for new state",
+                )
+            )
     return out

@@ -49,8 +49,11 @@ def cold_parent(name: str) -> str | None:
 def reloc_width(rel: Relocation, path: str | None) -> int:
     width = X86_64_RELOC_SIZES.get(rel.type)
     if width is None:
-        raise ElfError(f"relocation type {rel.type} at {rel.offset:#x} is not one klpkit "
-                       "knows for x86_64 kernel code", path=path)
+        raise ElfError(
+            f"relocation type {rel.type} at {rel.offset:#x} is not one klpkit "
+            "knows for x86_64 kernel code",
+            path=path,
+        )
     return width
 
 
@@ -61,9 +64,9 @@ class Place:
 
     symbol: Symbol | None
     section: Section | None
-    offset: int            # into the symbol (or the section): the relocation's addend
+    offset: int  # into the symbol (or the section): the relocation's addend
     external: bool = False  # undefined in this object
-    bias: int = 0          # add to ``offset`` for the byte the reference means (PC-relative: 4)
+    bias: int = 0  # add to ``offset`` for the byte the reference means (PC-relative: 4)
 
 
 class ObjectView:
@@ -71,8 +74,11 @@ class ObjectView:
 
     def __init__(self, elf: ElfFile):
         if elf.machine != C.EM_X86_64 or elf.elfclass != 64:
-            raise ElfError(f"e_machine {elf.machine} (ELF{elf.elfclass}): klpkit build "
-                           "supports x86_64 kernel objects", path=elf.path)
+            raise ElfError(
+                f"e_machine {elf.machine} (ELF{elf.elfclass}): klpkit build "
+                "supports x86_64 kernel objects",
+                path=elf.path,
+            )
         if elf.type != C.ET_REL:
             raise ElfError("not a relocatable object (ET_REL)", path=elf.path)
         self.elf = elf
@@ -83,7 +89,7 @@ class ObjectView:
         self.symbols: list[Symbol] = symtab.symbols[1:]
         self._relocs: dict[int, list[Relocation]] = {}
         self._offsets: dict[int, list[int]] = {}
-        self._in_code: set[int] = set()     # id() of relocations applied to code
+        self._in_code: set[int] = set()  # id() of relocations applied to code
         for rs in elf.relocation_sections():
             if rs.target is None or not rs.is_rela:
                 continue
@@ -114,9 +120,14 @@ class ObjectView:
     # -- symbols --------------------------------------------------------------
     def defined(self) -> list[Symbol]:
         """Named functions and objects defined in an allocated section."""
-        return [s for s in self.symbols
-                if s.name and s.type in (C.STT_FUNC, C.STT_OBJECT) and s.section is not None
-                and s.section.is_alloc]
+        return [
+            s
+            for s in self.symbols
+            if s.name
+            and s.type in (C.STT_FUNC, C.STT_OBJECT)
+            and s.section is not None
+            and s.section.is_alloc
+        ]
 
     def functions(self) -> list[Symbol]:
         return [s for s in self.defined() if s.type == C.STT_FUNC]
@@ -134,10 +145,11 @@ class ObjectView:
         if not syms:
             return None
         i = bisect.bisect_right(self._starts[id(sec)], offset) - 1
-        for j in range(i, max(i - 4, -1), -1):   # symbols rarely overlap: look back a little
+        for j in range(i, max(i - 4, -1), -1):  # symbols rarely overlap: look back a little
             s = syms[j]
-            if s.value <= offset < s.value + max(s.size, 1) or \
-                    (s.size and s.value + s.size == offset):
+            if s.value <= offset < s.value + max(s.size, 1) or (
+                s.size and s.value + s.size == offset
+            ):
                 return s
         return None
 
@@ -178,7 +190,7 @@ class ObjectView:
         may be followed by an immediate (``cmpb $0,x(%rip)``: addend -5), so the
         target is 0, 1, 2 or 4 bytes past ``addend + 4``; a section holding a single
         symbol (one variable with ``-fdata-sections``) can only mean that one."""
-        for extra in ((0, 1, 2, 4) if bias else (0,)):
+        for extra in (0, 1, 2, 4) if bias else (0,):
             target = self.covering(sec, addend + bias + extra)
             if target is not None:
                 return target
@@ -192,7 +204,7 @@ class ObjectView:
         rels = self.relocs_in(sec, lo, hi)
         for r in rels:
             a = r.offset - lo
-            data[a:a + reloc_width(r, self.path)] = bytes(reloc_width(r, self.path))
+            data[a : a + reloc_width(r, self.path)] = bytes(reloc_width(r, self.path))
         return bytes(data[: hi - lo]), rels
 
 
@@ -205,7 +217,7 @@ def string_at(sec: Section, offset: int) -> bytes:
     if not 0 <= offset < len(data):
         return b"<%d>" % offset
     end = data.find(b"\0", offset)
-    return data[offset:end if end >= 0 else len(data)]
+    return data[offset : end if end >= 0 else len(data)]
 
 
 def is_writable(sec: Section) -> bool:

@@ -34,11 +34,11 @@ class PatchError(InputError):
 
 @dataclass
 class Hunk:
-    old_start: int            # 1-based first line in the original (0 for an empty file)
+    old_start: int  # 1-based first line in the original (0 for an empty file)
     old_count: int
     new_start: int
     new_count: int
-    lines: list[bytes] = field(default_factory=list)   # with their ' ', '-', '+' marks
+    lines: list[bytes] = field(default_factory=list)  # with their ' ', '-', '+' marks
 
     @property
     def old_lines(self) -> list[bytes]:
@@ -54,8 +54,8 @@ class FilePatch:
     """The hunks of one file.  ``path`` is tree-relative (``a/``/``b/`` stripped)."""
 
     path: str
-    old_path: str | None      # None: the patch creates the file
-    new_path: str | None      # None: the patch deletes the file
+    old_path: str | None  # None: the patch creates the file
+    new_path: str | None  # None: the patch deletes the file
     hunks: list[Hunk] = field(default_factory=list)
 
     @property
@@ -104,13 +104,15 @@ def parse_patch(data: bytes, source: str = "patch", strip: int = 1) -> list[File
             continue
         i += 1
     if not files:
-        raise PatchError("no unified diff found (expected ---/+++ headers and @@ hunks)",
-                         path=source)
+        raise PatchError(
+            "no unified diff found (expected ---/+++ headers and @@ hunks)", path=source
+        )
     seen: set[str] = set()
     for fp in files:
         if fp.path in seen:
-            raise PatchError(f"{fp.path} is patched twice; merge the hunks into one diff",
-                             path=source)
+            raise PatchError(
+                f"{fp.path} is patched twice; merge the hunks into one diff", path=source
+            )
         seen.add(fp.path)
     return files
 
@@ -120,18 +122,21 @@ def _parse_hunk(lines: list[bytes], i: int, fp: FilePatch, source: str) -> int:
     if not m:
         raise PatchError(f"line {i + 1}: malformed hunk header", path=source)
     old_start, old_count, new_start, new_count = (
-        int(m[1]), int(m[2] if m[2] is not None else 1),
-        int(m[3]), int(m[4] if m[4] is not None else 1))
+        int(m[1]),
+        int(m[2] if m[2] is not None else 1),
+        int(m[3]),
+        int(m[4] if m[4] is not None else 1),
+    )
     hunk = Hunk(old_start, old_count, new_start, new_count)
     i += 1
     seen_old = seen_new = 0
     while i < len(lines) and (seen_old < old_count or seen_new < new_count):
         ln = lines[i]
         mark = ln[:1]
-        if mark == b"\\":            # "\ No newline at end of file"
+        if mark == b"\\":  # "\ No newline at end of file"
             i += 1
             continue
-        if ln == b"":                # some mailers drop the space of empty context lines
+        if ln == b"":  # some mailers drop the space of empty context lines
             ln, mark = b" ", b" "
         if mark not in (b" ", b"-", b"+"):
             break
@@ -142,9 +147,11 @@ def _parse_hunk(lines: list[bytes], i: int, fp: FilePatch, source: str) -> int:
     while i < len(lines) and lines[i].startswith(b"\\"):
         i += 1
     if seen_old != old_count or seen_new != new_count:
-        raise PatchError(f"line {i}: hunk of {fp.path} is truncated "
-                         f"({seen_old}/{old_count} old, {seen_new}/{new_count} new lines)",
-                         path=source)
+        raise PatchError(
+            f"line {i}: hunk of {fp.path} is truncated "
+            f"({seen_old}/{old_count} old, {seen_new}/{new_count} new lines)",
+            path=source,
+        )
     fp.hunks.append(hunk)
     return i
 
@@ -155,8 +162,8 @@ def _find(lines: list[bytes], want: list[bytes], start: int) -> int | None:
         return start
     last = len(lines) - len(want)
     for delta in range(MAX_OFFSET + 1):
-        for pos in ((start + delta, start - delta) if delta else (start,)):
-            if 0 <= pos <= last and lines[pos:pos + len(want)] == want:
+        for pos in (start + delta, start - delta) if delta else (start,):
+            if 0 <= pos <= last and lines[pos : pos + len(want)] == want:
                 return pos
     return None
 
@@ -171,11 +178,12 @@ class Applied:
     """The patched text of one file, and the original lines each hunk replaced."""
 
     text: bytes
-    changed_old_lines: list[tuple[int, int]]   # [first, last] 1-based, per hunk
+    changed_old_lines: list[tuple[int, int]]  # [first, last] 1-based, per hunk
 
 
-def apply_file_patch(fp: FilePatch, original: bytes, *, line_directives: bool = True,
-                     source: str = "patch") -> Applied:
+def apply_file_patch(
+    fp: FilePatch, original: bytes, *, line_directives: bool = True, source: str = "patch"
+) -> Applied:
     """Apply ``fp``'s hunks to ``original``; with ``line_directives``, put ``#line N``
     after each hunk's last change so the lines below keep their original numbers."""
     old = original.split(b"\n")
@@ -183,17 +191,19 @@ def apply_file_patch(fp: FilePatch, original: bytes, *, line_directives: bool = 
     if trailing_newline:
         old.pop()
     out: list[bytes] = []
-    cursor = 0                       # next original line (0-based) not yet copied
-    offset = 0                       # how far hunks were found from their stated place
+    cursor = 0  # next original line (0-based) not yet copied
+    offset = 0  # how far hunks were found from their stated place
     ranges = []
     for k, hunk in enumerate(fp.hunks, 1):
         want = hunk.old_lines
         stated = max(hunk.old_start - 1, 0) if hunk.old_count else hunk.old_start
         pos = _find(old, want, stated + offset)
         if pos is None or pos < cursor:
-            raise PatchError(f"hunk {k} of {fp.path} (line {hunk.old_start}) does not apply "
-                             "to this kernel's source: is the patch for another version?",
-                             path=source)
+            raise PatchError(
+                f"hunk {k} of {fp.path} (line {hunk.old_start}) does not apply "
+                "to this kernel's source: is the patch for another version?",
+                path=source,
+            )
         offset = pos - stated
         out.extend(old[cursor:pos])
         # the hunk: its lines up to the last change, a #line, then the trailing context
@@ -209,8 +219,14 @@ def apply_file_patch(fp: FilePatch, original: bytes, *, line_directives: bool = 
                     out.append(b"#line %d" % (old_no + 1))
         ranges.append((pos + 1, pos + len(want)))
         cursor = pos + len(want)
-        if line_directives and i + 1 == len(hunk.lines) and last_change == i \
-                and cursor < len(old) and out and _line_directive_ok(out[-1]):
+        if (
+            line_directives
+            and i + 1 == len(hunk.lines)
+            and last_change == i
+            and cursor < len(old)
+            and out
+            and _line_directive_ok(out[-1])
+        ):
             out.append(b"#line %d" % (cursor + 1))
     out.extend(old[cursor:])
     text = b"\n".join(out) + (b"\n" if trailing_newline or not out else b"")

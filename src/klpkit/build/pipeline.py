@@ -60,7 +60,7 @@ class BuildOptions:
     release: str
     output: str
     name: str | None = None
-    sources: list[str] = field(default_factory=list)   # extra .c files (header patches)
+    sources: list[str] = field(default_factory=list)  # extra .c files (header patches)
     allow_compiler_mismatch: bool = False
     keep_workdir: bool = False
     symbols: str | None = None
@@ -75,14 +75,21 @@ class ObjectReport:
     compile_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        doc = {"source": self.source, "kernel_object": self.kernel_object,
-               "compile_seconds": self.compile_seconds, **self.diff.to_json()}
+        doc = {
+            "source": self.source,
+            "kernel_object": self.kernel_object,
+            "compile_seconds": self.compile_seconds,
+            **self.diff.to_json(),
+        }
         if self.extracted is not None:
             x = self.extracted
-            doc["included"] = {"functions": x.functions, "data": x.copied_data,
-                               "sections": x.copied_sections,
-                               "special_entries": x.special_entries,
-                               "aliases": x.aliases}
+            doc["included"] = {
+                "functions": x.functions,
+                "data": x.copied_data,
+                "sections": x.copied_sections,
+                "special_entries": x.special_entries,
+                "aliases": x.aliases,
+            }
             doc["external_references"] = x.externals
         return doc
 
@@ -101,14 +108,20 @@ class BuildReport:
     workdir: str | None = None
 
     def to_json(self) -> dict:
-        return {"release": self.release, "module": self.module, "output": self.output,
-                "written": self.output is not None,
-                "stages": {k: round(v, 3) for k, v in self.stages.items()},
-                "total_seconds": round(sum(self.stages.values()), 3),
-                "objects": [o.to_json() for o in self.objects],
-                "ignored_files": self.ignored_files, "refusals": self.refusals,
-                "conversion": self.conversion, "check": self.check,
-                "workdir": self.workdir}
+        return {
+            "release": self.release,
+            "module": self.module,
+            "output": self.output,
+            "written": self.output is not None,
+            "stages": {k: round(v, 3) for k, v in self.stages.items()},
+            "total_seconds": round(sum(self.stages.values()), 3),
+            "objects": [o.to_json() for o in self.objects],
+            "ignored_files": self.ignored_files,
+            "refusals": self.refusals,
+            "conversion": self.conversion,
+            "check": self.check,
+            "workdir": self.workdir,
+        }
 
 
 # ------------------------------------------------------------------- patch scope
@@ -125,30 +138,42 @@ def scope_of(files: list[FilePatch], extra_sources: list[str]) -> tuple[list[str
         if path.startswith(_IGNORED_PREFIXES) or path in _IGNORED_NAMES:
             ignored.append(path)
         elif fp.created or fp.deleted:
-            refused.append(f"{path}: the patch {'creates' if fp.created else 'deletes'} it; "
-                           "a livepatch can only change code of existing objects")
+            refused.append(
+                f"{path}: the patch {'creates' if fp.created else 'deletes'} it; "
+                "a livepatch can only change code of existing objects"
+            )
         elif path.startswith("init/"):
-            refused.append(f"{path}: init/ code runs once at boot and is freed; "
-                           "a livepatch cannot re-run it")
+            refused.append(
+                f"{path}: init/ code runs once at boot and is freed; a livepatch cannot re-run it"
+            )
         elif path.endswith((".S", ".s")):
-            refused.append(f"{path}: assembly: klpkit builds livepatches from C functions "
-                           "(ftrace redirects C functions with an __fentry__ call)")
+            refused.append(
+                f"{path}: assembly: klpkit builds livepatches from C functions "
+                "(ftrace redirects C functions with an __fentry__ call)"
+            )
         elif path.endswith(".h"):
             if not extra_sources:
-                refused.append(f"{path}: a header: name the .c files that use the change "
-                               "with --source FILE.c (klpkit cannot tell which of the "
-                               "kernel's objects include it)")
+                refused.append(
+                    f"{path}: a header: name the .c files that use the change "
+                    "with --source FILE.c (klpkit cannot tell which of the "
+                    "kernel's objects include it)"
+                )
         elif path.endswith(".c"):
             sources.append(path)
         elif os.path.basename(path) in ("Makefile", "Kbuild") or "Kconfig" in path:
-            refused.append(f"{path}: build configuration: the running kernel's config and "
-                           "objects cannot change")
+            refused.append(
+                f"{path}: build configuration: the running kernel's config and "
+                "objects cannot change"
+            )
         else:
             refused.append(f"{path}: not a C source file")
     if refused:
-        raise BuildRefused(refused[0] if len(refused) == 1 else
-                           f"{len(refused)} files cannot be livepatched: " + "; ".join(refused),
-                           refused)
+        raise BuildRefused(
+            refused[0]
+            if len(refused) == 1
+            else f"{len(refused)} files cannot be livepatched: " + "; ".join(refused),
+            refused,
+        )
     for extra in extra_sources:
         if not extra.endswith(".c"):
             raise InputError(f"--source {extra}: expected a tree-relative .c file")
@@ -179,7 +204,7 @@ class Builder:
         kbuild, modname = module_names(options.output, options.name)
         self.kbuild_name = kbuild
         self.report = BuildReport(options.release, modname)
-        self.headers: dict[str, bytes] = {}     # patched headers (with --source)
+        self.headers: dict[str, bytes] = {}  # patched headers (with --source)
 
     def _stage(self, name: str, start: float) -> None:
         self.report.stages[name] = self.report.stages.get(name, 0.0) + time.monotonic() - start
@@ -198,8 +223,9 @@ class Builder:
             except OSError:
                 same = False
             if same:
-                raise InputError(f"the output would overwrite the input {path}; choose "
-                                 "another -o path", path=out)
+                raise InputError(
+                    f"the output would overwrite the input {path}; choose another -o path", path=out
+                )
 
     def run(self) -> BuildReport:
         o = self.o
@@ -217,24 +243,31 @@ class Builder:
 
         t = time.monotonic()
         self.progress(f"source tree of {o.release}")
-        tree = SourceTree.prepare(o.release, allow_compiler_mismatch=o.allow_compiler_mismatch,
-                                  progress=self.progress)
+        tree = SourceTree.prepare(
+            o.release, allow_compiler_mismatch=o.allow_compiler_mismatch, progress=self.progress
+        )
         patched_texts = {}
         for fp in patches:
             if fp.path.endswith(".h") and o.sources:
                 if not tree.exists(fp.path):
-                    raise PatchError(f"{fp.path} is not in the {o.release} source "
-                                     f"({tree.version}): is the patch for another kernel?")
-                self.headers[fp.path] = apply_file_patch(fp, tree.read_original(fp.path),
-                                                         source=fp.path).text
+                    raise PatchError(
+                        f"{fp.path} is not in the {o.release} source "
+                        f"({tree.version}): is the patch for another kernel?"
+                    )
+                self.headers[fp.path] = apply_file_patch(
+                    fp, tree.read_original(fp.path), source=fp.path
+                ).text
         for src in sources:
             if not tree.exists(src):
-                raise PatchError(f"{src} is not in the {o.release} source "
-                                 f"({tree.version}): is the patch for another kernel?")
+                raise PatchError(
+                    f"{src} is not in the {o.release} source "
+                    f"({tree.version}): is the patch for another kernel?"
+                )
             fp = by_path.get(src)
             original = tree.read_original(src)
-            patched_texts[src] = apply_file_patch(fp, original, source=src).text \
-                if fp is not None else original
+            patched_texts[src] = (
+                apply_file_patch(fp, original, source=src).text if fp is not None else original
+            )
         db = self._open_db()
         self._stage("source", t)
 
@@ -266,9 +299,14 @@ class Builder:
         from klpkit import debian
         from klpkit.symbols import build_from_debian
 
-        build_from_debian(debian.ensure_image(self.o.release), None,
-                          debian.headers_symvers(self.o.release), db=path, progress=False,
-                          release=self.o.release).close()
+        build_from_debian(
+            debian.ensure_image(self.o.release),
+            None,
+            debian.headers_symvers(self.o.release),
+            db=path,
+            progress=False,
+            release=self.o.release,
+        ).close()
         return SymbolDB.open(path, release=self.o.release)
 
     def _compile(self, tree, sources, patched_texts, workdir):
@@ -277,8 +315,9 @@ class Builder:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as ex:
             for src in sources:
                 jobs[(src, "original")] = ex.submit(tree.compile_original, src)
-                jobs[(src, "patched")] = ex.submit(tree.compile_patched, src, patched_texts[src],
-                                                   workdir / "patched", self.headers)
+                jobs[(src, "patched")] = ex.submit(
+                    tree.compile_patched, src, patched_texts[src], workdir / "patched", self.headers
+                )
             return {key: fut.result() for key, fut in jobs.items()}
 
     def _build(self, tree, db, sources, patched_texts, workdir: Path) -> BuildReport:
@@ -296,15 +335,26 @@ class Builder:
             diff = diff_objects(orig_elf, patched_elf, src)
             orig_view = ObjectView(orig_elf)
             kobj = kernel_object_of(db, orig_view, src)
-            rep.objects.append(ObjectReport(src, kobj, diff, compile_seconds={
-                k: round(compiled[(src, k)].seconds, 2) for k in ("original", "patched")}))
+            rep.objects.append(
+                ObjectReport(
+                    src,
+                    kobj,
+                    diff,
+                    compile_seconds={
+                        k: round(compiled[(src, k)].seconds, 2) for k in ("original", "patched")
+                    },
+                )
+            )
             views[src] = (orig_view, ObjectView(patched_elf))
         self._stage("diff", t)
         refusals = [r for obj in rep.objects for r in obj.diff.refusals]
         self._refuse_if(refusals)
         if not any(obj.diff.replaced for obj in rep.objects):
-            raise BuildRefused("nothing to patch: the patch changes no function of the "
-                               f"compiled objects ({', '.join(sources)})", report=rep)
+            raise BuildRefused(
+                "nothing to patch: the patch changes no function of the "
+                f"compiled objects ({', '.join(sources)})",
+                report=rep,
+            )
 
         t = time.monotonic()
         module_dir = workdir / "module"
@@ -317,19 +367,30 @@ class Builder:
             orig_view, patched_view = views[obj.source]
             names = KernelNames(db, obj.kernel_object, orig_view, obj.source)
             tag = c_identifier(f"{i}_{obj.kernel_object}")
-            outside = Outside(names.outside, lambda fn, tag=tag: f"__klpkit_new_{tag}_"
-                              f"{c_identifier(fn)}", names.is_module_symbol)
-            self._refuse_if([Refusal(
-                fc.name, "weak-overridden",
-                f"{fc.name}: a __weak default that {obj.kernel_object} overrides with a "
-                "strong definition elsewhere: the running kernel never calls this code; "
-                "patch the override") for fc in obj.diff.replaced
-                if names.weak_overridden(orig_view.by_name[fc.orig_name][0])])
+            outside = Outside(
+                names.outside,
+                lambda fn, tag=tag: f"__klpkit_new_{tag}_{c_identifier(fn)}",
+                names.is_module_symbol,
+            )
+            self._refuse_if(
+                [
+                    Refusal(
+                        fc.name,
+                        "weak-overridden",
+                        f"{fc.name}: a __weak default that {obj.kernel_object} overrides with a "
+                        "strong definition elsewhere: the running kernel never calls this code; "
+                        "patch the override",
+                    )
+                    for fc in obj.diff.replaced
+                    if names.weak_overridden(orig_view.by_name[fc.orig_name][0])
+                ]
+            )
             x = obj.extracted = extract(patched_view, obj.diff, outside)
             self._refuse_if(x.refusals)
             for fc in obj.diff.replaced:
-                objects.setdefault(obj.kernel_object, []).append(ReplacedFunction(
-                    fc.orig_name, names.sympos(fc.orig_name), x.aliases[fc.name]))
+                objects.setdefault(obj.kernel_object, []).append(
+                    ReplacedFunction(fc.orig_name, names.sympos(fc.orig_name), x.aliases[fc.name])
+                )
             path = module_dir / f"klpkit_patch_{i}.o"
             x.elf.write(path)
             files.append(path)
@@ -340,8 +401,13 @@ class Builder:
         from klpkit.debian import ensure_headers
 
         desc = f"klpkit build of {', '.join(os.path.basename(p) for p in self.o.patches)}"
-        ko = link_module(module_dir, self.kbuild_name, files, ensure_headers(self.o.release),
-                         scaffold_source(objects, desc))
+        ko = link_module(
+            module_dir,
+            self.kbuild_name,
+            files,
+            ensure_headers(self.o.release),
+            scaffold_source(objects, desc),
+        )
         self._stage("link", t)
         return self._convert_and_check(ko, db, workdir)
 
@@ -349,9 +415,13 @@ class Builder:
         if refusals:
             lines = [r.message for r in refusals]
             self.report.refusals = lines
-            raise BuildRefused(lines[0] if len(lines) == 1 else
-                               f"{len(lines)} changes cannot be livepatched: " + "; ".join(lines),
-                               lines, report=self.report)
+            raise BuildRefused(
+                lines[0]
+                if len(lines) == 1
+                else f"{len(lines)} changes cannot be livepatched: " + "; ".join(lines),
+                lines,
+                report=self.report,
+            )
 
     def _convert_and_check(self, ko: Path, db, workdir: Path) -> BuildReport:
         from klpkit.check import Severity, check_module, first_error
@@ -361,26 +431,38 @@ class Builder:
         t = time.monotonic()
         converted = workdir / f"{self.kbuild_name}.klp.ko"
         plan, result, _elf = convert_file(ko, converted, db, PlanOptions())
-        rep.conversion = {"ok": plan.ok, "counts": plan.counts(), "errors": plan.errors,
-                          "warnings": plan.warnings,
-                          "klp_sections": result.klp_sections if result else [],
-                          "dropped_depends": result.dropped_depends if result else []}
+        rep.conversion = {
+            "ok": plan.ok,
+            "counts": plan.counts(),
+            "errors": plan.errors,
+            "warnings": plan.warnings,
+            "klp_sections": result.klp_sections if result else [],
+            "dropped_depends": result.dropped_depends if result else [],
+        }
         self._stage("convert", t)
         if not plan.ok:
             rep.refusals = list(plan.errors)
-            raise BuildRefused(f"converting the linked module failed: {plan.errors[0]}",
-                               plan.errors, report=rep)
+            raise BuildRefused(
+                f"converting the linked module failed: {plan.errors[0]}", plan.errors, report=rep
+            )
         t = time.monotonic()
         findings = check_module(converted, db)
-        rep.check = {"ok": first_error(findings) is None,
-                     "findings": [{"severity": str(f.severity), "rule": f.rule,
-                                   "message": f.message} for f in findings
-                                  if f.severity is not Severity.NOTE]}
+        rep.check = {
+            "ok": first_error(findings) is None,
+            "findings": [
+                {"severity": str(f.severity), "rule": f.rule, "message": f.message}
+                for f in findings
+                if f.severity is not Severity.NOTE
+            ],
+        }
         self._stage("check", t)
         err = first_error(findings)
         if err is not None:
-            raise BuildRefused(f"the built livepatch fails klpkit check: {err.rule}: "
-                               f"{err.message}", [err.message], report=rep)
+            raise BuildRefused(
+                f"the built livepatch fails klpkit check: {err.rule}: {err.message}",
+                [err.message],
+                report=rep,
+            )
         write_atomic(self.o.output, converted.read_bytes())
         rep.output = self.o.output
         return rep

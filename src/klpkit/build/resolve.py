@@ -37,17 +37,25 @@ def kernel_object_of(db, view: ObjectView, source: str) -> str:
     one holding most of the file's named functions and variables (init ones included:
     a file whose only runtime function shares its name with another object's is told
     apart by its initcall)."""
-    names = sorted({s.name for s in view.defined()
-                    if base_name(s.name) == s.name and cold_parent(s.name) is None
-                    and not s.name.startswith("__")})[:400]
+    names = sorted(
+        {
+            s.name
+            for s in view.defined()
+            if base_name(s.name) == s.name
+            and cold_parent(s.name) is None
+            and not s.name.startswith("__")
+        }
+    )[:400]
     votes: Counter[str] = Counter()
     for name in names:
         for obj in {e.object for e in db.lookup(name, include_init=True)}:
             votes[obj] += 1
     if not votes:
-        raise BuildResolveError(f"{source}: none of its {len(names)} functions is in the "
-                                f"{db.release} kernel's symbols: is it built in this "
-                                "configuration?")
+        raise BuildResolveError(
+            f"{source}: none of its {len(names)} functions is in the "
+            f"{db.release} kernel's symbols: is it built in this "
+            "configuration?"
+        )
     top = votes.most_common(2)
     best, n = top[0]
     runner_up = top[1][1] if len(top) > 1 else 0
@@ -55,7 +63,8 @@ def kernel_object_of(db, view: ObjectView, source: str) -> str:
         raise BuildResolveError(
             f"{source}: cannot tell which kernel object it is built into "
             f"({', '.join(f'{o}: {k}' for o, k in votes.most_common(4))} of {len(names)} "
-            "functions)")
+            "functions)"
+        )
     return best
 
 
@@ -78,7 +87,8 @@ class KernelNames:
         if not entries:
             raise BuildResolveError(
                 f"{self.source}: {name} is not among {self.kobj}'s symbols in the "
-                f"{self.db.release} kernel (inlined or dropped in the shipped build?)")
+                f"{self.db.release} kernel (inlined or dropped in the shipped build?)"
+            )
         count = entries[0].count
         if count <= 1:
             return 0
@@ -88,21 +98,23 @@ class KernelNames:
         order = self._kernel_order()
         own = self._own_names()
         spots = [i for i, n in enumerate(order) if n == name]
-        scores = [sum(n in own for n in order[max(0, i - NEIGHBOURHOOD):i + NEIGHBOURHOOD + 1])
-                  for i in spots]
+        scores = [
+            sum(n in own for n in order[max(0, i - NEIGHBOURHOOD) : i + NEIGHBOURHOOD + 1])
+            for i in spots
+        ]
         best = max(scores, default=0)
         if best == 0 or scores.count(best) != 1 or len(spots) != count:
             raise BuildResolveError(
                 f"{self.source}: {name} occurs {count} times in {self.kobj} and its "
-                f"neighbours do not say which is this file's (scores {scores})")
+                f"neighbours do not say which is this file's (scores {scores})"
+            )
         return scores.index(best) + 1
 
     def _kernel_order(self) -> list[str]:
         if self._order is None:
             from klpkit.symbols.db import NONCORE
 
-            self._order = [n for n, flags in self.db.symbols_of(self.kobj)
-                           if not flags & NONCORE]
+            self._order = [n for n, flags in self.db.symbols_of(self.kobj) if not flags & NONCORE]
         return self._order
 
     def _own_names(self) -> set[str]:
@@ -123,18 +135,19 @@ class KernelNames:
                 return self.intermediate(sym.name)
             return sym.name
         if orig is None:
-            raise BuildResolveError(f"{self.source}: {sym.name} is new in the patched object "
-                                    "but the livepatch does not carry it")
+            raise BuildResolveError(
+                f"{self.source}: {sym.name} is new in the patched object "
+                "but the livepatch does not carry it"
+            )
         name = orig.name
         if orig.bind != C.STB_LOCAL:
             exported = [e for e in self.db.lookup(name) if e.exported]
             if any(e.object == "vmlinux" for e in exported) and self.kobj == "vmlinux":
-                return name            # category A: a normal reference
+                return name  # category A: a normal reference
             if orig.bind == C.STB_WEAK:
-                strong = [e for e in self.db.lookup(name, object=self.kobj)
-                          if e.bind != "weak"]
+                strong = [e for e in self.db.lookup(name, object=self.kobj) if e.bind != "weak"]
                 if strong:
-                    return name        # an override elsewhere: let convert resolve it
+                    return name  # an override elsewhere: let convert resolve it
         return self.intermediate(name)
 
     def weak_overridden(self, sym: Symbol) -> bool:

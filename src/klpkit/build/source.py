@@ -48,7 +48,9 @@ GENERATED_HEADERS = ("compile.h", "utsversion.h", "package.h", "utsrelease.h")
 
 # Programs the preparation runs, checked up front for a clear message instead of a make error.
 REQUIRED_TOOLS = ("make", "flex", "bison", "bc", "pahole", "perl", "ld", "tar", "xz", "dpkg-deb")
-INSTALL_HINT = "apt-get install flex bison bc dwarves libssl-dev libelf-dev (or bash scripts/setup.sh)"
+INSTALL_HINT = (
+    "apt-get install flex bison bc dwarves libssl-dev libelf-dev (or bash scripts/setup.sh)"
+)
 
 # Bumped whenever the preparation recipe changes, so an older ready tree is prepared again.
 MARKER_SCHEMA = 1
@@ -157,18 +159,24 @@ def compiler_mismatch(expected: str, actual: str, cc: str) -> str | None:
     (even another Debian revision of gcc-12) may emit different code."""
     if expected.strip() == actual.strip():
         return None
-    return (f"compiler mismatch: the kernel was built with {expected.strip()!r} but {cc} here "
-            f"is {actual.strip()!r}; its objects would not match the shipped kernel "
-            f"(allow_compiler_mismatch to build anyway)")
+    return (
+        f"compiler mismatch: the kernel was built with {expected.strip()!r} but {cc} here "
+        f"is {actual.strip()!r}; its objects would not match the shipped kernel "
+        f"(allow_compiler_mismatch to build anyway)"
+    )
 
 
 # --- pure helpers: make output and kbuild's saved commands ----------------------------------
 
 
 _MAKE_FAILED = re.compile(r"make(\[\d+\])?: \*\*\* (\[(?P<where>[^\]]*)\] )?Error \d+")
-_NOISE = re.compile(r"make(\[\d+\])?: (\*\*\* Waiting|(Entering|Leaving) directory)|^\s*\d* \||^\s*\|")
-_PRIMARY = re.compile(r"error:|Error:|fatal|not found|No such file|No rule to make|"
-                      r"cannot|command not found|\*\*\* ")
+_NOISE = re.compile(
+    r"make(\[\d+\])?: (\*\*\* Waiting|(Entering|Leaving) directory)|^\s*\d* \||^\s*\|"
+)
+_PRIMARY = re.compile(
+    r"error:|Error:|fatal|not found|No such file|No rule to make|"
+    r"cannot|command not found|\*\*\* "
+)
 
 
 def condense_errors(output: str, *, strip: str | None = None) -> str:
@@ -181,7 +189,7 @@ def condense_errors(output: str, *, strip: str | None = None) -> str:
     failed = [m.group("where") for m in map(_MAKE_FAILED.search, lines) if m and m.group("where")]
     useful = [line for line in lines if not _MAKE_FAILED.search(line) and not _NOISE.search(line)]
     primary = [line for line in useful if _PRIMARY.search(line)]
-    chosen = (primary or useful or lines or ["no output"])
+    chosen = primary or useful or lines or ["no output"]
     text = chosen[0]
     if len(primary) > 1:
         text += f" (and {len(primary) - 1} more)"
@@ -233,8 +241,10 @@ def parse_cmd_file(text: str, target: str) -> KbuildCommand:
         raise SourceError(f"the saved command for {target} is not a compile: {line[:80]}")
     for post in commands[1:]:
         if Path(post[0]).name != "objtool":
-            raise SourceError(f"cannot replay the saved command for {target}: "
-                              f"unexpected {shlex.join(post)[:80]!r} after the compile")
+            raise SourceError(
+                f"cannot replay the saved command for {target}: "
+                f"unexpected {shlex.join(post)[:80]!r} after the compile"
+            )
     return KbuildCommand(target, commands[0], commands[1:])
 
 
@@ -251,8 +261,9 @@ def _overlay_include(arg: str, headers: tuple[str, ...], workdir: Path) -> list[
     return [arg]
 
 
-def replay_commands(cmd: KbuildCommand, source: str, workdir: Path,
-                    headers: tuple[str, ...] = ()) -> list[list[str]]:
+def replay_commands(
+    cmd: KbuildCommand, source: str, workdir: Path, headers: tuple[str, ...] = ()
+) -> list[list[str]]:
     """The argvs that compile ``workdir/<source>`` exactly as kbuild compiled ``<source>``,
     to be run with the tree root as working directory.
 
@@ -281,13 +292,17 @@ def replay_commands(cmd: KbuildCommand, source: str, workdir: Path,
             found_input = True
         elif arg.startswith("-I") and len(arg) > 2 and headers:
             argv += _overlay_include(arg, headers, workdir)
-        elif headers and argv and argv[-1] == "-include" and \
-                os.path.normpath(arg) in headers:
+        elif headers and argv and argv[-1] == "-include" and os.path.normpath(arg) in headers:
             argv.append(str(workdir / os.path.normpath(arg)))
         elif arg == "-c":
             directory = os.path.dirname(source) or "."
-            argv += ["-iquote", directory, f"-fmacro-prefix-map={workdir}/=",
-                     f"-fdebug-prefix-map={workdir}/=", "-c"]
+            argv += [
+                "-iquote",
+                directory,
+                f"-fmacro-prefix-map={workdir}/=",
+                f"-fdebug-prefix-map={workdir}/=",
+                "-c",
+            ]
         else:
             argv.append(arg)
     if not (found_input and found_output):
@@ -315,28 +330,80 @@ def tree_path(path: str) -> str:
 # see only the variables klpkit passes, or objects stop matching (and rebuild).
 _ENV_DROP_PREFIXES = ("KBUILD_", "KCONFIG_", "INSTALL_", "DISTRIBUTION_")
 _ENV_DROP = {
-    "ARCH", "SUBARCH", "SRCARCH", "CROSS_COMPILE", "CC", "LD", "AR", "NM", "OBJCOPY", "OBJDUMP",
-    "HOSTCC", "HOSTCXX", "HOSTCFLAGS", "HOSTLDFLAGS", "HOST_EXTRACFLAGS", "LLVM", "LLVM_IAS",
-    "KCFLAGS", "KCPPFLAGS", "KAFLAGS", "KRUSTFLAGS", "CFLAGS_KERNEL", "CFLAGS_MODULE",
-    "AFLAGS_KERNEL", "AFLAGS_MODULE", "LDFLAGS_MODULE", "LDFLAGS_vmlinux", "USERCFLAGS",
-    "USERLDFLAGS", "O", "M", "W", "C", "V", "KERNELRELEASE", "KERNELVERSION", "LOCALVERSION",
-    "MAKEFLAGS", "MFLAGS", "GNUMAKEFLAGS", "MAKELEVEL", "MAKEFILES", "MAKEOVERRIDES",
-    "DISTRIBUTOR", "SOURCE_DATE_EPOCH", "DEBIAN_KERNEL_USE_CCACHE", "CCACHE", "CHECK",
-    "CHECKFLAGS", "CONFIG_SHELL",
+    "ARCH",
+    "SUBARCH",
+    "SRCARCH",
+    "CROSS_COMPILE",
+    "CC",
+    "LD",
+    "AR",
+    "NM",
+    "OBJCOPY",
+    "OBJDUMP",
+    "HOSTCC",
+    "HOSTCXX",
+    "HOSTCFLAGS",
+    "HOSTLDFLAGS",
+    "HOST_EXTRACFLAGS",
+    "LLVM",
+    "LLVM_IAS",
+    "KCFLAGS",
+    "KCPPFLAGS",
+    "KAFLAGS",
+    "KRUSTFLAGS",
+    "CFLAGS_KERNEL",
+    "CFLAGS_MODULE",
+    "AFLAGS_KERNEL",
+    "AFLAGS_MODULE",
+    "LDFLAGS_MODULE",
+    "LDFLAGS_vmlinux",
+    "USERCFLAGS",
+    "USERLDFLAGS",
+    "O",
+    "M",
+    "W",
+    "C",
+    "V",
+    "KERNELRELEASE",
+    "KERNELVERSION",
+    "LOCALVERSION",
+    "MAKEFLAGS",
+    "MFLAGS",
+    "GNUMAKEFLAGS",
+    "MAKELEVEL",
+    "MAKEFILES",
+    "MAKEOVERRIDES",
+    "DISTRIBUTOR",
+    "SOURCE_DATE_EPOCH",
+    "DEBIAN_KERNEL_USE_CCACHE",
+    "CCACHE",
+    "CHECK",
+    "CHECKFLAGS",
+    "CONFIG_SHELL",
 }
 
 
 def _clean_environ() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in _ENV_DROP and not k.startswith(_ENV_DROP_PREFIXES)}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _ENV_DROP and not k.startswith(_ENV_DROP_PREFIXES)
+    }
     env["LC_ALL"] = "C"  # English diagnostics to condense; Debian builds in the C locale
     return env
 
 
 def _run(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, errors="replace")
+        return subprocess.run(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+        )
     except FileNotFoundError:
         raise SourceError(f"{argv[0]} not found ({INSTALL_HINT})") from None
 
@@ -383,8 +450,11 @@ def unbuilt_reason(source: str, built: dict[str, set[str]]) -> str | None:
     target_dir, obj = os.path.dirname(source) or ".", source[:-2] + ".o"
     current = "."
     while obj not in built.get(current, ()):
-        steps = [d for d in built.get(current, ())
-                 if d != current and (target_dir == d or target_dir.startswith(d + "/"))]
+        steps = [
+            d
+            for d in built.get(current, ())
+            if d != current and (target_dir == d or target_dir.startswith(d + "/"))
+        ]
         if not steps:
             break
         current = max(steps, key=len)
@@ -393,11 +463,15 @@ def unbuilt_reason(source: str, built: dict[str, set[str]]) -> str | None:
     if current != target_dir:
         depth = 0 if current == "." else len(Path(current).parts)
         missing = "/".join(Path(target_dir).parts[: depth + 1])
-        return (f"{source} is not built in this kernel's configuration: kbuild does not "
-                f"descend into {missing}/ (no CONFIG_... enabled for it?)")
-    return (f"{source} is not built in this kernel's configuration: {target_dir}/ builds no "
-            f"{os.path.basename(obj)} (no CONFIG_... enabled for it, or the file is #included "
-            f"by another .c file?)")
+        return (
+            f"{source} is not built in this kernel's configuration: kbuild does not "
+            f"descend into {missing}/ (no CONFIG_... enabled for it?)"
+        )
+    return (
+        f"{source} is not built in this kernel's configuration: {target_dir}/ builds no "
+        f"{os.path.basename(obj)} (no CONFIG_... enabled for it, or the file is #included "
+        f"by another .c file?)"
+    )
 
 
 # --- unpacking ---------------------------------------------------------------------------------
@@ -410,10 +484,12 @@ def _unpack_source(deb: Path, dest: Path) -> None:
     out of the package into ``xz -T0`` and ``tar``: it is never written to disk, and its 55
     xz blocks decompress in parallel (6 s instead of 10 on two cores)."""
     with tempfile.TemporaryFile() as errors:
-        deb_proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
-                                    stdout=subprocess.PIPE, stderr=errors)
-        xz = subprocess.Popen(["xz", "-dc", "-T0"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=errors)
+        deb_proc = subprocess.Popen(
+            ["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=errors
+        )
+        xz = subprocess.Popen(
+            ["xz", "-dc", "-T0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors
+        )
         tar = subprocess.Popen(["tar", "-x", "-C", str(dest)], stdin=xz.stdout, stderr=errors)
         xz.stdout.close()
         found = False
@@ -454,8 +530,9 @@ def _write_atomic(path: Path, text: str) -> None:
 class SourceTree:
     """A prepared kernel source tree: use :meth:`prepare`, not the constructor."""
 
-    def __init__(self, release: str, version: str, root: Path, make_args: list[str],
-                 env: dict[str, str]):
+    def __init__(
+        self, release: str, version: str, root: Path, make_args: list[str], env: dict[str, str]
+    ):
         self.release = release
         self.version = version
         self.root = root
@@ -469,8 +546,13 @@ class SourceTree:
     # --- preparation ------------------------------------------------------------------------
 
     @classmethod
-    def prepare(cls, release: str = DEFAULT_RELEASE, *, allow_compiler_mismatch: bool = False,
-                progress: Callable[[str], None] | None = None) -> "SourceTree":
+    def prepare(
+        cls,
+        release: str = DEFAULT_RELEASE,
+        *,
+        allow_compiler_mismatch: bool = False,
+        progress: Callable[[str], None] | None = None,
+    ) -> "SourceTree":
         """The prepared source tree of ``release``, preparing it on first use (about a
         minute: download, unpack, olddefconfig, modules_prepare); later calls only read the
         ready marker (well under a millisecond).
@@ -500,9 +582,12 @@ class SourceTree:
             stat = config.stat()
         except (OSError, ValueError, SourceError):
             return None
-        if (marker.get("schema") != MARKER_SCHEMA or marker.get("release") != release
-                or marker.get("headers_config") != [stat.st_mtime_ns, stat.st_size]
-                or (marker.get("compiler_mismatch") and not allow_mismatch)):
+        if (
+            marker.get("schema") != MARKER_SCHEMA
+            or marker.get("release") != release
+            or marker.get("headers_config") != [stat.st_mtime_ns, stat.st_size]
+            or (marker.get("compiler_mismatch") and not allow_mismatch)
+        ):
             return None
         root = base / marker["root"]
         if not (root / "Makefile").is_file():
@@ -511,8 +596,9 @@ class SourceTree:
         return cls(release, marker["version"], root, marker["make_args"], env)
 
     @classmethod
-    def _prepare_locked(cls, release: str, base: Path, allow_mismatch: bool,
-                        say: Callable[[str], None]) -> "SourceTree":
+    def _prepare_locked(
+        cls, release: str, base: Path, allow_mismatch: bool, say: Callable[[str], None]
+    ) -> "SourceTree":
         headers = headers_dir(release)
         version = installed_version(release)
         _check_tools()
@@ -520,8 +606,10 @@ class SourceTree:
         arch = make_value_word(kvars.get("ARCH", "x86"))
         cc = make_value_word(kvars.get("CC", "gcc"))
         if kvars.get("KERNELRELEASE", release) != release:
-            raise SourceError(f"{headers}/.kernelvariables names the release "
-                              f"{kvars['KERNELRELEASE']}, not {release}")
+            raise SourceError(
+                f"{headers}/.kernelvariables names the release "
+                f"{kvars['KERNELRELEASE']}, not {release}"
+            )
         config_text = _read_text(headers / ".config")
         build_env = _build_env(release, version)
         env = {**_clean_environ(), **build_env}
@@ -534,16 +622,23 @@ class SourceTree:
         tree._make(["modules_prepare"], "modules_prepare")
         tree._sync_generated_headers(headers, say)
         stat = (headers / ".config").stat()
-        marker = {"schema": MARKER_SCHEMA, "release": release, "version": version,
-                  "root": root.name, "make_args": make_args, "build_env": build_env,
-                  "headers_config": [stat.st_mtime_ns, stat.st_size],
-                  "compiler_mismatch": mismatch}
+        marker = {
+            "schema": MARKER_SCHEMA,
+            "release": release,
+            "version": version,
+            "root": root.name,
+            "make_args": make_args,
+            "build_env": build_env,
+            "headers_config": [stat.st_mtime_ns, stat.st_size],
+            "compiler_mismatch": mismatch,
+        }
         _write_atomic(base / MARKER, json.dumps(marker, indent=1, sort_keys=True) + "\n")
         say(f"source tree ready: {root}")
         return tree
 
-    def _configure(self, config_text: str, ignore_toolchain: bool,
-                   say: Callable[[str], None]) -> None:
+    def _configure(
+        self, config_text: str, ignore_toolchain: bool, say: Callable[[str], None]
+    ) -> None:
         """Install the kernel's .config and refuse if ``olddefconfig`` changes it: a changed
         config means this source (or toolchain) does not describe the shipped kernel.  The
         copy is skipped when equal, so a re-run keeps the mtimes kbuild compares."""
@@ -555,19 +650,27 @@ class SourceTree:
         after = config.read_text(errors="replace")
         if after == config_text:
             return
-        changes = config_diff(parse_config(config_text), parse_config(after),
-                              ignore_toolchain=ignore_toolchain)
+        changes = config_diff(
+            parse_config(config_text), parse_config(after), ignore_toolchain=ignore_toolchain
+        )
         if changes:
-            shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
-            raise SourceError(f"make olddefconfig changed the kernel's configuration ({shown}): "
-                              f"this source or toolchain does not match {self.release}")
+            shown = "; ".join(changes[:5]) + (
+                f"; and {len(changes) - 5} more" if len(changes) > 5 else ""
+            )
+            raise SourceError(
+                f"make olddefconfig changed the kernel's configuration ({shown}): "
+                f"this source or toolchain does not match {self.release}"
+            )
 
     def _sync_generated_headers(self, headers: Path, say: Callable[[str], None]) -> None:
         """Make include/generated/{compile,utsversion,package,utsrelease}.h equal Debian's.
         With the right environment kbuild generates them equal already; utsversion.h is only
         generated when linking vmlinux, so it is copied."""
         for name in GENERATED_HEADERS:
-            theirs, ours = headers / "include/generated" / name, self.root / "include/generated" / name
+            theirs, ours = (
+                headers / "include/generated" / name,
+                self.root / "include/generated" / name,
+            )
             if not theirs.is_file():
                 continue
             if ours.is_file() and ours.read_bytes() == theirs.read_bytes():
@@ -580,7 +683,9 @@ class SourceTree:
         argv = ["make", "-s", f"-j{os.cpu_count() or 1}", *self._make_args, *targets]
         result = _run(argv, self.root, self._env)
         if result.returncode != 0:
-            raise SourceError(f"make {what} failed: {condense_errors(result.stderr + result.stdout)}")
+            raise SourceError(
+                f"make {what} failed: {condense_errors(result.stderr + result.stdout)}"
+            )
 
     # --- reading the tree -------------------------------------------------------------------
 
@@ -594,8 +699,9 @@ class SourceTree:
         try:
             return path.read_bytes()
         except OSError as e:
-            raise SourceError(f"{source}: cannot read from the {self.release} source: "
-                              f"{e.strerror}") from None
+            raise SourceError(
+                f"{source}: cannot read from the {self.release} source: {e.strerror}"
+            ) from None
 
     @property
     def objtool_command(self) -> list[str] | None:
@@ -610,8 +716,10 @@ class SourceTree:
         if not rel.endswith(".c"):
             raise SourceError(f"{source} is not a .c file: only C sources compile to objects")
         if not (self.root / rel).is_file():
-            raise SourceError(f"{source} does not exist in the {self.release} source "
-                              f"(linux-source {self.version})")
+            raise SourceError(
+                f"{source} does not exist in the {self.release} source "
+                f"(linux-source {self.version})"
+            )
         return rel
 
     def _cmd_file(self, rel: str) -> Path:
@@ -629,18 +737,34 @@ class SourceTree:
             return False
 
     def _probe(self, rel: str) -> dict[str, set[str]]:
-        dirs = [d for d in _ancestors(os.path.dirname(rel))
-                if d == "." or (self.root / d / "Makefile").is_file()
-                or (self.root / d / "Kbuild").is_file()]
+        dirs = [
+            d
+            for d in _ancestors(os.path.dirname(rel))
+            if d == "."
+            or (self.root / d / "Makefile").is_file()
+            or (self.root / d / "Kbuild").is_file()
+        ]
         with tempfile.TemporaryDirectory(prefix="klpkit-probe-") as tmp:
             probe = Path(tmp) / "probe.mk"
             probe.write_text(_PROBE_MK)
-            argv = ["make", "-s", *self._make_args, "-f", "Makefile", "-f", str(probe),
-                    f"KLPKIT_PROBE={probe}", f"KLPKIT_DIRS={' '.join(dirs)}", "klpkit-walk"]
+            argv = [
+                "make",
+                "-s",
+                *self._make_args,
+                "-f",
+                "Makefile",
+                "-f",
+                str(probe),
+                f"KLPKIT_PROBE={probe}",
+                f"KLPKIT_DIRS={' '.join(dirs)}",
+                "klpkit-walk",
+            ]
             result = _run(argv, self.root, self._env)
         if result.returncode != 0:
-            raise SourceError(f"cannot ask kbuild what {os.path.dirname(rel)}/ builds: "
-                              f"{condense_errors(result.stderr + result.stdout)}")
+            raise SourceError(
+                f"cannot ask kbuild what {os.path.dirname(rel)}/ builds: "
+                f"{condense_errors(result.stderr + result.stdout)}"
+            )
         return parse_probe(result.stdout)
 
     def compile_original(self, source: str) -> CompiledObject:
@@ -678,8 +802,13 @@ class SourceTree:
                 flags.append("--module")
             self._objtool = [str((self.root / post[0]).resolve()), *flags]
 
-    def compile_patched(self, source: str, patched_text: bytes, workdir: Path,
-                        headers: dict[str, bytes] | None = None) -> CompiledObject:
+    def compile_patched(
+        self,
+        source: str,
+        patched_text: bytes,
+        workdir: Path,
+        headers: dict[str, bytes] | None = None,
+    ) -> CompiledObject:
         """Compile ``patched_text`` as ``source`` into ``workdir/<dir>/<name>.o`` by replaying
         kbuild's saved command for the original (see :func:`replay_commands`), objtool
         included.  ``headers`` (tree-relative path -> patched text) are written under
@@ -709,8 +838,10 @@ class SourceTree:
             if result.returncode != 0:
                 what = "does not compile" if step == 0 else "fails objtool"
                 out.unlink(missing_ok=True)  # a half-processed object must not look built
-                raise SourceError(f"patched {rel} {what}: "
-                                  f"{condense_errors(result.stderr + result.stdout, strip=str(workdir))}")
+                raise SourceError(
+                    f"patched {rel} {what}: "
+                    f"{condense_errors(result.stderr + result.stdout, strip=str(workdir))}"
+                )
         return CompiledObject(rel, out, time.monotonic() - start)
 
 
@@ -722,20 +853,27 @@ def headers_dir(release: str) -> Path:
     generated headers the tree must match."""
     path = Path("/usr/src") / f"linux-headers-{release}"
     if not (path / ".config").is_file():
-        raise SourceError(f"linux-headers-{release} is not installed ({path}/.config missing; "
-                          f"run bash scripts/setup.sh)")
+        raise SourceError(
+            f"linux-headers-{release} is not installed ({path}/.config missing; "
+            f"run bash scripts/setup.sh)"
+        )
     return path
 
 
 def installed_version(release: str) -> str:
     """The Debian version of the installed headers: the kernel's own package version, to
     which linux-source is pinned (unpinned, apt would fetch a newer point release)."""
-    result = _run(["dpkg-query", "-W", "-f", "${Version}", f"linux-headers-{release}"],
-                  Path("/"), _clean_environ())
+    result = _run(
+        ["dpkg-query", "-W", "-f", "${Version}", f"linux-headers-{release}"],
+        Path("/"),
+        _clean_environ(),
+    )
     version = result.stdout.strip()
     if result.returncode != 0 or not version:
-        raise SourceError(f"linux-headers-{release} is not installed: dpkg-query: "
-                          f"{condense_errors(result.stderr)}")
+        raise SourceError(
+            f"linux-headers-{release} is not installed: dpkg-query: "
+            f"{condense_errors(result.stderr)}"
+        )
     return version
 
 
@@ -769,20 +907,24 @@ def _build_env(release: str, version: str) -> dict[str, str]:
 def _check_tools() -> None:
     missing = [tool for tool in REQUIRED_TOOLS if not shutil.which(tool)]
     if missing:
-        raise SourceError(f"preparing the kernel source needs {', '.join(missing)}, "
-                          f"not installed ({INSTALL_HINT})")
+        raise SourceError(
+            f"preparing the kernel source needs {', '.join(missing)}, "
+            f"not installed ({INSTALL_HINT})"
+        )
 
 
-def _check_compiler(config: dict[str, str], cc: str, env: dict[str, str], allow: bool,
-                    say: Callable[[str], None]) -> str | None:
+def _check_compiler(
+    config: dict[str, str], cc: str, env: dict[str, str], allow: bool, say: Callable[[str], None]
+) -> str | None:
     """Refuse a compiler other than the kernel's (before any download); with ``allow``,
     only report it.  Returns the mismatch text, or None."""
     expected = config_string(config, "CONFIG_CC_VERSION_TEXT")
     if expected is None:
         raise SourceError("the kernel's .config has no CONFIG_CC_VERSION_TEXT")
     if not shutil.which(cc):
-        raise SourceError(f"{cc} not found: the kernel was built with {expected!r} "
-                          f"(apt-get install {cc})")
+        raise SourceError(
+            f"{cc} not found: the kernel was built with {expected!r} (apt-get install {cc})"
+        )
     result = _run([cc, "--version"], Path("/"), env)
     actual = (result.stdout.splitlines() or [""])[0]
     mismatch = compiler_mismatch(expected, actual, cc)

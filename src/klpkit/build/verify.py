@@ -18,13 +18,18 @@ from pathlib import Path
 class Verification:
     ok: bool
     boot_seconds: float | None
-    orders: dict[str, str] = field(default_factory=dict)   # order -> "ok" | failure
+    orders: dict[str, str] = field(default_factory=dict)  # order -> "ok" | failure
     failure: str | None = None
     kernel_lines: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"ok": self.ok, "boot_seconds": self.boot_seconds, "orders": self.orders,
-                "failure": self.failure, "kernel_lines": self.kernel_lines}
+        return {
+            "ok": self.ok,
+            "boot_seconds": self.boot_seconds,
+            "orders": self.orders,
+            "failure": self.failure,
+            "kernel_lines": self.kernel_lines,
+        }
 
 
 def load_order(db, module: str) -> list[str]:

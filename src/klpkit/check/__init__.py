@@ -35,6 +35,17 @@ from klpkit.check.engine import (
 from klpkit.check.findings import Finding, Place, Severity, Stage
 from klpkit.check.rules import RULES, Rule
 
-__all__ = ["RULES", "Finding", "Place", "Rule", "Severity", "Stage", "check_bytes",
-           "check_module", "exit_code", "first_error", "parse_kernel_version",
-           "sort_findings"]
+__all__ = [
+    "RULES",
+    "Finding",
+    "Place",
+    "Rule",
+    "Severity",
+    "Stage",
+    "check_bytes",
+    "check_module",
+    "exit_code",
+    "first_error",
+    "parse_kernel_version",
+    "sort_findings",
+]

@@ -12,29 +12,43 @@ from klpkit.check.rules import RULES
 class Context:
     path: str
     data: bytes
-    db: object                    # klpkit.symbols.SymbolDB (or anything with its API)
+    db: object  # klpkit.symbols.SymbolDB (or anything with its API)
     kver: tuple[int, int]
-    elf: object = None            # klpkit.elf.ElfFile once it parses
-    modinfo: object = None        # klpkit.kernel.modinfo.Modinfo
-    name: str = "livepatch"       # in-kernel module name (mod->name)
-    versions: dict[str, int] | None = None   # __versions (None: no section)
+    elf: object = None  # klpkit.elf.ElfFile once it parses
+    modinfo: object = None  # klpkit.kernel.modinfo.Modinfo
+    name: str = "livepatch"  # in-kernel module name (mod->name)
+    versions: dict[str, int] | None = None  # __versions (None: no section)
     findings: list[Finding] = field(default_factory=list)
     klp_symbols_used: set[int] = field(default_factory=set)  # id() of symbols in klp sections
-    patched: object = None        # klpkit.convert.objects.PatchedObjects, read once
-    given: tuple | None = None    # (objects, registers) a caller states instead (deps)
-    loaded: list = field(default_factory=list)   # livepatches already loaded, in order
+    patched: object = None  # klpkit.convert.objects.PatchedObjects, read once
+    given: tuple | None = None  # (objects, registers) a caller states instead (deps)
+    loaded: list = field(default_factory=list)  # livepatches already loaded, in order
     _order: int = 0
 
-    def add(self, rule: str, place: Place | None, message: str,
-            kernel_message: str | None = None, *, severity: Severity | None = None,
-            **details) -> Finding | None:
+    def add(
+        self,
+        rule: str,
+        place: Place | None,
+        message: str,
+        kernel_message: str | None = None,
+        *,
+        severity: Severity | None = None,
+        **details,
+    ) -> Finding | None:
         """Record a finding of ``rule`` unless the rule does not hold for this kernel."""
         r = RULES[rule]
         if not r.applies(self.kver):
             return None
         self._order += 1
-        f = Finding(severity or r.severity, rule, place or Place(), message, kernel_message,
-                    r.stage, details)
+        f = Finding(
+            severity or r.severity,
+            rule,
+            place or Place(),
+            message,
+            kernel_message,
+            r.stage,
+            details,
+        )
         f.details.setdefault("_order", self._order)
         self.findings.append(f)
         return f
@@ -71,5 +85,5 @@ class Context:
             return True
         try:
             return self.db.object_info(obj) is not None
-        except Exception:  # noqa: BLE001 - a DB without object_info: assume it exists
+        except Exception:
             return True

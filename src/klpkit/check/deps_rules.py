@@ -17,14 +17,17 @@ def run(ctx: Context):
             if f.read() != ctx.data:
                 return None  # checking bytes that are not the file: deps reads files
         report = analyze([ctx.path], ctx.db)
-    except Exception as e:  # noqa: BLE001 - deps' own failure must not hide the rest
+    except Exception as e:
         ctx.add("deps.pin", Place(), f"klpkit deps could not analyse the module: {e}")
         return None
     for pin in report.pins:
-        ctx.add("deps.pin", Place(symbol=", ".join(pin.get("symbols", []))),
-                f"{pin['livepatch']} pins {pin['module']} (via {', '.join(pin.get('via', []))}): "
-                f"{pin['module']} cannot be unloaded while the livepatch is loaded, and the "
-                f"livepatch cannot load before it")
+        ctx.add(
+            "deps.pin",
+            Place(symbol=", ".join(pin.get("symbols", []))),
+            f"{pin['livepatch']} pins {pin['module']} (via {', '.join(pin.get('via', []))}): "
+            f"{pin['module']} cannot be unloaded while the livepatch is loaded, and the "
+            f"livepatch cannot load before it",
+        )
     for cyc in report.cycles:
         ctx.add("deps.recursion", Place(), f"{cyc['reason']}: " + "; ".join(cyc["steps"]))
     return None

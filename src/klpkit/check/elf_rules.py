@@ -27,8 +27,12 @@ def _raw(ctx: Context) -> bool:
     n = len(data)
     if n < 52 or data[:4] != ELFMAG:
         if n < 64:
-            ctx.add("elf.header", None, f"file too short for an ELF header ({n} bytes)",
-                    f"Invalid ELF header len {n}")
+            ctx.add(
+                "elf.header",
+                None,
+                f"file too short for an ELF header ({n} bytes)",
+                f"Invalid ELF header len {n}",
+            )
         else:
             ctx.add("elf.header", None, "no ELF magic", "Invalid ELF header magic: != \x7fELF")
         return False
@@ -39,69 +43,114 @@ def _raw(ctx: Context) -> bool:
     if n < lay.ehdr.size:
         ctx.add("elf.header", None, "truncated ELF header", f"Invalid ELF header len {n}")
         return False
-    (_i, etype, machine, _v, _e, _ph, shoff, _f, _eh, _phe, _phn, shentsize, shnum,
-     shstrndx) = lay.ehdr.unpack_from(data, 0)
+    (_i, etype, machine, _v, _e, _ph, shoff, _f, _eh, _phe, _phn, shentsize, shnum, shstrndx) = (
+        lay.ehdr.unpack_from(data, 0)
+    )
     ok = True
     if etype != C.ET_REL:
-        ctx.add("elf.header", None, f"e_type is {etype}, a module must be ET_REL",
-                f"Invalid ELF header type: {etype} != {C.ET_REL}")
+        ctx.add(
+            "elf.header",
+            None,
+            f"e_type is {etype}, a module must be ET_REL",
+            f"Invalid ELF header type: {etype} != {C.ET_REL}",
+        )
         ok = False
     if machine != C.EM_X86_64 or lay.elfclass != 64:
-        ctx.add("elf.header", None, f"e_machine {machine} (ELF{lay.elfclass}) is not x86_64: "
-                "the target kernel's loader refuses it",
-                f"Invalid architecture in ELF header: {machine}")
+        ctx.add(
+            "elf.header",
+            None,
+            f"e_machine {machine} (ELF{lay.elfclass}) is not x86_64: "
+            "the target kernel's loader refuses it",
+            f"Invalid architecture in ELF header: {machine}",
+        )
         ok = False
     if shentsize != lay.shdr.size:
-        ctx.add("elf.header", None, f"e_shentsize {shentsize} != {lay.shdr.size}",
-                "Invalid ELF section header size")
+        ctx.add(
+            "elf.header",
+            None,
+            f"e_shentsize {shentsize} != {lay.shdr.size}",
+            "Invalid ELF section header size",
+        )
         return False
     if shoff >= n or shnum * lay.shdr.size > n - shoff:
-        ctx.add("elf.header", None, "section header table extends past the end of the file",
-                "Invalid ELF section header overflow")
+        ctx.add(
+            "elf.header",
+            None,
+            "section header table extends past the end of the file",
+            "Invalid ELF section header overflow",
+        )
         return False
     shdrs = [lay.shdr.unpack_from(data, shoff + i * lay.shdr.size) for i in range(shnum)]
     if shstrndx == C.SHN_UNDEF or shstrndx >= shnum:
-        ctx.add("elf.shstrtab", None, f"e_shstrndx {shstrndx} is not a section index",
-                f"Invalid ELF section name index: {shstrndx} || e_shstrndx ({shstrndx}) "
-                f">= e_shnum ({shnum})")
+        ctx.add(
+            "elf.shstrtab",
+            None,
+            f"e_shstrndx {shstrndx} is not a section index",
+            f"Invalid ELF section name index: {shstrndx} || e_shstrndx ({shstrndx}) "
+            f">= e_shnum ({shnum})",
+        )
         return False
     st = shdrs[shstrndx]
     if st[4] + st[5] > n:
-        ctx.add("elf.shstrtab", None, "section name table extends past the end of the file",
-                f"Invalid ELF section hdr(type {st[1]})")
+        ctx.add(
+            "elf.shstrtab",
+            None,
+            "section name table extends past the end of the file",
+            f"Invalid ELF section hdr(type {st[1]})",
+        )
         return False
     if st[5] == 0:
         ctx.add("elf.shstrtab", None, "empty section name table", "empty section name table")
         return False
     if data[st[4] + st[5] - 1] != 0:
-        ctx.add("elf.shstrtab", None, "section name table is not NUL-terminated",
-                "ELF Spec violation: section name table isn't null terminated")
+        ctx.add(
+            "elf.shstrtab",
+            None,
+            "section name table is not NUL-terminated",
+            "ELF Spec violation: section name table isn't null terminated",
+        )
         return False
     if shdrs[0][1] != C.SHT_NULL or shdrs[0][5] != 0 or shdrs[0][3] != 0:
-        ctx.add("elf.section", Place("[0]"), "section 0 is not an empty SHT_NULL section",
-                f"ELF Spec violation: section 0 type({shdrs[0][1]})!=SH_NULL or non-zero "
-                "len or addr")
+        ctx.add(
+            "elf.section",
+            Place("[0]"),
+            "section 0 is not an empty SHT_NULL section",
+            f"ELF Spec violation: section 0 type({shdrs[0][1]})!=SH_NULL or non-zero len or addr",
+        )
         return False
     for i, (name, stype, flags, _a, off, size, link, _inf, _al, _es) in enumerate(shdrs[1:], 1):
         if stype in (C.SHT_NULL, C.SHT_NOBITS):
             continue
         if stype == C.SHT_SYMTAB and (link == 0 or link >= shnum):
-            ctx.add("elf.section", Place(f"[{i}]"), f"symbol table sh_link {link} is invalid",
-                    f"Invalid ELF sh_link!=SHN_UNDEF({link}) or (sh_link({link}) >= "
-                    f"hdr->e_shnum({shnum})")
+            ctx.add(
+                "elf.section",
+                Place(f"[{i}]"),
+                f"symbol table sh_link {link} is invalid",
+                f"Invalid ELF sh_link!=SHN_UNDEF({link}) or (sh_link({link}) >= "
+                f"hdr->e_shnum({shnum})",
+            )
             return False
         if off + size > n:
-            ctx.add("elf.section", Place(f"[{i}]"), f"section contents ({size} bytes at "
-                    f"{off:#x}) extend past the end of the file ({n} bytes)",
-                    f"Invalid ELF section in module (section {i} type {stype})")
+            ctx.add(
+                "elf.section",
+                Place(f"[{i}]"),
+                f"section contents ({size} bytes at "
+                f"{off:#x}) extend past the end of the file ({n} bytes)",
+                f"Invalid ELF section in module (section {i} type {stype})",
+            )
             return False
         if flags & C.SHF_ALLOC and name >= st[5]:
-            ctx.add("elf.section", Place(f"[{i}]"), "section name offset outside .shstrtab",
-                    f"Invalid ELF section name in module (section {i} type {stype})")
+            ctx.add(
+                "elf.section",
+                Place(f"[{i}]"),
+                "section name offset outside .shstrtab",
+                f"Invalid ELF section name in module (section {i} type {stype})",
+            )
             return False
     if not any(h[1] == C.SHT_SYMTAB for h in shdrs):
-        ctx.add("elf.symtab", None, "no symbol table",
-                f"{ctx.name}: module has no symbols (stripped?)")
+        ctx.add(
+            "elf.symtab", None, "no symbol table", f"{ctx.name}: module has no symbols (stripped?)"
+        )
         return False
     return ok
 
@@ -112,14 +161,23 @@ def _symbols_and_sections(ctx: Context) -> None:
     for sym in elf.symtab.symbols[1:]:
         sh = sym.shndx
         if isinstance(sh, int) and sh == C.SHN_COMMON:
-            ctx.add("elf.common", Place(symbol=sym.name), "common symbol (compile with "
-                    "-fno-common)", f"{ctx.name}: please compile with -fno-common")
-        elif isinstance(sh, int) and sh not in (C.SHN_UNDEF, C.SHN_ABS, C.SHN_LIVEPATCH) \
-                and sh >= nsec:
-            ctx.add("elf.symbol-section", Place(symbol=sym.name),
-                    f"section index {sh:#x} is not a section",
-                    f"{ctx.name}: Symbol {sym.name} has an invalid section index {sh} "
-                    f"(max {nsec - 1})")
+            ctx.add(
+                "elf.common",
+                Place(symbol=sym.name),
+                "common symbol (compile with -fno-common)",
+                f"{ctx.name}: please compile with -fno-common",
+            )
+        elif (
+            isinstance(sh, int)
+            and sh not in (C.SHN_UNDEF, C.SHN_ABS, C.SHN_LIVEPATCH)
+            and sh >= nsec
+        ):
+            ctx.add(
+                "elf.symbol-section",
+                Place(symbol=sym.name),
+                f"section index {sh:#x} is not a section",
+                f"{ctx.name}: Symbol {sym.name} has an invalid section index {sh} (max {nsec - 1})",
+            )
 
 
 def _relocations(ctx: Context) -> None:
@@ -136,10 +194,14 @@ def _relocations(ctx: Context) -> None:
         if target is None or not target.is_alloc:
             continue  # apply_relocations() skips non-allocated targets
         is_klp = is_klp_rela(rs)
-        raw = data[rs.orig_offset:rs.orig_offset + rs.size] if rs.orig_offset else rs.data
+        raw = data[rs.orig_offset : rs.orig_offset + rs.size] if rs.orig_offset else rs.data
         if rs.type == C.SHT_REL:
-            ctx.add("elf.rel", Place(rs.name), "SHT_REL relocations: the x86_64 loader "
-                    "applies only RELA", f"module {ctx.name}: REL relocation unsupported")
+            ctx.add(
+                "elf.rel",
+                Place(rs.name),
+                "SHT_REL relocations: the x86_64 loader applies only RELA",
+                f"module {ctx.name}: REL relocation unsupported",
+            )
             continue
         rec = lay.rela
         if len(raw) % rec.size:
@@ -151,9 +213,12 @@ def _relocations(ctx: Context) -> None:
             symidx, rtype = lay.r_sym(info), lay.r_type(info)
             place = Place(tname, off)
             if symidx >= nsyms:
-                ctx.add("elf.reloc-symbol", Place(rs.name, i * rec.size),
-                        f"relocation {i} uses symbol index {symidx}, the symbol table has "
-                        f"{nsyms}: the kernel reads past the table")
+                ctx.add(
+                    "elf.reloc-symbol",
+                    Place(rs.name, i * rec.size),
+                    f"relocation {i} uses symbol index {symidx}, the symbol table has "
+                    f"{nsyms}: the kernel reads past the table",
+                )
                 continue
             if elf.machine != C.EM_X86_64:
                 continue
@@ -161,24 +226,34 @@ def _relocations(ctx: Context) -> None:
             if size is None:
                 if rtype not in reported_types:
                     reported_types.add(rtype)
-                    ctx.add("elf.reloc-type", place,
-                            f"relocation type {reloc_type_name(elf.machine, rtype)} is not "
-                            "handled by x86_64 apply_relocate_add",
-                            f"{ctx.name}: Unknown rela relocation: {rtype}")
+                    ctx.add(
+                        "elf.reloc-type",
+                        place,
+                        f"relocation type {reloc_type_name(elf.machine, rtype)} is not "
+                        "handled by x86_64 apply_relocate_add",
+                        f"{ctx.name}: Unknown rela relocation: {rtype}",
+                    )
                 continue
             if size == 0:
                 continue
             if off + size > tsize:
-                ctx.add("elf.reloc-offset", place, f"relocation {i} writes {size} bytes at "
-                        f"{off:#x}, past the end of {tname} ({tsize} bytes)")
+                ctx.add(
+                    "elf.reloc-offset",
+                    place,
+                    f"relocation {i} writes {size} bytes at "
+                    f"{off:#x}, past the end of {tname} ({tsize} bytes)",
+                )
                 continue
-            if tdata is not None and any(tdata[off:off + size]):
-                f = ctx.add("elf.reloc-nonzero", place,
-                            f"{'livepatch ' if is_klp else ''}relocation "
-                            f"{reloc_type_name(elf.machine, rtype)} in {rs.name}: the "
-                            f"{size} target bytes are {tdata[off:off + size].hex()}, the x86 "
-                            "loader refuses to overwrite a nonzero value",
-                            nonzero_message(ctx.kver).replace("type %d", f"type {rtype}", 1))
+            if tdata is not None and any(tdata[off : off + size]):
+                f = ctx.add(
+                    "elf.reloc-nonzero",
+                    place,
+                    f"{'livepatch ' if is_klp else ''}relocation "
+                    f"{reloc_type_name(elf.machine, rtype)} in {rs.name}: the "
+                    f"{size} target bytes are {tdata[off : off + size].hex()}, the x86 "
+                    "loader refuses to overwrite a nonzero value",
+                    nonzero_message(ctx.kver).replace("type %d", f"type {rtype}", 1),
+                )
                 if f is not None and is_klp and not _applied_at_load(ctx, rs):
                     f.stage = Stage.OBJECT
 
@@ -208,8 +283,12 @@ def run(ctx: Context):
     if ctx.name == "livepatch":
         ctx.name = module_name(ctx.path, ctx.modinfo)
     if ctx.elf.section(".gnu.linkonce.this_module") is None:
-        ctx.add("elf.symtab", None, "no .gnu.linkonce.this_module section (not a module)",
-                f"{ctx.name}: No module found in object")
+        ctx.add(
+            "elf.symtab",
+            None,
+            "no .gnu.linkonce.this_module section (not a module)",
+            f"{ctx.name}: No module found in object",
+        )
         return False
     _symbols_and_sections(ctx)
     _relocations(ctx)

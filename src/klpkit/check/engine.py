@@ -20,8 +20,7 @@ from klpkit.fileio import read_input
 from klpkit.kernel.kver import kernel_version as _kernel_version
 from klpkit.kernel.kver import parse_kernel_version  # noqa: F401 - klpkit.check's API
 
-FAMILIES = (elf_rules, modinfo_rules, symbol_rules, klp_rules, func_rules, loaded_rules,
-            deps_rules)
+FAMILIES = (elf_rules, modinfo_rules, symbol_rules, klp_rules, func_rules, loaded_rules, deps_rules)
 
 #: Families that are the livepatch core's alone: they run only for a module that
 #: registers a livepatch (klp_enable_patch(): klpkit.kernel.klp.registers_patch); the
@@ -29,11 +28,17 @@ FAMILIES = (elf_rules, modinfo_rules, symbol_rules, klp_rules, func_rules, loade
 LIVEPATCH_CORE = (func_rules, loaded_rules)
 
 
-def check_bytes(data: bytes, db, kernel_version=None, *, path: str = "module.ko",
-                name: str | None = None, loaded=()) -> list[Finding]:
+def check_bytes(
+    data: bytes,
+    db,
+    kernel_version=None,
+    *,
+    path: str = "module.ko",
+    name: str | None = None,
+    loaded=(),
+) -> list[Finding]:
     kver = _kernel_version(kernel_version, getattr(db, "release", None))
-    ctx = Context(path=path, data=data, db=db, kver=kver,
-                  loaded=[os.fspath(p) for p in loaded])
+    ctx = Context(path=path, data=data, db=db, kver=kver, loaded=[os.fspath(p) for p in loaded])
     if name:
         ctx.name = name
     for family in FAMILIES:
@@ -49,16 +54,14 @@ def check_bytes(data: bytes, db, kernel_version=None, *, path: str = "module.ko"
     return sort_findings(ctx.findings)
 
 
-def check_module(path: str | os.PathLike, db, kernel_version=None, *,
-                 loaded=()) -> list[Finding]:
+def check_module(path: str | os.PathLike, db, kernel_version=None, *, loaded=()) -> list[Finding]:
     """Every finding for the module at ``path`` against ``db`` (a SymbolDB) on kernel
     ``kernel_version`` (``"6.1"``, ``(6, 1)``; default: the database's release), loaded
     after the livepatches ``loaded`` (paths, in their load order).
 
     Findings come in the order the kernel meets them: the first error is the failure
     a real load would report (``first_error()``)."""
-    return check_bytes(read_input(path), db, kernel_version, path=os.fspath(path),
-                       loaded=loaded)
+    return check_bytes(read_input(path), db, kernel_version, path=os.fspath(path), loaded=loaded)
 
 
 _RANK = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.NOTE: 2}

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 
 class Severity(enum.StrEnum):
-    ERROR = "error"      # the kernel refuses the module (or it can never work)
+    ERROR = "error"  # the kernel refuses the module (or it can never work)
     WARNING = "warning"  # loads, but something will go wrong or silently not apply
-    NOTE = "note"        # information: what a symbol resolves to, what was not checked
+    NOTE = "note"  # information: what a symbol resolves to, what was not checked
 
     def __str__(self) -> str:
         return self.value
@@ -33,14 +33,14 @@ class Stage(enum.IntEnum):
     """When the kernel applies a rule: findings sort in this order, so the first error
     is the one the kernel hits first."""
 
-    ELF = 1             # elf_validity_check(), setup_load_info()
-    MODSTRUCT = 2       # check_modstruct_version()
-    MODINFO = 3         # check_modinfo(): vermagic, livepatch tag
-    SYMBOLS = 4         # simplify_symbols(): normal undefined symbols
-    RELOCATIONS = 5     # apply_relocations(): normal and (>= 5.8) vmlinux klp sections
-    ENABLE = 6          # klp_enable_patch() from the module's init
-    OBJECT = 7          # module-gated klp sections: enable time or klp_module_coming()
-    LATER = 8           # unload/reload of a patched module
+    ELF = 1  # elf_validity_check(), setup_load_info()
+    MODSTRUCT = 2  # check_modstruct_version()
+    MODINFO = 3  # check_modinfo(): vermagic, livepatch tag
+    SYMBOLS = 4  # simplify_symbols(): normal undefined symbols
+    RELOCATIONS = 5  # apply_relocations(): normal and (>= 5.8) vmlinux klp sections
+    ENABLE = 6  # klp_enable_patch() from the module's init
+    OBJECT = 7  # module-gated klp sections: enable time or klp_module_coming()
+    LATER = 8  # unload/reload of a patched module
 
 
 @dataclass
@@ -91,6 +91,12 @@ class Finding:
         return any(p.search(line) for p in self.kernel_patterns())
 
     def as_dict(self) -> dict:
-        return {"severity": str(self.severity), "rule": self.rule, "place": self.place.as_dict(),
-                "message": self.message, "kernel_message": self.kernel_message,
-                "stage": self.stage.name.lower(), "details": self.details}
+        return {
+            "severity": str(self.severity),
+            "rule": self.rule,
+            "place": self.place.as_dict(),
+            "message": self.message,
+            "kernel_message": self.kernel_message,
+            "stage": self.stage.name.lower(),
+            "details": self.details,
+        }

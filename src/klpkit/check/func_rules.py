@@ -31,7 +31,7 @@ CLONE_MARKERS = frozenset({"isra", "constprop", "part", "lto_priv", "clone", "ll
 #: Symbol types that are certainly not code (SymbolEntry.type).
 _DATA_TYPES = frozenset({"object", "tls", "common", "section", "file"})
 
-FTRACE_LOCATION = klp.FTRACE_LOCATION   # klp_patch_func()'s ftrace lookup (kernel.klp)
+FTRACE_LOCATION = klp.FTRACE_LOCATION  # klp_patch_func()'s ftrace lookup (kernel.klp)
 
 
 def _names_with_prefix(db, prefix: str, obj: str) -> list[str]:
@@ -41,7 +41,7 @@ def _names_with_prefix(db, prefix: str, obj: str) -> list[str]:
         return db.names_with_prefix(prefix, obj)
     try:
         return sorted({n for n, _f in db.symbols_of(obj) if n.startswith(prefix)})
-    except Exception:  # noqa: BLE001 - a source without symbols_of: no clone hints
+    except Exception:
         return []
 
 
@@ -49,7 +49,7 @@ def compiler_clones(db, name: str, obj: str) -> list[str]:
     """``obj``'s symbols that are GCC clones of ``name`` (``name.isra.0``, ...)."""
     out = []
     for n in _names_with_prefix(db, name + ".", obj):
-        words = n[len(name) + 1:].split(".")
+        words = n[len(name) + 1 :].split(".")
         if words and words[0] in CLONE_MARKERS:
             out.append(n)
     return out
@@ -66,34 +66,53 @@ def _stage(ctx: Context, obj: str) -> Stage:
 def _when(ctx: Context, obj: str) -> str:
     if obj == klp.VMLINUX:
         return "klp_enable_patch() fails: the livepatch's insmod fails"
-    return (f"enabling the patch with {obj} loaded fails (the livepatch's insmod fails); "
-            f"with {obj} loaded later, {obj}'s own insmod fails (klp_module_coming)")
+    return (
+        f"enabling the patch with {obj} loaded fails (the livepatch's insmod fails); "
+        f"with {obj} loaded later, {obj}'s own insmod fails (klp_module_coming)"
+    )
 
 
 def _late_lines(ctx: Context, obj: str, err: int = -22) -> str | None:
     if obj == klp.VMLINUX:
         return None
-    return (f"livepatch: failed to initialize patch '{ctx.name}' for module '{obj}' ({err})\n"
-            f"livepatch: patch '{ctx.name}' failed for module '{obj}', refusing to load "
-            f"module '{obj}'")
+    return (
+        f"livepatch: failed to initialize patch '{ctx.name}' for module '{obj}' ({err})\n"
+        f"livepatch: patch '{ctx.name}' failed for module '{obj}', refusing to load "
+        f"module '{obj}'"
+    )
 
 
 def _not_function_message(ctx: Context, obj: str, name: str) -> tuple[str, str | None]:
-    first = (f"livepatch: failed to find location for function '{name}'"
-             if ctx.kver >= FTRACE_LOCATION else
-             f"livepatch: failed to set ftrace filter for function '{name}' (-22)")
-    enable = (f"{first}\nlivepatch: failed to patch object '{obj}'\n"
-              f"livepatch: failed to enable patch '{ctx.name}'")
+    first = (
+        f"livepatch: failed to find location for function '{name}'"
+        if ctx.kver >= FTRACE_LOCATION
+        else f"livepatch: failed to set ftrace filter for function '{name}' (-22)"
+    )
+    enable = (
+        f"{first}\nlivepatch: failed to patch object '{obj}'\n"
+        f"livepatch: failed to enable patch '{ctx.name}'"
+    )
     late = None
     if obj != "vmlinux":
-        late = (f"{first}\nlivepatch: failed to apply patch '{ctx.name}' to module '{obj}' "
-                f"(-22)\nlivepatch: patch '{ctx.name}' failed for module '{obj}', refusing "
-                f"to load module '{obj}'")
+        late = (
+            f"{first}\nlivepatch: failed to apply patch '{ctx.name}' to module '{obj}' "
+            f"(-22)\nlivepatch: patch '{ctx.name}' failed for module '{obj}', refusing "
+            f"to load module '{obj}'"
+        )
     return enable, late
 
 
-def _add(ctx: Context, rule: str, place: Place, message: str, kernel: str | None,
-         stage: Stage, *, severity: Severity | None = None, **details):
+def _add(
+    ctx: Context,
+    rule: str,
+    place: Place,
+    message: str,
+    kernel: str | None,
+    stage: Stage,
+    *,
+    severity: Severity | None = None,
+    **details,
+):
     f = ctx.add(rule, place, message, kernel, severity=severity, **details)
     if f is not None:
         f.stage = stage
@@ -113,53 +132,109 @@ def _resolve(ctx: Context, func, place: Place, stage: Stage) -> None:
     if res.found is klp.Found.NOT_FOUND:
         clones = compiler_clones(ctx.db, name, obj)
         if clones:
-            _add(ctx, "klp.func.inlined", place,
-                 f"'{name}' is not in {obj}'s kallsyms on {ctx.db.release}, only its compiler "
-                 f"clones {', '.join(clones)}: GCC inlined or specialised it (IPA-SRA, "
-                 f"constant propagation, partial inlining) in the target build; patch the "
-                 f"clone by its name or the callers it was inlined into; {when}", kernel,
-                 stage, clones=clones, **extra)
+            _add(
+                ctx,
+                "klp.func.inlined",
+                place,
+                f"'{name}' is not in {obj}'s kallsyms on {ctx.db.release}, only its compiler "
+                f"clones {', '.join(clones)}: GCC inlined or specialised it (IPA-SRA, "
+                f"constant propagation, partial inlining) in the target build; patch the "
+                f"clone by its name or the callers it was inlined into; {when}",
+                kernel,
+                stage,
+                clones=clones,
+                **extra,
+            )
         else:
-            _add(ctx, "klp.func.not-found", place,
-                 f"no function '{name}' in {obj} on {ctx.db.release} (a typo, or a function "
-                 f"this build does not have, e.g. inlined into all its callers); {when}",
-                 kernel, stage, **extra)
+            _add(
+                ctx,
+                "klp.func.not-found",
+                place,
+                f"no function '{name}' in {obj} on {ctx.db.release} (a typo, or a function "
+                f"this build does not have, e.g. inlined into all its callers); {when}",
+                kernel,
+                stage,
+                **extra,
+            )
         return
     if res.found is klp.Found.AMBIGUOUS:
-        _add(ctx, "klp.func.ambiguous", place,
-             f"old_sympos 0 but {obj} has {res.count} symbols named '{name}': "
-             + ", ".join(f"{e.bind} {e.type} (sympos {e.sympos})" for e in entries)
-             + f"; set old_sympos; {when}", kernel, stage, count=res.count, **extra)
+        _add(
+            ctx,
+            "klp.func.ambiguous",
+            place,
+            f"old_sympos 0 but {obj} has {res.count} symbols named '{name}': "
+            + ", ".join(f"{e.bind} {e.type} (sympos {e.sympos})" for e in entries)
+            + f"; set old_sympos; {when}",
+            kernel,
+            stage,
+            count=res.count,
+            **extra,
+        )
         return
     if res.found is klp.Found.POSITION:
-        _add(ctx, "klp.func.position", place,
-             f"old_sympos {pos} but {obj} has only {res.count} symbol(s) named '{name}'; "
-             f"{when}", kernel, stage, count=res.count, **extra)
+        _add(
+            ctx,
+            "klp.func.position",
+            place,
+            f"old_sympos {pos} but {obj} has only {res.count} symbol(s) named '{name}'; {when}",
+            kernel,
+            stage,
+            count=res.count,
+            **extra,
+        )
         return
     e = res.entry
     if e.type in _DATA_TYPES or e.type == "notype":
         kernel, late_nf = _not_function_message(ctx, obj, name)
         certain = e.type in _DATA_TYPES
-        _add(ctx, "klp.func.not-function", place,
-             f"'{name}' (position {e.sympos} of {e.count}) in {obj} is a {e.bind} {e.type}, "
-             + ("not a function: the livepatch core resolves it all the same and ftrace "
-                "finds no call site to redirect; " if certain else
-                "maybe not a function (assembler label?): ftrace may find no call site; ")
-             + when, kernel, stage,
-             severity=None if certain else Severity.WARNING, type=e.type,
-             **({"late_load_kernel_message": late_nf} if late_nf else {}))
+        _add(
+            ctx,
+            "klp.func.not-function",
+            place,
+            f"'{name}' (position {e.sympos} of {e.count}) in {obj} is a {e.bind} {e.type}, "
+            + (
+                "not a function: the livepatch core resolves it all the same and ftrace "
+                "finds no call site to redirect; "
+                if certain
+                else "maybe not a function (assembler label?): ftrace may find no call site; "
+            )
+            + when,
+            kernel,
+            stage,
+            severity=None if certain else Severity.WARNING,
+            type=e.type,
+            **({"late_load_kernel_message": late_nf} if late_nf else {}),
+        )
         return
-    _add(ctx, "klp.func.resolved", place,
-         f"replaces {e.object} {e.bind} {e.type} {e.name}, position {e.sympos} of {e.count}"
-         + (f" (with {func.new_func})" if func.new_func else ""), None, stage,
-         object=e.object, name=e.name, sympos=e.sympos, count=e.count, bind=e.bind,
-         type=e.type, new_func=func.new_func)
+    _add(
+        ctx,
+        "klp.func.resolved",
+        place,
+        f"replaces {e.object} {e.bind} {e.type} {e.name}, position {e.sympos} of {e.count}"
+        + (f" (with {func.new_func})" if func.new_func else ""),
+        None,
+        stage,
+        object=e.object,
+        name=e.name,
+        sympos=e.sympos,
+        count=e.count,
+        bind=e.bind,
+        type=e.type,
+        new_func=func.new_func,
+    )
     clones = compiler_clones(ctx.db, name, obj)
     if clones:
-        _add(ctx, "klp.func.clones", place,
-             f"{obj} also has {', '.join(clones)}: GCC made clones of '{name}', and callers "
-             f"that call a clone keep running the old code; patch the clones too (by their "
-             f"names) or check that no caller uses them", None, stage, clones=clones)
+        _add(
+            ctx,
+            "klp.func.clones",
+            place,
+            f"{obj} also has {', '.join(clones)}: GCC made clones of '{name}', and callers "
+            f"that call a clone keep running the old code; patch the clones too (by their "
+            f"names) or check that no caller uses them",
+            None,
+            stage,
+            clones=clones,
+        )
     if not vm:
         from klpkit.check.klp_rules import _late_load
 
@@ -170,38 +245,49 @@ def run(ctx: Context):
     from klpkit.convert.objects import find_patched_functions
 
     funcs = find_patched_functions(ctx.elf)
-    limit = ksym_name_max(ctx.kver) + 1     # KSYM_NAME_LEN
+    limit = ksym_name_max(ctx.kver) + 1  # KSYM_NAME_LEN
     by_object: dict[str, list] = {}
     for f in funcs:
         by_object.setdefault(f.object, []).append(f)
     for obj, group in by_object.items():
         if not ctx.object_exists(obj):
-            continue   # livepatch.object says so; the kernel never resolves these
+            continue  # livepatch.object says so; the kernel never resolves these
         # klp_init_func(), for every function of the object, before any resolution
         sysfs: dict[tuple[str, int], object] = {}
         bad: set[int] = set()
         for f in group:
             place = Place(f.section, f.offset, f.old_name)
             if len(f.old_name.encode()) >= limit:
-                _add(ctx, "klp.func.format", place,
-                     f"old_name is {len(f.old_name.encode())} bytes, the kernel allows at "
-                     f"most {limit - 1}: klp_init_func() returns -EINVAL, the livepatch's "
-                     "insmod fails without a message", None, Stage.ENABLE)
+                _add(
+                    ctx,
+                    "klp.func.format",
+                    place,
+                    f"old_name is {len(f.old_name.encode())} bytes, the kernel allows at "
+                    f"most {limit - 1}: klp_init_func() returns -EINVAL, the livepatch's "
+                    "insmod fails without a message",
+                    None,
+                    Stage.ENABLE,
+                )
                 bad.add(id(f))
                 continue
             key = (f.old_name, f.old_sympos or 1)
             first = sysfs.get(key)
             if first is not None:
                 dirname = f"{f.old_name},{key[1]}"
-                _add(ctx, "klp.func.duplicate", place,
-                     f"klp_object '{obj}' replaces '{f.old_name}' twice (entries "
-                     f"{first.index} and {f.index}, sympos {first.old_sympos} and "
-                     f"{f.old_sympos}): the sysfs directory {dirname} exists, kobject_add() "
-                     "fails with -EEXIST and so does the livepatch's insmod",
-                     f"sysfs: cannot create duplicate filename '/kernel/livepatch/{ctx.name}/"
-                     f"{obj}/{dirname}'\nkobject_add_internal failed for {dirname} with "
-                     "-EEXIST, don't try to register things with the same name in the same "
-                     "directory.", Stage.ENABLE)
+                _add(
+                    ctx,
+                    "klp.func.duplicate",
+                    place,
+                    f"klp_object '{obj}' replaces '{f.old_name}' twice (entries "
+                    f"{first.index} and {f.index}, sympos {first.old_sympos} and "
+                    f"{f.old_sympos}): the sysfs directory {dirname} exists, kobject_add() "
+                    "fails with -EEXIST and so does the livepatch's insmod",
+                    f"sysfs: cannot create duplicate filename '/kernel/livepatch/{ctx.name}/"
+                    f"{obj}/{dirname}'\nkobject_add_internal failed for {dirname} with "
+                    "-EEXIST, don't try to register things with the same name in the same "
+                    "directory.",
+                    Stage.ENABLE,
+                )
                 bad.add(id(f))
                 continue
             sysfs[key] = f

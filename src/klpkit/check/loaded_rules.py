@@ -23,8 +23,9 @@ def as_installed(elf: ElfFile, name: str) -> klp.Installed | None:
     if not po.registers:
         return None
     states = tuple((s.id, s.version) for p in po.patches for s in p.states)
-    funcs = frozenset((f.object, f.old_name, f.old_sympos or 1)
-                      for f in find_patched_functions(elf))
+    funcs = frozenset(
+        (f.object, f.old_name, f.old_sympos or 1) for f in find_patched_functions(elf)
+    )
     return klp.Installed(name, states, any(p.replace for p in po.patches), funcs)
 
 
@@ -46,11 +47,16 @@ def _stack(ctx: Context) -> tuple[list[klp.Installed], set[str]]:
             continue
         problem = klp.state_problem(me, installed) if ctx.kver >= klp.SYSTEM_STATES else None
         if problem is not None:
-            ctx.add("loaded.order", Place(symbol=name), f"as given, {name} would not have "
-                    f"loaded after {', '.join(i.name for i in installed)}: {problem}")
+            ctx.add(
+                "loaded.order",
+                Place(symbol=name),
+                f"as given, {name} would not have "
+                f"loaded after {', '.join(i.name for i in installed)}: {problem}",
+            )
             continue
-        installed = (klp.install(me, installed) if ctx.kver >= klp.ATOMIC_REPLACE
-                     else [*installed, me])
+        installed = (
+            klp.install(me, installed) if ctx.kver >= klp.ATOMIC_REPLACE else [*installed, me]
+        )
     return installed, names
 
 
@@ -64,29 +70,49 @@ def run(ctx: Context):
     installed, names = _stack(ctx)
     place = Place(symbol=ctx.name)
     if ctx.name in names:
-        ctx.add("loaded.duplicate", place, f"a module named {ctx.name} is already loaded: "
-                "the module loader refuses a second one (-EEXIST)")
+        ctx.add(
+            "loaded.duplicate",
+            place,
+            f"a module named {ctx.name} is already loaded: "
+            "the module loader refuses a second one (-EEXIST)",
+        )
         return None
     me = as_installed(ctx.elf, ctx.name)
     if me is None:
         return None
     problem = klp.state_problem(me, installed)
     if problem is not None:
-        ctx.add("klp.state.incompatible", place, f"klp_is_patch_compatible() refuses it: "
-                f"{problem}", f"livepatch: Livepatch patch ({ctx.name}) is not compatible "
-                "with the already installed livepatches.")
+        ctx.add(
+            "klp.state.incompatible",
+            place,
+            f"klp_is_patch_compatible() refuses it: {problem}",
+            f"livepatch: Livepatch patch ({ctx.name}) is not compatible "
+            "with the already installed livepatches.",
+        )
         return None
     for old, funcs in klp.reverted(me, installed).items():
-        ctx.add("klp.replace.reverts", place, f"{ctx.name} is cumulative (replace): {old} "
-                f"is disabled and what it replaces that {ctx.name} does not runs its "
-                f"original code again: {_functions(funcs)}")
+        ctx.add(
+            "klp.replace.reverts",
+            place,
+            f"{ctx.name} is cumulative (replace): {old} "
+            f"is disabled and what it replaces that {ctx.name} does not runs its "
+            f"original code again: {_functions(funcs)}",
+        )
     for old, funcs in klp.stacked_under(me, installed).items():
-        f = ctx.add("klp.stack.top", place, f"replaces functions {old} replaces too: "
-                    f"{ctx.name}'s run (top of the stack), {old}'s again once {ctx.name} "
-                    f"is disabled: {_functions(funcs)}")
+        f = ctx.add(
+            "klp.stack.top",
+            place,
+            f"replaces functions {old} replaces too: "
+            f"{ctx.name}'s run (top of the stack), {old}'s again once {ctx.name} "
+            f"is disabled: {_functions(funcs)}",
+        )
         if f is not None:
             f.stage = Stage.ENABLE
     after = klp.install(me, installed) if ctx.kver >= klp.ATOMIC_REPLACE else [*installed, me]
-    ctx.add("loaded.set", place, "livepatches enabled afterwards, bottom to top: "
-            + ", ".join(i.name for i in after), patches=[i.name for i in after])
+    ctx.add(
+        "loaded.set",
+        place,
+        "livepatches enabled afterwards, bottom to top: " + ", ".join(i.name for i in after),
+        patches=[i.name for i in after],
+    )
     return None

@@ -10,8 +10,9 @@ from klpkit.elf import constants as C
 from klpkit.kernel.livepatch import KLP_SYM_PREFIX
 
 #: include/linux/license.h license_is_gpl_compatible()
-GPL_COMPATIBLE = frozenset({"GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL",
-                            "Dual MIT/GPL", "Dual MPL/GPL"})
+GPL_COMPATIBLE = frozenset(
+    {"GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL", "Dual MIT/GPL", "Dual MPL/GPL"}
+)
 
 
 def run(ctx: Context):
@@ -30,57 +31,98 @@ def run(ctx: Context):
         unknown2 = f"{ctx.name}: Unknown symbol {name} (err -2)"
         unknown22 = f"{ctx.name}: Unknown symbol {name} (err -22)"
         if name.startswith(KLP_SYM_PREFIX):
-            ctx.add("klp.sym.shndx", place, "livepatch symbol without SHN_LIVEPATCH: the "
-                    "loader looks it up as a normal export", unknown2)
+            ctx.add(
+                "klp.sym.shndx",
+                place,
+                "livepatch symbol without SHN_LIVEPATCH: the loader looks it up as a normal export",
+                unknown2,
+            )
             continue
         if name == "_GLOBAL_OFFSET_TABLE_" and ctx.elf.machine == C.EM_X86_64:
             continue  # ignore_undef_symbol()
         exp = ctx.db.export(name)
         if exp is None:
             if sym.bind == C.STB_WEAK:
-                ctx.add("undef.weak", place, "weak reference to a symbol no object exports: "
-                        "resolves to 0")
+                ctx.add(
+                    "undef.weak",
+                    place,
+                    "weak reference to a symbol no object exports: resolves to 0",
+                )
                 continue
             occ = ctx.db.lookup(name)
             if occ:
                 where = ", ".join(f"{e.object} ({e.bind}, sympos {e.sympos})" for e in occ[:4])
-                ctx.add("undef.unexported", place, f"not exported by any object of "
-                        f"{ctx.db.release}, but defined in {where}: convert it to a livepatch "
-                        f"relocation (klpkit convert)", unknown2,
-                        candidates=[e.object for e in occ])
+                ctx.add(
+                    "undef.unexported",
+                    place,
+                    f"not exported by any object of "
+                    f"{ctx.db.release}, but defined in {where}: convert it to a livepatch "
+                    f"relocation (klpkit convert)",
+                    unknown2,
+                    candidates=[e.object for e in occ],
+                )
             else:
-                ctx.add("undef.missing", place, f"no object of {ctx.db.release} defines or "
-                        "exports it", unknown2)
+                ctx.add(
+                    "undef.missing",
+                    place,
+                    f"no object of {ctx.db.release} defines or exports it",
+                    unknown2,
+                )
             continue
         obj, etype, ns, crc = exp
         if "GPL" in (etype or "") and not gplok:
-            ctx.add("undef.gpl", place, f"{etype} in {obj}, but the module's licence is "
-                    f"'{licence}': the kernel hides GPL-only exports from it", unknown2)
+            ctx.add(
+                "undef.gpl",
+                place,
+                f"{etype} in {obj}, but the module's licence is "
+                f"'{licence}': the kernel hides GPL-only exports from it",
+                unknown2,
+            )
             continue
         if versions is not None and crc is not None:
             mine = versions.get(name)
             if mine is None:
                 if not warned_no_version:
                     warned_no_version = True
-                    ctx.add("undef.no-version", place, "no __versions entry: the kernel warns "
-                            "once and loads", f"{ctx.name}: no symbol version for {name}")
+                    ctx.add(
+                        "undef.no-version",
+                        place,
+                        "no __versions entry: the kernel warns once and loads",
+                        f"{ctx.name}: no symbol version for {name}",
+                    )
             elif mine != crc:
-                ctx.add("undef.crc", Place("__versions", symbol=name),
-                        f"CRC {mine:#010x} in __versions, {obj} exports it with "
-                        f"{crc:#010x} (Module.symvers): built against other headers",
-                        f"{ctx.name}: disagrees about version of symbol {name}\n{unknown22}")
+                ctx.add(
+                    "undef.crc",
+                    Place("__versions", symbol=name),
+                    f"CRC {mine:#010x} in __versions, {obj} exports it with "
+                    f"{crc:#010x} (Module.symvers): built against other headers",
+                    f"{ctx.name}: disagrees about version of symbol {name}\n{unknown22}",
+                )
                 continue
         elif versions is None and crc is not None:
-            ctx.add("undef.crc", place, f"{obj} exports it with a CRC but the module has no "
-                    "__versions: refused unless forced (CONFIG_MODULE_FORCE_LOAD)", unknown22)
+            ctx.add(
+                "undef.crc",
+                place,
+                f"{obj} exports it with a CRC but the module has no "
+                "__versions: refused unless forced (CONFIG_MODULE_FORCE_LOAD)",
+                unknown22,
+            )
             continue
         if ns and ns not in imports:
-            ctx.add("undef.namespace", place, f"exported in namespace {ns}, the module does "
-                    f"not import it (MODULE_IMPORT_NS({ns}))",
-                    f"{ctx.name}: module uses symbol ({name}) from namespace {ns}, but does "
-                    f"not import it.\n{unknown22}")
+            ctx.add(
+                "undef.namespace",
+                place,
+                f"exported in namespace {ns}, the module does "
+                f"not import it (MODULE_IMPORT_NS({ns}))",
+                f"{ctx.name}: module uses symbol ({name}) from namespace {ns}, but does "
+                f"not import it.\n{unknown22}",
+            )
             continue
         if obj != "vmlinux":
-            ctx.add("undef.dependency", place, f"exported by {obj}: a normal reference, the "
-                    f"livepatch depends on {obj} (loads only after it, pins it)",
-                    exporter=obj)
+            ctx.add(
+                "undef.dependency",
+                place,
+                f"exported by {obj}: a normal reference, the "
+                f"livepatch depends on {obj} (loads only after it, pins it)",
+                exporter=obj,
+            )

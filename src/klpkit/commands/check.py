@@ -19,27 +19,41 @@ from klpkit.output import print_json, print_table
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "check", help="predict whether a (livepatch) module loads and resolves on a kernel",
+        "check",
+        help="predict whether a (livepatch) module loads and resolves on a kernel",
         description="Apply the module loader's and the livepatch core's rules to MODULE.ko "
-                    "against the target kernel's symbol database: ELF sanity, relocation "
-                    "types and targets, .klp.rela sections, .klp.sym symbols (format, "
-                    "sympos), remaining undefined symbols (exports, GPL, namespaces, CRCs), "
-                    "vermagic and the livepatch tag.  The livepatch core's rules apply only "
-                    "to a module that calls klp_enable_patch(); the module loader's to "
-                    "every module.  Exit 0: no error; 1: errors; 2: bad input.")
+        "against the target kernel's symbol database: ELF sanity, relocation "
+        "types and targets, .klp.rela sections, .klp.sym symbols (format, "
+        "sympos), remaining undefined symbols (exports, GPL, namespaces, CRCs), "
+        "vermagic and the livepatch tag.  The livepatch core's rules apply only "
+        "to a module that calls klp_enable_patch(); the module loader's to "
+        "every module.  Exit 0: no error; 1: errors; 2: bad input.",
+    )
     p.add_argument("module", metavar="MODULE.ko", help="the (converted) livepatch module")
-    p.add_argument("--symbols", metavar="DB",
-                   help="symbol database of the target kernel (klpkit SQLite or a "
-                        "Symbols.list); default: the cached database of the module's release")
-    p.add_argument("--kernel-version", metavar="X.Y",
-                   help="kernel version whose rules apply (default: the database's release)")
-    p.add_argument("--loaded", nargs="+", default=[], metavar="LP.ko",
-                   help="the livepatches already loaded, in their load order: judge the "
-                        "module against the set it joins (klp_state compatibility, atomic "
-                        "replace, stacking)")
+    p.add_argument(
+        "--symbols",
+        metavar="DB",
+        help="symbol database of the target kernel (klpkit SQLite or a "
+        "Symbols.list); default: the cached database of the module's release",
+    )
+    p.add_argument(
+        "--kernel-version",
+        metavar="X.Y",
+        help="kernel version whose rules apply (default: the database's release)",
+    )
+    p.add_argument(
+        "--loaded",
+        nargs="+",
+        default=[],
+        metavar="LP.ko",
+        help="the livepatches already loaded, in their load order: judge the "
+        "module against the set it joins (klp_state compatibility, atomic "
+        "replace, stacking)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable findings")
-    p.add_argument("--notes", action="store_true", help="also list notes (resolutions, "
-                                                        "dependencies)")
+    p.add_argument(
+        "--notes", action="store_true", help="also list notes (resolutions, dependencies)"
+    )
     p.add_argument("--rules", action="store_true", help="list the rules and exit")
     p.set_defaults(func=run)
 
@@ -48,10 +62,19 @@ def _rules(args) -> int:
     if args.json:
         print_json([r.as_dict() for r in RULES.values()])
     else:
-        print_table(["Rule", "Severity", "Since", "Until", "Summary"],
-                    [(r.id, r.severity, ".".join(map(str, r.since)) + ("?" if r.uncertain else ""),
-                      ".".join(map(str, r.until)) if r.until else "", r.summary)
-                     for r in RULES.values()])
+        print_table(
+            ["Rule", "Severity", "Since", "Until", "Summary"],
+            [
+                (
+                    r.id,
+                    r.severity,
+                    ".".join(map(str, r.since)) + ("?" if r.uncertain else ""),
+                    ".".join(map(str, r.until)) if r.until else "",
+                    r.summary,
+                )
+                for r in RULES.values()
+            ],
+        )
     return 0
 
 
@@ -69,20 +92,41 @@ def run(args) -> int:
     code = exit_code(findings)
     first = first_error(findings)
     if args.json:
-        print_json({"module": args.module, "release": release,
-                    "verdict": "refused" if code else "loads",
-                    "first_error": first.as_dict() if first else None,
-                    "findings": [f.as_dict() for f in findings]})
+        print_json(
+            {
+                "module": args.module,
+                "release": release,
+                "verdict": "refused" if code else "loads",
+                "first_error": first.as_dict() if first else None,
+                "findings": [f.as_dict() for f in findings],
+            }
+        )
         return code
     shown = [f for f in findings if args.notes or f.severity is not Severity.NOTE]
     if shown:
-        print_table(["Severity", "Rule", "Place", "Message", "Kernel says"],
-                    [(f.severity, f.rule, f.place, f.message,
-                      (f.kernel_message or "").replace("\n", " | ")) for f in shown])
+        print_table(
+            ["Severity", "Rule", "Place", "Message", "Kernel says"],
+            [
+                (
+                    f.severity,
+                    f.rule,
+                    f.place,
+                    f.message,
+                    (f.kernel_message or "").replace("\n", " | "),
+                )
+                for f in shown
+            ],
+        )
     counts = {s: sum(1 for f in findings if f.severity is s) for s in Severity}
-    verdict = (f"refused: {first.rule} ({first.kernel_message.splitlines()[0]})"
-               if first and first.kernel_message else
-               f"refused: {first.rule}" if first else "loads and resolves")
-    print(f"{args.module} on {release}: {verdict}; {counts[Severity.ERROR]} error(s), "
-          f"{counts[Severity.WARNING]} warning(s), {counts[Severity.NOTE]} note(s)")
+    verdict = (
+        f"refused: {first.rule} ({first.kernel_message.splitlines()[0]})"
+        if first and first.kernel_message
+        else f"refused: {first.rule}"
+        if first
+        else "loads and resolves"
+    )
+    print(
+        f"{args.module} on {release}: {verdict}; {counts[Severity.ERROR]} error(s), "
+        f"{counts[Severity.WARNING]} warning(s), {counts[Severity.NOTE]} note(s)"
+    )
     return code

@@ -20,35 +20,57 @@ from klpkit.output import print_json, print_table
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "convert", help="turn a livepatch module's foreign references into livepatch "
-                        "relocations (klp-convert)",
+        "convert",
+        help="turn a livepatch module's foreign references into livepatch "
+        "relocations (klp-convert)",
         description="Rewrite the references of a livepatch module that the module loader "
-                    "must not resolve into .klp.rela.<obj>.<sec> relocations with "
-                    ".klp.sym.<obj>.<sym>,<pos> symbols, following the A/B/local/C-D policy; "
-                    "drop __versions entries and depends= of the patched modules.")
+        "must not resolve into .klp.rela.<obj>.<sec> relocations with "
+        ".klp.sym.<obj>.<sym>,<pos> symbols, following the A/B/local/C-D policy; "
+        "drop __versions entries and depends= of the patched modules.",
+    )
     p.add_argument("input", metavar="IN.ko", help="the livepatch module, as built")
     p.add_argument("-o", "--output", metavar="OUT.ko", help="converted module (atomic write)")
-    p.add_argument("--symbols", metavar="DB",
-                   help="symbol database (klpkit SQLite, or a klp-convert Symbols.list); "
-                        "default: $KLPKIT_SYMBOLS_DB or the cached database of the "
-                        "module's kernel release")
-    p.add_argument("--object", action="append", default=[], metavar="OBJ",
-                   help="an object the livepatch patches (default: its own, read from its "
-                        "klp_patch, or its annotations); naming one the module does not "
-                        "patch is an error (nothing written) unless --force")
-    p.add_argument("--force", action="store_true",
-                   help="convert with --object even where it contradicts the module's "
-                        "own objects (the kernel never applies sections gated on an "
-                        "object the livepatch does not patch)")
-    p.add_argument("--map", action="append", default=[], metavar="NAME=OBJ[,POS]",
-                   help="resolve NAME to the POS-th symbol of that name in OBJ")
+    p.add_argument(
+        "--symbols",
+        metavar="DB",
+        help="symbol database (klpkit SQLite, or a klp-convert Symbols.list); "
+        "default: $KLPKIT_SYMBOLS_DB or the cached database of the "
+        "module's kernel release",
+    )
+    p.add_argument(
+        "--object",
+        action="append",
+        default=[],
+        metavar="OBJ",
+        help="an object the livepatch patches (default: its own, read from its "
+        "klp_patch, or its annotations); naming one the module does not "
+        "patch is an error (nothing written) unless --force",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="convert with --object even where it contradicts the module's "
+        "own objects (the kernel never applies sections gated on an "
+        "object the livepatch does not patch)",
+    )
+    p.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="NAME=OBJ[,POS]",
+        help="resolve NAME to the POS-th symbol of that name in OBJ",
+    )
     p.add_argument("--map-file", metavar="FILE", help="NAME=OBJ[,POS] lines (# comments)")
-    p.add_argument("--keep-exports", action="store_true",
-                   help="keep exports of patched modules as normal references (case B)")
+    p.add_argument(
+        "--keep-exports",
+        action="store_true",
+        help="keep exports of patched modules as normal references (case B)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     p.add_argument("--json", action="store_true", help="machine-readable plan")
-    p.add_argument("--all", action="store_true",
-                   help="list every relocation, including unchanged ones")
+    p.add_argument(
+        "--all", action="store_true", help="list every relocation, including unchanged ones"
+    )
     p.set_defaults(func=run)
 
 
@@ -70,13 +92,20 @@ def choices_from_args(maps, map_file):
 def _print_plan(plan, show_all: bool, out=None) -> None:
     out = out or sys.stdout
     objs = ", ".join(plan.objects) or "nothing found"
-    out.write(f"{plan.module}: livepatch for {objs} (from {plan.objects_source}), "
-              f"kernel {plan.kernel_version[0]}.{plan.kernel_version[1]}\n")
+    out.write(
+        f"{plan.module}: livepatch for {objs} (from {plan.objects_source}), "
+        f"kernel {plan.kernel_version[0]}.{plan.kernel_version[1]}\n"
+    )
     rows = plan.relocations if show_all else plan.reported()
     if rows:
-        print_table(["Site", "Old symbol", "New symbol", "Section", "Cat", "Why"],
-                    [(r.site, r.symbol, r.new_symbol or "", r.new_section or "", r.category,
-                      r.reason) for r in rows], stream=out)
+        print_table(
+            ["Site", "Old symbol", "New symbol", "Section", "Cat", "Why"],
+            [
+                (r.site, r.symbol, r.new_symbol or "", r.new_section or "", r.category, r.reason)
+                for r in rows
+            ],
+            stream=out,
+        )
     counts = plan.counts()
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     out.write(f"{len(plan.relocations)} relocations: {summary}\n")
@@ -86,19 +115,26 @@ def run(args) -> int:
     if not args.dry_run and not args.output:
         raise InputError("-o OUT.ko is required (or --dry-run)")
     choices = choices_from_args(args.map, args.map_file)
-    options = PlanOptions(objects=args.object, choices=choices, keep_exports=args.keep_exports,
-                          force=args.force)
+    options = PlanOptions(
+        objects=args.object, choices=choices, keep_exports=args.keep_exports, force=args.force
+    )
     with contextlib.ExitStack() as stack:
         read_input(args.input)  # one-line error for a missing input before the DB
         elf = ElfFile.read(args.input)
         db = open_for_module(args.symbols, elf, stack)
-        plan, result, elf = convert_file(args.input, args.output, db, options,
-                                         dry_run=args.dry_run, elf=elf)
+        plan, result, elf = convert_file(
+            args.input, args.output, db, options, dry_run=args.dry_run, elf=elf
+        )
     written = result is not None
     if args.json:
         doc = plan.to_json()
-        doc.update({"output": args.output if written else None, "written": written,
-                    "signature_dropped": bool(written and elf.trailer_dropped)})
+        doc.update(
+            {
+                "output": args.output if written else None,
+                "written": written,
+                "signature_dropped": bool(written and elf.trailer_dropped),
+            }
+        )
         if written:
             doc["klp_sections"] = result.klp_sections
             doc["removed_sections"] = result.removed_sections
@@ -120,7 +156,9 @@ def run(args) -> int:
             notes.append(f"depends: removed {', '.join(result.dropped_depends)}")
         if elf.trailer_dropped:
             notes.append("module signature dropped (it signed the old contents; re-sign)")
-        print(f"wrote {args.output}: {len(result.klp_sections)} livepatch relocation "
-              f"section(s), {result.moved} relocation(s) converted"
-              + ("; " + "; ".join(notes) if notes else ""))
+        print(
+            f"wrote {args.output}: {len(result.klp_sections)} livepatch relocation "
+            f"section(s), {result.moved} relocation(s) converted"
+            + ("; " + "; ".join(notes) if notes else "")
+        )
     return 0

@@ -12,42 +12,64 @@ from klpkit.output import print_json, print_table
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "deps", help="classify the dependencies of livepatch modules (A-D), pins and cycles",
+        "deps",
+        help="classify the dependencies of livepatch modules (A-D), pins and cycles",
         description="Every external reference of each module (undefined symbols and "
-                    "livepatch relocations) with its category (A, B, C, D, other-module, "
-                    "non-exported-unconverted, unresolved, klp-ok, klp-wrong-object), "
-                    "relocation sites and verdict; the module dependency graph the loader "
-                    "and depmod would build, pins of patched modules, and load recursions "
-                    "of per-object livepatch sets.  A livepatch module patching one module "
-                    "is per-object (its module's load loads it, so a B reference is also a "
-                    "recursion) when the set is a split livepatch (several livepatch "
-                    "modules each patching a different object) or with --per-object; a "
-                    "lone livepatch, or livepatches stacked on one object (a fix and a fix "
-                    "on top), are normal ones (a B reference pins, no recursion).  The "
-                    "verdicts on livepatch relocations are klpkit check's.  "
-                    "Exit 1 when any verdict is 'error'.")
+        "livepatch relocations) with its category (A, B, C, D, other-module, "
+        "non-exported-unconverted, unresolved, klp-ok, klp-wrong-object), "
+        "relocation sites and verdict; the module dependency graph the loader "
+        "and depmod would build, pins of patched modules, and load recursions "
+        "of per-object livepatch sets.  A livepatch module patching one module "
+        "is per-object (its module's load loads it, so a B reference is also a "
+        "recursion) when the set is a split livepatch (several livepatch "
+        "modules each patching a different object) or with --per-object; a "
+        "lone livepatch, or livepatches stacked on one object (a fix and a fix "
+        "on top), are normal ones (a B reference pins, no recursion).  The "
+        "verdicts on livepatch relocations are klpkit check's.  "
+        "Exit 1 when any verdict is 'error'.",
+    )
     p.add_argument("modules", nargs="+", metavar="MODULE.ko", help="livepatch module(s)")
-    p.add_argument("--symbols", metavar="DB", required=True,
-                   help="symbol database (klpkit SQLite, or a klp-convert Symbols.list)")
-    p.add_argument("--object", action="append", default=[], metavar="MOD=OBJ[,OBJ]",
-                   help="the objects module MOD patches (default: its own, read from its "
-                        "klp_patch, or its annotations); naming one the module does not "
-                        "patch is an error verdict unless --force")
-    p.add_argument("--force", action="store_true",
-                   help="analyse with --object even where it contradicts a module's own "
-                        "objects (a warning instead of an error)")
-    p.add_argument("--per-object", action=argparse.BooleanOptionalAction, default=None,
-                   help="the livepatch modules patching one module are per-object (split "
-                        "livepatch: loading the patched module loads them); default: yes "
-                        "when several livepatch modules given each patch a different "
-                        "object, no for a lone livepatch or stacked ones.  The JSON says which (per_object, "
-                        "per_object_reason)")
+    p.add_argument(
+        "--symbols",
+        metavar="DB",
+        required=True,
+        help="symbol database (klpkit SQLite, or a klp-convert Symbols.list)",
+    )
+    p.add_argument(
+        "--object",
+        action="append",
+        default=[],
+        metavar="MOD=OBJ[,OBJ]",
+        help="the objects module MOD patches (default: its own, read from its "
+        "klp_patch, or its annotations); naming one the module does not "
+        "patch is an error verdict unless --force",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="analyse with --object even where it contradicts a module's own "
+        "objects (a warning instead of an error)",
+    )
+    p.add_argument(
+        "--per-object",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the livepatch modules patching one module are per-object (split "
+        "livepatch: loading the patched module loads them); default: yes "
+        "when several livepatch modules given each patch a different "
+        "object, no for a lone livepatch or stacked ones.  The JSON says which (per_object, "
+        "per_object_reason)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable report")
-    p.add_argument("--graph", metavar="FILE",
-                   help="write the graph: FILE.dot/.gv (Graphviz DOT), or FILE.png/.svg/.pdf "
-                        "(DOT beside it, rendered when Graphviz 'dot' is installed)")
-    p.add_argument("--all", action="store_true",
-                   help="also list the references whose verdict is ok")
+    p.add_argument(
+        "--graph",
+        metavar="FILE",
+        help="write the graph: FILE.dot/.gv (Graphviz DOT), or FILE.png/.svg/.pdf "
+        "(DOT beside it, rendered when Graphviz 'dot' is installed)",
+    )
+    p.add_argument(
+        "--all", action="store_true", help="also list the references whose verdict is ok"
+    )
     p.set_defaults(func=run)
 
 
@@ -57,8 +79,7 @@ def run(args) -> int:
     objects = parse_object_map(args.object)
     with contextlib.ExitStack() as stack:
         db = open_symbols(args.symbols, args.modules[0], stack)
-        report = analyze(args.modules, db, objects, per_object=args.per_object,
-                         force=args.force)
+        report = analyze(args.modules, db, objects, per_object=args.per_object, force=args.force)
     if args.graph:
         dot_path, picture, warning = write_graph(report, args.graph)
         if warning:
@@ -77,9 +98,14 @@ def _print(report, show_all: bool) -> None:
         _print_module(m, show_all)
     needs = [e for e in report.edges if e.kind == "needs"]
     if needs:
-        print_table(["From", "To", "Category", "Via", "Verdict", "Symbols"],
-                    [(e.src, e.dst, e.category or "", "+".join(e.via), e.verdict,
-                      ", ".join(e.symbols)) for e in needs], title="Module dependencies")
+        print_table(
+            ["From", "To", "Category", "Via", "Verdict", "Symbols"],
+            [
+                (e.src, e.dst, e.category or "", "+".join(e.via), e.verdict, ", ".join(e.symbols))
+                for e in needs
+            ],
+            title="Module dependencies",
+        )
         print()
     for p in report.pins:
         print(f"pin: {p['livepatch']} pins {p['module']} ({', '.join(p['symbols']) or 'depends='})")
@@ -92,21 +118,30 @@ def _print(report, show_all: bool) -> None:
 def _print_module(m, show_all: bool) -> None:
     objs = ", ".join(m.objects) or "none"
     kind = "livepatch" if m.livepatch else "module"
-    print(f"{m.name} ({kind}, patches {objs} [{m.objects_source}]"
-          + (", per-object" if m.per_object else "")
-          + (f", exports {', '.join(m.exports)}" if m.exports else "")
-          + (f", depends={','.join(m.depends)}" if m.depends else "")
-          + f"): {m.verdict}")
+    print(
+        f"{m.name} ({kind}, patches {objs} [{m.objects_source}]"
+        + (", per-object" if m.per_object else "")
+        + (f", exports {', '.join(m.exports)}" if m.exports else "")
+        + (f", depends={','.join(m.depends)}" if m.depends else "")
+        + f"): {m.verdict}"
+    )
     if m.livepatch:
         print(f"  per-object: {'yes' if m.per_object else 'no'} ({m.per_object_reason})")
     for note in m.notes:
         print(f"  note: {note}")
-    refs = [r for r in m.references if show_all or r.verdict != "ok"
-            or r.category not in ("A", "klp-ok")]
+    refs = [
+        r
+        for r in m.references
+        if show_all or r.verdict != "ok" or r.category not in ("A", "klp-ok")
+    ]
     if refs:
-        print_table(["Category", "Object", "Symbol", "Sites", "Verdict", "Reason"],
-                    [(r.category, r.object or "", r.symbol, _sites(r.sites), r.verdict,
-                      r.reason) for r in refs])
+        print_table(
+            ["Category", "Object", "Symbol", "Sites", "Verdict", "Reason"],
+            [
+                (r.category, r.object or "", r.symbol, _sites(r.sites), r.verdict, r.reason)
+                for r in refs
+            ],
+        )
     hidden = len(m.references) - len(refs)
     if hidden:
         print(f"  ({hidden} ok reference(s) of category A / klp-ok not shown; --all)")

@@ -22,15 +22,30 @@ from klpkit.vm.initramfs import is_static_elf
 def packages(release: str) -> list[str]:
     """Exactly the packages scripts/setup.sh installs, in its order."""
     return [
-        "elfutils", "binutils", "gcc", "make", "kmod",
-        "gcc-s390x-linux-gnu", "gcc-powerpc64-linux-gnu",
+        "elfutils",
+        "binutils",
+        "gcc",
+        "make",
+        "kmod",
+        "gcc-s390x-linux-gnu",
+        "gcc-powerpc64-linux-gnu",
         "binutils-powerpc-linux-gnu",
-        "qemu-system-x86", "busybox-static", "cpio",
+        "qemu-system-x86",
+        "busybox-static",
+        "cpio",
         "graphviz",
         f"linux-headers-{release}",
         "zstd",
-        "python3", "python3-venv",
-        "gcc-12", "flex", "bison", "bc", "dwarves", "libssl-dev", "libelf-dev", "xz-utils",
+        "python3",
+        "python3-venv",
+        "gcc-12",
+        "flex",
+        "bison",
+        "bc",
+        "dwarves",
+        "libssl-dev",
+        "libelf-dev",
+        "xz-utils",
     ]
 
 
@@ -45,8 +60,13 @@ class Check:
     required: bool = True
 
     def to_json(self) -> dict:
-        return {"name": self.name, "package": self.package, "ok": self.ok, "required": self.required,
-                "detail": self.detail}
+        return {
+            "name": self.name,
+            "package": self.package,
+            "ok": self.ok,
+            "required": self.required,
+            "detail": self.detail,
+        }
 
 
 def _tool(name: str) -> tuple[bool, str]:
@@ -70,8 +90,11 @@ def _gcc_m32() -> tuple[bool, str]:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "t.c"
         src.write_text("#include <stdint.h>\nint32_t f(void) { return 1; }\n")
-        r = subprocess.run(["gcc", "-m32", "-c", str(src), "-o", str(Path(tmp) / "t.o")],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["gcc", "-m32", "-c", str(src), "-o", str(Path(tmp) / "t.o")],
+            capture_output=True,
+            text=True,
+        )
     if r.returncode:
         lines = r.stderr.strip().splitlines()
         errors = [line for line in lines if "error" in line] or lines
@@ -88,7 +111,11 @@ def _headers(release: str) -> tuple[bool, str]:
 
 def _image(release: str) -> tuple[bool, str]:
     marker = debian.release_dir(release) / "image" / "boot" / f"vmlinuz-{release}"
-    return (True, str(marker.parent.parent)) if marker.is_file() else (False, "not cached (fetched on first use)")
+    return (
+        (True, str(marker.parent.parent))
+        if marker.is_file()
+        else (False, "not cached (fetched on first use)")
+    )
 
 
 def run_checks(release: str) -> list[Check]:
@@ -115,12 +142,24 @@ def run_checks(release: str) -> list[Check]:
     ]
     result = [Check(name, pkg, ok, detail) for name, pkg, (ok, detail) in checks]
     # Installed for the tests only (scripts/test.sh): it pulls its kernel image into /boot.
-    result.append(Check("kernel headers (6.12 line, tests)", f"linux-headers-{debian.RELEASE_612}",
-                        *_headers(debian.RELEASE_612), required=False))
+    result.append(
+        Check(
+            "kernel headers (6.12 line, tests)",
+            f"linux-headers-{debian.RELEASE_612}",
+            *_headers(debian.RELEASE_612),
+            required=False,
+        )
+    )
     # Reported for information: not installed by setup.sh, fetched/used on demand.
     result.append(Check("gcc -m32", "gcc-multilib", *_gcc_m32(), required=False))
-    result.append(Check("kernel image (cache)", f"linux-image-{release}-unsigned", *_image(release),
-                        required=False))
+    result.append(
+        Check(
+            "kernel image (cache)",
+            f"linux-image-{release}-unsigned",
+            *_image(release),
+            required=False,
+        )
+    )
     return result
 
 
@@ -128,7 +167,9 @@ def missing_packages(release: str) -> list[str]:
     """Packages of the list dpkg does not report as installed (what setup.sh would install)."""
     missing = []
     for pkg in packages(release):
-        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
+        r = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True
+        )
         if "install ok installed" not in r.stdout:
             missing.append(pkg)
     return missing
@@ -138,8 +179,10 @@ def install(pkgs: list[str]) -> None:
     """apt-get update + install, as setup.sh does (sudo when not root)."""
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *pkgs]):
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *pkgs],
+    ):
         r = subprocess.run(sudo + cmd, capture_output=True, text=True, env=env)
         if r.returncode:
             last = (r.stderr.strip().splitlines() or ["no output"])[-1]
@@ -147,11 +190,19 @@ def install(pkgs: list[str]) -> None:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("setup", help="check (or install) the tools klpkit's kernel work needs",
-                              description="Check (and with --install, install) what klpkit's real-kernel work needs.")
-    p.add_argument("--release", default=debian.DEFAULT_RELEASE, help="kernel release (default %(default)s)")
-    p.add_argument("--install", action="store_true",
-                   help="apt-get install the missing packages and pre-fetch the kernel image package")
+    p = subparsers.add_parser(
+        "setup",
+        help="check (or install) the tools klpkit's kernel work needs",
+        description="Check (and with --install, install) what klpkit's real-kernel work needs.",
+    )
+    p.add_argument(
+        "--release", default=debian.DEFAULT_RELEASE, help="kernel release (default %(default)s)"
+    )
+    p.add_argument(
+        "--install",
+        action="store_true",
+        help="apt-get install the missing packages and pre-fetch the kernel image package",
+    )
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
     p.set_defaults(func=run)
 
@@ -166,13 +217,28 @@ def run(args) -> int:
     checks = run_checks(args.release)
     ok = all(c.ok for c in checks if c.required)
     if args.json:
-        print_json({"release": args.release, "ok": ok, "installed": installed,
-                    "checks": [c.to_json() for c in checks]})
+        print_json(
+            {
+                "release": args.release,
+                "ok": ok,
+                "installed": installed,
+                "checks": [c.to_json() for c in checks],
+            }
+        )
     else:
-        print_table(["prerequisite", "ok", "package", "detail"],
-                    [(c.name, "yes" if c.ok else ("NO" if c.required else "no (optional)"),
-                      c.package, c.detail) for c in checks],
-                    title=f"klpkit setup ({args.release})")
+        print_table(
+            ["prerequisite", "ok", "package", "detail"],
+            [
+                (
+                    c.name,
+                    "yes" if c.ok else ("NO" if c.required else "no (optional)"),
+                    c.package,
+                    c.detail,
+                )
+                for c in checks
+            ],
+            title=f"klpkit setup ({args.release})",
+        )
         if installed:
             print(f"installed: {' '.join(installed)}")
         if not ok:

@@ -39,35 +39,94 @@ def register(subparsers) -> None:
         "--qemu-arg=-cdrom or --qemu-arg '-cdrom FILE' (split like a shell would).",
     )
     kernel = p.add_argument_group("kernel")
-    kernel.add_argument("--release", default=None,
-                        help=f"Debian kernel release to fetch and boot (default {debian.DEFAULT_RELEASE})")
-    kernel.add_argument("--vmlinuz", type=Path, help="boot this kernel image instead of a Debian release")
-    kernel.add_argument("--modules-dir", type=Path, help="where bare module names (insmod cdrom) are looked up")
+    kernel.add_argument(
+        "--release",
+        default=None,
+        help=f"Debian kernel release to fetch and boot (default {debian.DEFAULT_RELEASE})",
+    )
+    kernel.add_argument(
+        "--vmlinuz", type=Path, help="boot this kernel image instead of a Debian release"
+    )
+    kernel.add_argument(
+        "--modules-dir", type=Path, help="where bare module names (insmod cdrom) are looked up"
+    )
     steps = p.add_argument_group("steps (run in the order given)")
-    steps.add_argument("--load", dest="steps", action=_AddStep, const="load", metavar="MODULE",
-                       help="insmod a .ko file, or a module of the kernel image by name")
-    steps.add_argument("--run", dest="steps", action=_AddStep, const="run", metavar="CMD",
-                       help="run a shell command in the guest")
-    steps.add_argument("--step", dest="steps", action=_AddStep, const="step", metavar="LINE",
-                       help="any step, as a script line (e.g. 'wait-transition', 'disable lp', '! insmod bad.ko')")
-    steps.add_argument("--script", dest="steps", action=_AddStep, const="script", metavar="FILE",
-                       help="a file of steps, one per line; relative module paths are relative to it")
+    steps.add_argument(
+        "--load",
+        dest="steps",
+        action=_AddStep,
+        const="load",
+        metavar="MODULE",
+        help="insmod a .ko file, or a module of the kernel image by name",
+    )
+    steps.add_argument(
+        "--run",
+        dest="steps",
+        action=_AddStep,
+        const="run",
+        metavar="CMD",
+        help="run a shell command in the guest",
+    )
+    steps.add_argument(
+        "--step",
+        dest="steps",
+        action=_AddStep,
+        const="step",
+        metavar="LINE",
+        help="any step, as a script line (e.g. 'wait-transition', 'disable lp', '! insmod bad.ko')",
+    )
+    steps.add_argument(
+        "--script",
+        dest="steps",
+        action=_AddStep,
+        const="script",
+        metavar="FILE",
+        help="a file of steps, one per line; relative module paths are relative to it",
+    )
     guest = p.add_argument_group("guest")
-    guest.add_argument("--pack", action="append", type=Path, default=[], metavar="KO",
-                       help="put a module into /lib/modules/ without loading it")
-    guest.add_argument("--program", action="append", type=Path, default=[], metavar="FILE",
-                       help="a static test program, installed as /test/NAME (on PATH)")
-    guest.add_argument("--file", action="append", default=[], metavar="HOST:GUEST",
-                       help="copy a host file into the guest")
-    guest.add_argument("--keep-going", action="store_true", help="run the remaining steps after a failure")
-    guest.add_argument("--step-timeout", type=float, help="timeout of every step without timeout= (seconds)")
+    guest.add_argument(
+        "--pack",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="KO",
+        help="put a module into /lib/modules/ without loading it",
+    )
+    guest.add_argument(
+        "--program",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="a static test program, installed as /test/NAME (on PATH)",
+    )
+    guest.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="HOST:GUEST",
+        help="copy a host file into the guest",
+    )
+    guest.add_argument(
+        "--keep-going", action="store_true", help="run the remaining steps after a failure"
+    )
+    guest.add_argument(
+        "--step-timeout", type=float, help="timeout of every step without timeout= (seconds)"
+    )
     q = p.add_argument_group("qemu")
-    q.add_argument("--qemu-arg", action="append", default=[], metavar="ARG", help="extra qemu arguments")
+    q.add_argument(
+        "--qemu-arg", action="append", default=[], metavar="ARG", help="extra qemu arguments"
+    )
     q.add_argument("--append", default="", help="extra kernel command line")
     q.add_argument("--memory", default="1G", help="guest memory (default 1G)")
-    q.add_argument("--kvm", action="store_true",
-                   help="use KVM instead of software emulation (opt-in: nested KVM is often broken)")
-    q.add_argument("--boot-timeout", type=float, default=120.0, help="seconds until /init must start")
+    q.add_argument(
+        "--kvm",
+        action="store_true",
+        help="use KVM instead of software emulation (opt-in: nested KVM is often broken)",
+    )
+    q.add_argument(
+        "--boot-timeout", type=float, default=120.0, help="seconds until /init must start"
+    )
     q.add_argument("--keep-initrd", type=Path, metavar="FILE", help="save the generated initramfs")
     out = p.add_argument_group("output")
     out.add_argument("--console", action="store_true", help="stream the guest console to stderr")
@@ -111,9 +170,15 @@ def build_steps(items: list[tuple[str, str]], timeout: float | None = None) -> l
 
 def _relative_to(step: Step, base: Path) -> Step:
     """A script's relative module paths are relative to the script, not to the caller's cwd."""
-    if step.kind != "insmod" or Path(step.args[0]).is_absolute() or not (base / step.args[0]).is_file():
+    if (
+        step.kind != "insmod"
+        or Path(step.args[0]).is_absolute()
+        or not (base / step.args[0]).is_file()
+    ):
         return step
-    return Step("insmod", str(base / step.args[0]), *step.args[1:], expect=step.expect, timeout=step.timeout)
+    return Step(
+        "insmod", str(base / step.args[0]), *step.args[1:], expect=step.expect, timeout=step.timeout
+    )
 
 
 def _files(specs: list[str]) -> dict[str, Path]:
@@ -132,9 +197,18 @@ def spec_from_args(args) -> VmSpec:
     steps = build_steps(args.steps, args.step_timeout)
     qemu_args = [a for arg in args.qemu_arg for a in shlex.split(arg)]
     return VmSpec(
-        steps=steps, release=args.release, vmlinuz=args.vmlinuz, modules_dir=args.modules_dir,
-        modules=args.pack, programs=args.program, files=_files(args.file), qemu_args=qemu_args,
-        append=args.append, memory=args.memory, kvm=args.kvm, boot_timeout=args.boot_timeout,
+        steps=steps,
+        release=args.release,
+        vmlinuz=args.vmlinuz,
+        modules_dir=args.modules_dir,
+        modules=args.pack,
+        programs=args.program,
+        files=_files(args.file),
+        qemu_args=qemu_args,
+        append=args.append,
+        memory=args.memory,
+        kvm=args.kvm,
+        boot_timeout=args.boot_timeout,
         keep_going=args.keep_going,
     )
 
@@ -149,13 +223,22 @@ def print_result(result: VmResult, stream=None) -> None:
     """The readable report: steps table, each step's output, livepatch state, verdict."""
     stream = stream or sys.stdout
     rows = [
-        (s.index, s.step.describe(), s.status, "" if s.exit_status is None else s.exit_status,
-         "" if s.seconds is None else f"{s.seconds:.2f}",
-         "-" if s.status == "skipped" else ("yes" if s.passed else "NO"))
+        (
+            s.index,
+            s.step.describe(),
+            s.status,
+            "" if s.exit_status is None else s.exit_status,
+            "" if s.seconds is None else f"{s.seconds:.2f}",
+            "-" if s.status == "skipped" else ("yes" if s.passed else "NO"),
+        )
         for s in result.steps
     ]
-    print_table(["#", "step", "status", "exit", "secs", "as expected"], rows,
-                title=f"klpkit vm: {result.kernel.get('release', '?')}", stream=stream)
+    print_table(
+        ["#", "step", "status", "exit", "secs", "as expected"],
+        rows,
+        title=f"klpkit vm: {result.kernel.get('release', '?')}",
+        stream=stream,
+    )
     for s in result.steps:
         lines = s.output if s.status != "rejected" else s.diagnosis
         if lines:
@@ -163,8 +246,11 @@ def print_result(result: VmResult, stream=None) -> None:
             stream.write("".join(f"  {line}\n" for line in _shown(lines)))
     if result.livepatch:
         stream.write("\n")
-        print_table(["livepatch", "enabled", "transition"],
-                    [(n, st["enabled"], st["transition"]) for n, st in result.livepatch.items()], stream=stream)
+        print_table(
+            ["livepatch", "enabled", "transition"],
+            [(n, st["enabled"], st["transition"]) for n, st in result.livepatch.items()],
+            stream=stream,
+        )
     for w in result.warnings:
         stream.write(f"kernel warning: {w}\n")
     if result.failure:
@@ -172,7 +258,9 @@ def print_result(result: VmResult, stream=None) -> None:
         stream.write(f"\nFAILED ({f.kind}): {f.message}\n")
         stream.write("".join(f"  {line}\n" for line in f.lines[-40:]))
     verdict = "ok" if result.ok else "FAILED"
-    stream.write(f"\n{verdict}: boot to power-off {result.boot_seconds} s (guest uptime {result.guest_uptime} s)\n")
+    stream.write(
+        f"\n{verdict}: boot to power-off {result.boot_seconds} s (guest uptime {result.guest_uptime} s)\n"
+    )
 
 
 def run(args) -> int:

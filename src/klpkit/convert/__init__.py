@@ -29,9 +29,24 @@ from klpkit.convert.plan import (
 from klpkit.elf import ElfFile
 from klpkit.errors import InputError
 
-__all__ = ["Action", "ApplyResult", "Candidate", "Category", "Choice", "Classifier",
-           "ConvertError", "Plan", "PlanOptions", "PlannedReloc", "SymbolDecision",
-           "apply_plan", "convert_file", "make_plan", "parse_map_entry", "parse_map_text"]
+__all__ = [
+    "Action",
+    "ApplyResult",
+    "Candidate",
+    "Category",
+    "Choice",
+    "Classifier",
+    "ConvertError",
+    "Plan",
+    "PlanOptions",
+    "PlannedReloc",
+    "SymbolDecision",
+    "apply_plan",
+    "convert_file",
+    "make_plan",
+    "parse_map_entry",
+    "parse_map_text",
+]
 
 
 def _same_file(a, b) -> bool:
@@ -41,14 +56,19 @@ def _same_file(a, b) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def convert_file(src, dst, db, options: PlanOptions | None = None, *,
-                 dry_run: bool = False, elf: ElfFile | None = None
-                 ) -> tuple[Plan, ApplyResult | None, ElfFile]:
+def convert_file(
+    src,
+    dst,
+    db,
+    options: PlanOptions | None = None,
+    *,
+    dry_run: bool = False,
+    elf: ElfFile | None = None,
+) -> tuple[Plan, ApplyResult | None, ElfFile]:
     """Plan, and unless ``dry_run`` or the plan has errors, apply and write ``dst``
     atomically.  The input file is never written.  ``elf``: ``src`` already read."""
     if dst is not None and not dry_run and _same_file(src, dst):
-        raise InputError("the output would overwrite the input; choose another -o path",
-                         path=dst)
+        raise InputError("the output would overwrite the input; choose another -o path", path=dst)
     if elf is None:
         elf = ElfFile.read(src)
     plan = make_plan(elf, db, options)

@@ -42,7 +42,7 @@ class Choice:
     name: str
     object: str
     sympos: int | None
-    source: str          # where the choice came from, for messages
+    source: str  # where the choice came from, for messages
 
     def __str__(self) -> str:
         pos = "" if self.sympos is None else f",{self.sympos}"
@@ -54,9 +54,9 @@ class ModuleRelocs:
     """What the v7 annotation sections say, and what must be removed with them."""
 
     choices: list[Choice]
-    sections: list[str]            # annotation section names (removed with their relocations)
-    symbol_names: set[str]         # symbols defined in them (removed)
-    referenced: set[str]           # names the records point at
+    sections: list[str]  # annotation section names (removed with their relocations)
+    symbol_names: set[str]  # symbols defined in them (removed)
+    referenced: set[str]  # names the records point at
     errors: list[str]
 
 
@@ -67,22 +67,28 @@ def read_module_relocs(elf: ElfFile) -> ModuleRelocs:
         if not sec.name.startswith(MODULE_RELOCS_PREFIX):
             continue
         out.sections.append(sec.name)
-        obj = sec.name[len(MODULE_RELOCS_PREFIX):]
+        obj = sec.name[len(MODULE_RELOCS_PREFIX) :]
         if not valid_object_name(obj):
-            out.errors.append(f"{sec.name}: '{obj}' is not a valid object name "
-                              f"(1-{MODULE_NAME_MAX} characters, no '.')")
+            out.errors.append(
+                f"{sec.name}: '{obj}' is not a valid object name "
+                f"(1-{MODULE_NAME_MAX} characters, no '.')"
+            )
             continue
         data = sec.data
         if len(data) % MODULE_RELOC_SIZE:
-            out.errors.append(f"{sec.name}: size {len(data)} is not a multiple of "
-                              f"{MODULE_RELOC_SIZE} (struct klp_module_reloc)")
+            out.errors.append(
+                f"{sec.name}: size {len(data)} is not a multiple of "
+                f"{MODULE_RELOC_SIZE} (struct klp_module_reloc)"
+            )
             continue
         relocs = {}
         for rs in elf.relocations_for(sec):
             for r in rs.relocations:
                 if r.offset in relocs or r.offset % MODULE_RELOC_SIZE:
-                    out.errors.append(f"{sec.name}: relocation at {r.offset:#x} is not the "
-                                      f"symbol field of a {MODULE_RELOC_SIZE}-byte record")
+                    out.errors.append(
+                        f"{sec.name}: relocation at {r.offset:#x} is not the "
+                        f"symbol field of a {MODULE_RELOC_SIZE}-byte record"
+                    )
                     continue
                 relocs[r.offset] = r
         nrec = len(data) // MODULE_RELOC_SIZE
@@ -94,14 +100,17 @@ def read_module_relocs(elf: ElfFile) -> ModuleRelocs:
             if r is None or r.symbol is None or not r.symbol.name:
                 out.errors.append(f"{sec.name}: record {i} does not name a symbol")
                 continue
-            sympos = int.from_bytes(data[i * 12 + 8:i * 12 + 12], byteorder)
+            sympos = int.from_bytes(data[i * 12 + 8 : i * 12 + 12], byteorder)
             if r.symbol.shndx != 0:
-                out.errors.append(f"{sec.name}: record {i} names '{r.symbol.name}', which the "
-                                  "livepatch defines itself")
+                out.errors.append(
+                    f"{sec.name}: record {i} names '{r.symbol.name}', which the "
+                    "livepatch defines itself"
+                )
                 continue
             out.referenced.add(r.symbol.name)
-            out.choices.append(Choice(r.symbol.name, obj, sympos,
-                                      f"KLP_MODULE_RELOC({obj}) record {i}"))
+            out.choices.append(
+                Choice(r.symbol.name, obj, sympos, f"KLP_MODULE_RELOC({obj}) record {i}")
+            )
     if out.sections and elf.symtab is not None:
         names = set(out.sections)
         for sym in elf.symtab.symbols:
@@ -115,11 +124,11 @@ def read_module_relocs(elf: ElfFile) -> ModuleRelocs:
 class Intermediate:
     """A parsed ``.klp.sym.rela.<lp_obj>.<sym_obj>.<sym>,<pos>`` name."""
 
-    lp_object: str     # the object gating the relocations (patched object)
-    object: str        # the object defining the symbol
+    lp_object: str  # the object gating the relocations (patched object)
+    object: str  # the object defining the symbol
     name: str
     sympos: int
-    form: str          # "v2" (',<pos>') or "v3" ('.<pos>')
+    form: str  # "v2" (',<pos>') or "v3" ('.<pos>')
 
 
 def format_intermediate(lp_object: str, obj: str, name: str, sympos: int) -> str:
@@ -133,10 +142,12 @@ def parse_intermediate(name: str) -> Intermediate | str | None:
     but malformed; else the parsed :class:`Intermediate`."""
     if not name.startswith(INTERMEDIATE_PREFIX):
         return None
-    rest = name[len(INTERMEDIATE_PREFIX):]
+    rest = name[len(INTERMEDIATE_PREFIX) :]
     parts = rest.split(".", 2)
-    bad = (f"intermediate symbol '{name}' is not .klp.sym.rela.<lp_obj>.<sym_obj>.<sym>,<pos> "
-           "(v1/v2) or .klp.sym.rela.<lp_obj>.<sym_obj>.<sym>.<pos> (v3)")
+    bad = (
+        f"intermediate symbol '{name}' is not .klp.sym.rela.<lp_obj>.<sym_obj>.<sym>,<pos> "
+        "(v1/v2) or .klp.sym.rela.<lp_obj>.<sym_obj>.<sym>.<pos> (v3)"
+    )
     if len(parts) != 3 or not parts[2]:
         return bad
     lp_obj, sym_obj, tail = parts
@@ -147,15 +158,19 @@ def parse_intermediate(name: str) -> Intermediate | str | None:
         sym, _, pos = tail.rpartition(".")
         form = "v3"
         if "." in sym:
-            return (f"intermediate symbol '{name}': the v3 form '<sym>.<pos>' cannot carry a "
-                    f"dotted symbol name ('{sym}'; the kernel tool reads it with %511[^.]); "
-                    "use the v2 form '<sym>,<pos>' or --map")
+            return (
+                f"intermediate symbol '{name}': the v3 form '<sym>.<pos>' cannot carry a "
+                f"dotted symbol name ('{sym}'; the kernel tool reads it with %511[^.]); "
+                "use the v2 form '<sym>,<pos>' or --map"
+            )
     if not sym or not pos.isdigit():
         return bad
     for obj in (lp_obj, sym_obj):
         if not valid_object_name(obj):
-            return (f"intermediate symbol '{name}': '{obj}' is not a valid object name "
-                    f"(1-{MODULE_NAME_MAX} characters, no '.')")
+            return (
+                f"intermediate symbol '{name}': '{obj}' is not a valid object name "
+                f"(1-{MODULE_NAME_MAX} characters, no '.')"
+            )
     return Intermediate(lp_obj, sym_obj, sym, int(pos), form)
 
 
@@ -169,8 +184,9 @@ def parse_map_entry(text: str, source: str) -> Choice | str:
     if not sep or not name or not obj:
         return f"{source}: '{text.strip()}' is not NAME=OBJ[,POS]"
     if not valid_object_name(obj):
-        return (f"{source}: '{obj}' is not a valid object name "
-                f"(1-{MODULE_NAME_MAX} characters, no '.')")
+        return (
+            f"{source}: '{obj}' is not a valid object name (1-{MODULE_NAME_MAX} characters, no '.')"
+        )
     if pos and not pos.isdigit():
         return f"{source}: position '{pos}' is not a non-negative integer"
     return Choice(name, obj, int(pos) if pos else None, source)

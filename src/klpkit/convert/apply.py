@@ -37,7 +37,7 @@ class ConvertError(KlpkitError):
 @dataclass
 class ApplyResult:
     klp_sections: list[str] = field(default_factory=list)
-    renamed: dict[str, str] = field(default_factory=dict)     # old name -> klp name
+    renamed: dict[str, str] = field(default_factory=dict)  # old name -> klp name
     removed_sections: list[str] = field(default_factory=list)
     dropped_versions: list[str] = field(default_factory=list)
     dropped_depends: list[str] = field(default_factory=list)
@@ -57,7 +57,7 @@ def _edit_depends(data: bytes, drop: set[str]) -> bytes:
             continue
         end = data.find(b"\0", i)
         end = len(data) if end < 0 else end
-        mods = [m for m in data[i + 8:end].decode("utf-8", "surrogateescape").split(",") if m]
+        mods = [m for m in data[i + 8 : end].decode("utf-8", "surrogateescape").split(",") if m]
         kept = ",".join(m for m in mods if m not in drop).encode()
         new = b"depends=" + kept
         out[i:end] = new + b"\0" * (end - i - len(new))
@@ -118,8 +118,9 @@ def apply_plan(elf: ElfFile, plan: Plan) -> ApplyResult:
                 r.symbol = replace[id(r.symbol)]
             ks = klp_secs.get(pr.new_section)
             if ks is None:
-                ks = elf.new_relocation_section(pr.new_section, rs.target, rela=True,
-                                                flags=KLP_RELA_FLAGS)
+                ks = elf.new_relocation_section(
+                    pr.new_section, rs.target, rela=True, flags=KLP_RELA_FLAGS
+                )
                 klp_secs[pr.new_section] = ks
                 res.klp_sections.append(pr.new_section)
             ks.relocations.append(r)
@@ -134,9 +135,11 @@ def apply_plan(elf: ElfFile, plan: Plan) -> ApplyResult:
     # 3. annotation sections and their symbols
     if plan.annotation_sections:
         names = set(plan.annotation_sections)
-        symtab.symbols = [s for s in symtab.symbols
-                          if not (s.section is not None and s.section.name in names
-                                  and s.type != C.STT_SECTION)]
+        symtab.symbols = [
+            s
+            for s in symtab.symbols
+            if not (s.section is not None and s.section.name in names and s.type != C.STT_SECTION)
+        ]
         for sec in [s for s in elf.sections if s.name in names]:
             for rel in elf.relocations_for(sec):
                 res.removed_sections.append(rel.name)
@@ -148,8 +151,7 @@ def apply_plan(elf: ElfFile, plan: Plan) -> ApplyResult:
         from klpkit.kernel.versions import remove_versions
 
         vsec = elf.section("__versions")
-        vsec.data = remove_versions(vsec.data, plan.drop_versions, elf.elfclass,
-                                    elf.little_endian)
+        vsec.data = remove_versions(vsec.data, plan.drop_versions, elf.elfclass, elf.little_endian)
         for sym in symtab.symbols:
             if sym.section is vsec and sym.type != C.STT_SECTION:
                 sym.size = max(0, min(sym.size, len(vsec.data) - sym.value))

@@ -54,34 +54,34 @@ THIS_MODULE = "__this_module"
 CALLBACKS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
 
 # where the objects came from
-FROM_PATCH = "klp_patch"          # klp_patch.objs: what klp_enable_patch() walks
-FROM_ENTRIES = "klp_object"       # klp_object entries with funcs (no klp_patch anchor)
+FROM_PATCH = "klp_patch"  # klp_patch.objs: what klp_enable_patch() walks
+FROM_ENTRIES = "klp_object"  # klp_object entries with funcs (no klp_patch anchor)
 FROM_ANNOTATIONS = "annotations"  # only the annotations name them
 FROM_NONE = "none"
 
 
 @dataclass(frozen=True)
 class PatchedObject:
-    name: str           # "vmlinux" or the module name
-    section: str        # where the klp_object entry is
-    offset: int         # offset of its .name field
-    funcs: int = 0      # klp_func entries (0: an empty array: callbacks or states only)
-    callbacks: tuple[str, ...] = ()   # the callbacks it sets (pre_patch, ...)
+    name: str  # "vmlinux" or the module name
+    section: str  # where the klp_object entry is
+    offset: int  # offset of its .name field
+    funcs: int = 0  # klp_func entries (0: an empty array: callbacks or states only)
+    callbacks: tuple[str, ...] = ()  # the callbacks it sets (pre_patch, ...)
 
 
 @dataclass(frozen=True)
 class PatchedFunction:
     """One ``struct klp_func`` entry: the function of ``object`` it replaces."""
 
-    object: str             # "vmlinux" (klp_object .name NULL) or the module name
+    object: str  # "vmlinux" (klp_object .name NULL) or the module name
     old_name: str
     old_sympos: int
-    new_func: str           # the replacement's symbol ("" when it cannot be named)
-    section: str            # where the klp_func entry is (e.g. ".data")
-    offset: int             # offset of its .old_name field
-    name_section: str       # where the old_name string is (e.g. ".rodata.str1.1") ...
-    name_offset: int        # ... and its offset there
-    index: int = 0          # position in its klp_func array
+    new_func: str  # the replacement's symbol ("" when it cannot be named)
+    section: str  # where the klp_func entry is (e.g. ".data")
+    offset: int  # offset of its .old_name field
+    name_section: str  # where the old_name string is (e.g. ".rodata.str1.1") ...
+    name_offset: int  # ... and its offset there
+    index: int = 0  # position in its klp_func array
 
 
 @dataclass(frozen=True)
@@ -98,20 +98,20 @@ class KlpPatch:
 
     section: str
     offset: int
-    objs: tuple[str, int] | None     # where its objs array is (None: NULL, set at run time)
-    states: tuple[KlpState, ...]     # its .states array (empty: none)
-    replace: bool                    # .replace (atomic replace)
+    objs: tuple[str, int] | None  # where its objs array is (None: NULL, set at run time)
+    states: tuple[KlpState, ...]  # its .states array (empty: none)
+    replace: bool  # .replace (atomic replace)
 
 
 @dataclass
 class PatchedObjects:
     """What the module says it patches, and how it says it."""
 
-    objects: list[PatchedObject]     # the kernel's order, each name once
-    source: str                      # FROM_PATCH | FROM_ENTRIES | FROM_NONE
+    objects: list[PatchedObject]  # the kernel's order, each name once
+    source: str  # FROM_PATCH | FROM_ENTRIES | FROM_NONE
     patches: list[KlpPatch] = field(default_factory=list)
-    annotated: list[str] = field(default_factory=list)   # objects annotations name
-    registers: bool = False          # the module calls klp_enable_patch()
+    annotated: list[str] = field(default_factory=list)  # objects annotations name
+    registers: bool = False  # the module calls klp_enable_patch()
 
     @property
     def names(self) -> list[str]:
@@ -169,7 +169,7 @@ class _Pointers:
             return r.addend
         # SHT_REL: the addend is the word in place.
         target = rs.target
-        data = target.data[r.offset:r.offset + self.ptr]
+        data = target.data[r.offset : r.offset + self.ptr]
         if len(data) < self.ptr:
             return 0
         return int.from_bytes(data, "little" if self.elf.little_endian else "big", signed=True)
@@ -199,8 +199,12 @@ class _Pointers:
             return None
         best = None
         for sym in symtab.symbols[1:]:
-            if sym.shndx is sec and sym.value == off and sym.size > 0 \
-                    and sym.type in (C.STT_OBJECT, C.STT_NOTYPE):
+            if (
+                sym.shndx is sec
+                and sym.value == off
+                and sym.size > 0
+                and sym.type in (C.STT_OBJECT, C.STT_NOTYPE)
+            ):
                 best = max(best or 0, sym.size)
         return best
 
@@ -208,9 +212,12 @@ class _Pointers:
         """Does a data symbol start in (lo, hi] of ``sec``: another variable?"""
         if self._starts is None:
             self._starts = {}
-            for sym in (self.elf.symtab.symbols[1:] if self.elf.symtab else []):
-                if isinstance(sym.shndx, Section) and sym.type in (C.STT_OBJECT, C.STT_NOTYPE) \
-                        and sym.size > 0:
+            for sym in self.elf.symtab.symbols[1:] if self.elf.symtab else []:
+                if (
+                    isinstance(sym.shndx, Section)
+                    and sym.type in (C.STT_OBJECT, C.STT_NOTYPE)
+                    and sym.size > 0
+                ):
                     self._starts.setdefault(id(sym.shndx), []).append((sym.value, sym.size))
         return any(lo < v <= hi for v, _s in self._starts.get(id(sec), []))
 
@@ -232,7 +239,7 @@ def _zero(ptrs: _Pointers, sec: Section, off: int, words: int) -> bool:
         return False
     if sec.type == C.SHT_NOBITS:
         return 0 <= off and off + words * ptrs.ptr <= sec.size
-    raw = sec.data[off:off + words * ptrs.ptr]
+    raw = sec.data[off : off + words * ptrs.ptr]
     return len(raw) == words * ptrs.ptr and not any(raw)
 
 
@@ -240,8 +247,9 @@ def _is_klp_func(ptrs: _Pointers, sec: Section, off: int) -> bool:
     """(sec, off) holds a klp_func entry: old_name -> a string, new_func -> code."""
     name = ptrs.points_to(ptrs.at(sec, off))
     func = ptrs.points_to(ptrs.at(sec, off + ptrs.ptr))
-    return (name is not None and _is_string_section(name[0])
-            and func is not None and _is_code(func[0]))
+    return (
+        name is not None and _is_string_section(name[0]) and func is not None and _is_code(func[0])
+    )
 
 
 def _is_funcs_array(ptrs: _Pointers, sec: Section, off: int) -> bool:
@@ -278,12 +286,20 @@ def _patches(ptrs: _Pointers) -> list[tuple[KlpPatch, tuple[Section, int] | None
                 continue
             objs = ptrs.data_at(sec, off + ptrs.ptr)
             if objs is None and ptrs.at(sec, off + ptrs.ptr) is not None:
-                continue   # .objs points to code or a string: another structure
+                continue  # .objs points to code or a string: another structure
             states = _states(ptrs, ptrs.data_at(sec, off + 2 * ptrs.ptr))
-            raw = sec.data[off + 3 * ptrs.ptr:off + 3 * ptrs.ptr + 1] \
-                if sec.type != C.SHT_NOBITS else b""
-            patch = KlpPatch(sec.name, off, (objs[0].name, objs[1]) if objs else None,
-                             states, bool(raw and raw[0]))
+            raw = (
+                sec.data[off + 3 * ptrs.ptr : off + 3 * ptrs.ptr + 1]
+                if sec.type != C.SHT_NOBITS
+                else b""
+            )
+            patch = KlpPatch(
+                sec.name,
+                off,
+                (objs[0].name, objs[1]) if objs else None,
+                states,
+                bool(raw and raw[0]),
+            )
             out.append((patch, objs))
     return out
 
@@ -300,10 +316,10 @@ def _states(ptrs: _Pointers, where: tuple[Section, int] | None) -> tuple[KlpStat
     order = "little" if ptrs.elf.little_endian else "big"
     data, word, out = sec.data, ptrs.ptr, []
     while off + 3 * word <= len(data):
-        ident = int.from_bytes(data[off:off + word], order)
+        ident = int.from_bytes(data[off : off + word], order)
         if not ident:
             break
-        out.append(KlpState(ident, int.from_bytes(data[off + word:off + word + 4], order)))
+        out.append(KlpState(ident, int.from_bytes(data[off + word : off + word + 4], order)))
         off += 3 * word
     return tuple(out)
 
@@ -319,16 +335,19 @@ def _array_entries(ptrs: _Pointers, sec: Section, head: int) -> list[int]:
     for off in sorted(o for o in table if head + ptrs.ptr <= o < end):
         entry = off - ptrs.ptr
         dest = ptrs.data_at(sec, off)
-        if dest is None or not _is_funcs_array(ptrs, *dest) \
-                or _object_name(ptrs, sec, entry) is None:
+        if (
+            dest is None
+            or not _is_funcs_array(ptrs, *dest)
+            or _object_name(ptrs, sec, entry) is None
+        ):
             continue
         if not entries:
             if entry != head:
-                break          # entry 0 must start the array
+                break  # entry 0 must start the array
         elif len(entries) >= 2 and entry - entries[-1] != entries[1] - entries[0]:
             break
         elif size is None and ptrs.symbol_between(sec, entries[-1], entry):
-            break              # another variable: the array ended
+            break  # another variable: the array ended
         entries.append(entry)
     return entries
 
@@ -374,7 +393,7 @@ def _entries_with_funcs(ptrs: _Pointers):
             dest = ptrs.data_at(sec, off)
             if dest is None or not _is_klp_func(ptrs, *dest):
                 continue
-            entry = off - ptrs.ptr      # `off` is a funcs field: .name is one slot before
+            entry = off - ptrs.ptr  # `off` is a funcs field: .name is one slot before
             if entry < 0 or _object_name(ptrs, sec, entry) is None:
                 continue
             yield sec, entry
@@ -399,13 +418,17 @@ def _entries(ptrs: _Pointers) -> tuple[list[_Entry], str, list[KlpPatch]]:
             continue
         for entry in _array_entries(ptrs, *objs):
             sec = objs[0]
-            out.append(_Entry(_object_name(ptrs, sec, entry), sec, entry,
-                              ptrs.data_at(sec, entry + ptrs.ptr)))
+            out.append(
+                _Entry(
+                    _object_name(ptrs, sec, entry), sec, entry, ptrs.data_at(sec, entry + ptrs.ptr)
+                )
+            )
     if out:
         return out, FROM_PATCH, patches
     for sec, entry in _entries_with_funcs(ptrs):
-        out.append(_Entry(_object_name(ptrs, sec, entry), sec, entry,
-                          ptrs.data_at(sec, entry + ptrs.ptr)))
+        out.append(
+            _Entry(_object_name(ptrs, sec, entry), sec, entry, ptrs.data_at(sec, entry + ptrs.ptr))
+        )
     return out, (FROM_ENTRIES if out else FROM_NONE), patches
 
 
@@ -414,8 +437,7 @@ def _functions(ptrs: _Pointers, entries: list[_Entry]) -> list[list[int]]:
     heads: dict[int, set[int]] = {}
     for e in entries:
         heads.setdefault(id(e.funcs[0]), set()).add(e.funcs[1])
-    return [_func_entries(ptrs, e.funcs[0], e.funcs[1], heads[id(e.funcs[0])])
-            for e in entries]
+    return [_func_entries(ptrs, e.funcs[0], e.funcs[1], heads[id(e.funcs[0])]) for e in entries]
 
 
 def annotated_objects(elf: ElfFile) -> list[str]:
@@ -425,10 +447,10 @@ def annotated_objects(elf: ElfFile) -> list[str]:
     out: dict[str, None] = {}
     for sec in elf.sections:
         if sec.name.startswith(MODULE_RELOCS_PREFIX):
-            obj = sec.name[len(MODULE_RELOCS_PREFIX):]
+            obj = sec.name[len(MODULE_RELOCS_PREFIX) :]
             if valid_object_name(obj):
                 out[obj] = None
-    for sym in (elf.symtab.symbols[1:] if elf.symtab else []):
+    for sym in elf.symtab.symbols[1:] if elf.symtab else []:
         if sym.shndx == C.SHN_UNDEF:
             inter = parse_intermediate(sym.name)
             if isinstance(inter, Intermediate):
@@ -437,8 +459,11 @@ def annotated_objects(elf: ElfFile) -> list[str]:
 
 
 def _undefined_names(elf: ElfFile) -> set[str]:
-    return {s.name for s in (elf.symtab.symbols[1:] if elf.symtab else [])
-            if s.shndx == C.SHN_UNDEF and s.name}
+    return {
+        s.name
+        for s in (elf.symtab.symbols[1:] if elf.symtab else [])
+        if s.shndx == C.SHN_UNDEF and s.name
+    }
 
 
 def read_patched_objects(elf: ElfFile) -> PatchedObjects:
@@ -452,10 +477,14 @@ def read_patched_objects(elf: ElfFile) -> PatchedObjects:
         if e.name in seen:
             continue
         seen.add(e.name)
-        objects.append(PatchedObject(e.name, e.section.name, e.offset, len(funcs),
-                                     _callbacks(ptrs, e.section, e.offset)))
-    return PatchedObjects(objects, source, patches, annotated_objects(elf),
-                          registers_patch(_undefined_names(elf)))
+        objects.append(
+            PatchedObject(
+                e.name, e.section.name, e.offset, len(funcs), _callbacks(ptrs, e.section, e.offset)
+            )
+        )
+    return PatchedObjects(
+        objects, source, patches, annotated_objects(elf), registers_patch(_undefined_names(elf))
+    )
 
 
 def find_patched_objects(elf: ElfFile) -> list[PatchedObject]:
@@ -482,11 +511,21 @@ def find_patched_functions(elf: ElfFile) -> list[PatchedFunction]:
             code = ptrs.at(fsec, entry + ptrs.ptr)
             csec, coff = ptrs.points_to(code)
             pos_at = entry + 2 * ptrs.ptr
-            raw = data[pos_at:pos_at + ptrs.ptr]
+            raw = data[pos_at : pos_at + ptrs.ptr]
             sympos = int.from_bytes(raw, order) if len(raw) == ptrs.ptr else 0
-            out.append(PatchedFunction(e.name, old_name, sympos,
-                                       _function_symbol(csec, coff, code[0].symbol),
-                                       fsec.name, entry, nsec.name, noff, i))
+            out.append(
+                PatchedFunction(
+                    e.name,
+                    old_name,
+                    sympos,
+                    _function_symbol(csec, coff, code[0].symbol),
+                    fsec.name,
+                    entry,
+                    nsec.name,
+                    noff,
+                    i,
+                )
+            )
     return out
 
 

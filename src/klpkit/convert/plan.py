@@ -99,10 +99,10 @@ class Category(enum.StrEnum):
 
 
 class Action(enum.StrEnum):
-    CONVERT = "convert"   # moved to a .klp.rela section, symbol renamed .klp.sym...
-    KEEP = "keep"         # left as a normal relocation
-    REMOVE = "remove"     # removed (annotation records)
-    ERROR = "error"       # cannot be converted: the plan fails
+    CONVERT = "convert"  # moved to a .klp.rela section, symbol renamed .klp.sym...
+    KEEP = "keep"  # left as a normal relocation
+    REMOVE = "remove"  # removed (annotation records)
+    ERROR = "error"  # cannot be converted: the plan fails
 
 
 # The kernel's rules on where a livepatch relocation can be applied (re-exported: they
@@ -127,24 +127,29 @@ class Candidate:
         return f"{self.object} ({self.bind}{exp}, sympos {self.sympos})"
 
     def as_dict(self) -> dict:
-        return {"object": self.object, "bind": self.bind, "sympos": self.sympos,
-                "count": self.count, "exported": self.exported}
+        return {
+            "object": self.object,
+            "bind": self.bind,
+            "sympos": self.sympos,
+            "count": self.count,
+            "exported": self.exported,
+        }
 
 
 @dataclass
 class SymbolDecision:
     """What happens to one undefined symbol of the livepatch (and all its relocations)."""
 
-    name: str                       # name in the livepatch (what the compiler emitted)
+    name: str  # name in the livepatch (what the compiler emitted)
     category: Category
     action: Action
     reason: str
-    object: str | None = None       # object defining the symbol, when known
-    symbol: str | None = None       # kernel symbol name (differs for intermediates)
+    object: str | None = None  # object defining the symbol, when known
+    symbol: str | None = None  # kernel symbol name (differs for intermediates)
     sympos: int | None = None
-    gate: str | None = None         # object whose loading applies the klp relocations
-    type: str | None = None         # 'func' / 'object' ... for the renamed symbol
-    source: str = "database"        # database | --map ... | annotation | intermediate
+    gate: str | None = None  # object whose loading applies the klp relocations
+    type: str | None = None  # 'func' / 'object' ... for the renamed symbol
+    source: str = "database"  # database | --map ... | annotation | intermediate
     exported_by: str | None = None  # the exporter, for kept normal references
     candidates: list[Candidate] = field(default_factory=list)
 
@@ -155,23 +160,33 @@ class SymbolDecision:
         return klp_symbol_name(self.object, self.symbol, self.sympos)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "category": str(self.category), "action": str(self.action),
-                "object": self.object, "symbol": self.symbol, "sympos": self.sympos,
-                "gate": self.gate, "klp_symbol": self.klp_symbol, "type": self.type,
-                "source": self.source, "exported_by": self.exported_by,
-                "reason": self.reason, "candidates": [c.as_dict() for c in self.candidates]}
+        return {
+            "name": self.name,
+            "category": str(self.category),
+            "action": str(self.action),
+            "object": self.object,
+            "symbol": self.symbol,
+            "sympos": self.sympos,
+            "gate": self.gate,
+            "klp_symbol": self.klp_symbol,
+            "type": self.type,
+            "source": self.source,
+            "exported_by": self.exported_by,
+            "reason": self.reason,
+            "candidates": [c.as_dict() for c in self.candidates],
+        }
 
 
 @dataclass(slots=True, eq=False)
 class PlannedReloc:
     """One relocation of the input and its fate."""
 
-    section: str            # relocation section it is in
-    target: str             # section it patches
+    section: str  # relocation section it is in
+    target: str  # section it patches
     offset: int
     type: int
     type_name: str
-    symbol: str             # symbol name in the input ('' for none)
+    symbol: str  # symbol name in the input ('' for none)
     category: Category
     action: Action
     reason: str
@@ -186,20 +201,27 @@ class PlannedReloc:
         return f"{self.target}+{self.offset:#x}"
 
     def as_dict(self) -> dict:
-        return {"section": self.section, "target": self.target, "offset": self.offset,
-                "type": self.type_name, "symbol": self.symbol,
-                "category": str(self.category), "action": str(self.action),
-                "new_symbol": self.new_symbol, "new_section": self.new_section,
-                "reason": self.reason}
+        return {
+            "section": self.section,
+            "target": self.target,
+            "offset": self.offset,
+            "type": self.type_name,
+            "symbol": self.symbol,
+            "category": str(self.category),
+            "action": str(self.action),
+            "new_symbol": self.new_symbol,
+            "new_section": self.new_section,
+            "reason": self.reason,
+        }
 
 
 @dataclass
 class PlanOptions:
-    objects: list[str] = field(default_factory=list)   # --object (else klp_object names)
+    objects: list[str] = field(default_factory=list)  # --object (else klp_object names)
     choices: list[Choice] = field(default_factory=list)  # --map / --map-file, in priority order
     keep_exports: bool = False
-    kernel_version: tuple[int, int] | None = None       # default: vermagic, DB, else 6.1
-    force: bool = False     # --force: an --object that contradicts the module is a warning
+    kernel_version: tuple[int, int] | None = None  # default: vermagic, DB, else 6.1
+    force: bool = False  # --force: an --object that contradicts the module is a warning
 
 
 @dataclass
@@ -228,8 +250,11 @@ class Plan:
 
     def reported(self) -> list[PlannedReloc]:
         """Relocations worth showing: changed, errors, and kept C-D dependencies."""
-        return [r for r in self.relocations
-                if r.action is not Action.KEEP or r.category in (Category.CD, Category.B)]
+        return [
+            r
+            for r in self.relocations
+            if r.action is not Action.KEEP or r.category in (Category.CD, Category.B)
+        ]
 
     def converted_symbols(self) -> list[SymbolDecision]:
         return [d for d in self.symbols.values() if d.action is Action.CONVERT]
@@ -243,14 +268,18 @@ class Plan:
 
     def to_json(self) -> dict:
         return {
-            "module": self.module, "objects": self.objects,
+            "module": self.module,
+            "objects": self.objects,
             "objects_source": self.objects_source,
             "kernel_version": ".".join(map(str, self.kernel_version)),
-            "ok": self.ok, "errors": self.errors, "warnings": self.warnings,
+            "ok": self.ok,
+            "errors": self.errors,
+            "warnings": self.warnings,
             "symbols": [d.as_dict() for d in self.symbols.values()],
             "relocations": [r.as_dict() for r in self.relocations],
             "annotation_sections": self.annotation_sections,
-            "drop_versions": self.drop_versions, "drop_depends": self.drop_depends,
+            "drop_versions": self.drop_versions,
+            "drop_depends": self.drop_depends,
             "counts": self.counts(),
         }
 
@@ -264,9 +293,11 @@ def _cands(entries) -> list[Candidate]:
 
 
 def _how_to_choose(name: str) -> str:
-    return (f"choose with --map {name}=OBJ,POS (or a --map-file line), "
-            f"KLP_MODULE_RELOC(OBJ) {{ KLP_SYMPOS({name}, POS) }} or "
-            f"KLP_RELOC_SYMBOL_POS(PATCHED_OBJ, OBJ, {name}, POS)")
+    return (
+        f"choose with --map {name}=OBJ,POS (or a --map-file line), "
+        f"KLP_MODULE_RELOC(OBJ) {{ KLP_SYMPOS({name}, POS) }} or "
+        f"KLP_RELOC_SYMBOL_POS(PATCHED_OBJ, OBJ, {name}, POS)"
+    )
 
 
 class Classifier:
@@ -280,9 +311,15 @@ class Classifier:
     whose gating rules apply (:mod:`klpkit.kernel.klp`).
     """
 
-    def __init__(self, db, patched: Iterable[str], *, keep_exports: bool = False,
-                 choices: Iterable[Choice] = (),
-                 kernel_version: tuple[int, int] = DEFAULT_KERNEL_VERSION):
+    def __init__(
+        self,
+        db,
+        patched: Iterable[str],
+        *,
+        keep_exports: bool = False,
+        choices: Iterable[Choice] = (),
+        kernel_version: tuple[int, int] = DEFAULT_KERNEL_VERSION,
+    ):
         self.db = db
         self.patched = list(dict.fromkeys(patched))
         self.patched_modules = [o for o in self.patched if o != "vmlinux"]
@@ -296,23 +333,26 @@ class Classifier:
     def classify(self, name: str, *, weak: bool = False) -> SymbolDecision:
         inter = parse_intermediate(name)
         if isinstance(inter, str):
-            return SymbolDecision(name, Category.ERROR, Action.ERROR, inter,
-                                  source="intermediate")
+            return SymbolDecision(name, Category.ERROR, Action.ERROR, inter, source="intermediate")
         if inter is not None:
             return self._intermediate(name, inter)
         choice = self.choices.get(name)
         if choice is not None:
             return self._chosen(name, choice)
         if self.db is None:
-            return SymbolDecision(name, Category.UNCHECKED, Action.KEEP,
-                                  "no symbol database: left as a normal reference")
+            return SymbolDecision(
+                name,
+                Category.UNCHECKED,
+                Action.KEEP,
+                "no symbol database: left as a normal reference",
+            )
         return self._automatic(name, weak)
 
     # -- helpers ------------------------------------------------------------
     def _depends(self, module: str) -> list[str]:
         try:
             return list(self.db.module_depends(module))
-        except Exception:  # noqa: BLE001 - an object missing from the DB: no dependency
+        except Exception:
             return []
 
     def _gate(self, obj: str) -> tuple[str | None, str | None]:
@@ -321,32 +361,52 @@ class Classifier:
         if obj == klp.VMLINUX:
             gate = klp.gate_for_vmlinux(self.patched, self.kver)
             if gate is None:
-                return None, (f"before {format_version(klp.VMLINUX_RELOCS_AT_LOAD)} only a "
-                              "vmlinux klp_object or a patched module applies relocations to "
-                              "vmlinux symbols, and this livepatch has neither")
+                return None, (
+                    f"before {format_version(klp.VMLINUX_RELOCS_AT_LOAD)} only a "
+                    "vmlinux klp_object or a patched module applies relocations to "
+                    "vmlinux symbols, and this livepatch has neither"
+                )
             return gate, None
         if obj in self.patched_modules:
             return obj, None
-        problems = {pm: klp.dependency_problem(pm, obj, self._depends(pm))
-                    for pm in self.patched_modules}
+        problems = {
+            pm: klp.dependency_problem(pm, obj, self._depends(pm)) for pm in self.patched_modules
+        }
         users = [pm for pm, problem in problems.items() if problem is None]
         if users:
             return users[0], None
         if len(self.patched_modules) == 1:
             return self.patched_modules[0], problems[self.patched_modules[0]]
-        return None, (f"no patched module depends on '{obj}', so nothing gates a livepatch "
-                      f"relocation to its symbols (patched: "
-                      f"{', '.join(self.patched) or 'none'})")
+        return None, (
+            f"no patched module depends on '{obj}', so nothing gates a livepatch "
+            f"relocation to its symbols (patched: "
+            f"{', '.join(self.patched) or 'none'})"
+        )
 
     def _converted(self, name, entry, category, reason, source, sympos=None):
         gate, problem = self._gate(entry.object)
         if gate is None:
-            return SymbolDecision(name, Category.ERROR, Action.ERROR, f"{name}: {problem}",
-                                  object=entry.object, symbol=entry.name, source=source)
+            return SymbolDecision(
+                name,
+                Category.ERROR,
+                Action.ERROR,
+                f"{name}: {problem}",
+                object=entry.object,
+                symbol=entry.name,
+                source=source,
+            )
         d = SymbolDecision(
-            name, category, Action.CONVERT, reason, object=entry.object, symbol=entry.name,
-            sympos=entry.klp_sympos if sympos is None else sympos, gate=gate,
-            type=entry.type if entry.type in _TYPES else None, source=source)
+            name,
+            category,
+            Action.CONVERT,
+            reason,
+            object=entry.object,
+            symbol=entry.name,
+            sympos=entry.klp_sympos if sympos is None else sympos,
+            gate=gate,
+            type=entry.type if entry.type in _TYPES else None,
+            source=source,
+        )
         if problem:
             d.reason += f" (warning: {problem})"
         return d
@@ -355,35 +415,67 @@ class Classifier:
         """Apply the policy to one chosen kernel symbol."""
         if entry.exported:
             if entry.object == "vmlinux":
-                return SymbolDecision(name, Category.A, Action.KEEP,
-                                      f"exported by vmlinux{via}: a normal reference",
-                                      object="vmlinux", symbol=entry.name, source=source,
-                                      exported_by="vmlinux")
+                return SymbolDecision(
+                    name,
+                    Category.A,
+                    Action.KEEP,
+                    f"exported by vmlinux{via}: a normal reference",
+                    object="vmlinux",
+                    symbol=entry.name,
+                    source=source,
+                    exported_by="vmlinux",
+                )
             if entry.object in self.patched_modules:
                 if self.keep_exports:
                     return SymbolDecision(
-                        name, Category.B, Action.KEEP,
+                        name,
+                        Category.B,
+                        Action.KEEP,
                         f"exported by patched module {entry.object}{via}; kept normal by "
                         f"--keep-exports: the livepatch depends on {entry.object}",
-                        object=entry.object, symbol=entry.name, source=source,
-                        exported_by=entry.object)
+                        object=entry.object,
+                        symbol=entry.name,
+                        source=source,
+                        exported_by=entry.object,
+                    )
                 return self._converted(
-                    name, entry, Category.B,
+                    name,
+                    entry,
+                    Category.B,
                     f"exported by patched module {entry.object}{via}: converted so the "
-                    f"livepatch takes no reference on {entry.object}", source, sympos)
+                    f"livepatch takes no reference on {entry.object}",
+                    source,
+                    sympos,
+                )
             return SymbolDecision(
-                name, Category.CD, Action.KEEP,
+                name,
+                Category.CD,
+                Action.KEEP,
                 f"exported by {entry.object}{via}, which this livepatch does not patch: "
                 f"a normal reference; the livepatch depends on {entry.object}",
-                object=entry.object, symbol=entry.name, source=source,
-                exported_by=entry.object)
-        where = "vmlinux" if entry.object == "vmlinux" else (
-            f"patched module {entry.object}" if entry.object in self.patched_modules
-            else f"module {entry.object}")
+                object=entry.object,
+                symbol=entry.name,
+                source=source,
+                exported_by=entry.object,
+            )
+        where = (
+            "vmlinux"
+            if entry.object == "vmlinux"
+            else (
+                f"patched module {entry.object}"
+                if entry.object in self.patched_modules
+                else f"module {entry.object}"
+            )
+        )
         pos = entry.klp_sympos if sympos is None else sympos
         return self._converted(
-            name, entry, Category.LOCAL,
-            f"not exported ({entry.bind}) in {where}{via}, sympos {pos}", source, sympos)
+            name,
+            entry,
+            Category.LOCAL,
+            f"not exported ({entry.bind}) in {where}{via}, sympos {pos}",
+            source,
+            sympos,
+        )
 
     def _pick(self, name, entries, obj, sympos, source) -> tuple[object, int] | str:
         """Validate an explicit (object, pos) against the database, as
@@ -393,27 +485,41 @@ class Classifier:
             others = "; candidates: " + ", ".join(map(str, _cands(entries))) if entries else ""
             return f"{name}: {source} names object '{obj}', which has no symbol '{name}'{others}"
         if sympos is None and len(mine) > 1:
-            return (f"{name}: {source} names '{obj}' without a position, but '{obj}' has "
-                    f"{len(mine)}: " + ", ".join(map(str, _cands(mine)))
-                    + f"; add the position: {name}={obj},POS")
+            return (
+                f"{name}: {source} names '{obj}' without a position, but '{obj}' has "
+                f"{len(mine)}: "
+                + ", ".join(map(str, _cands(mine)))
+                + f"; add the position: {name}={obj},POS"
+            )
         res = klp.find_object_symbol(mine, sympos or 0)
         if res.found is klp.Found.AMBIGUOUS:
-            return (f"{name}: {source} gives sympos 0, which needs a unique symbol, but "
-                    f"'{obj}' has {res.count}: " + ", ".join(map(str, _cands(mine))))
+            return (
+                f"{name}: {source} gives sympos 0, which needs a unique symbol, but "
+                f"'{obj}' has {res.count}: " + ", ".join(map(str, _cands(mine)))
+            )
         if res.found is klp.Found.POSITION:
-            return (f"{name}: {source} gives sympos {sympos}, but '{obj}' has only "
-                    f"{res.count} symbol(s) named '{name}': " + ", ".join(map(str, _cands(mine))))
+            return (
+                f"{name}: {source} gives sympos {sympos}, but '{obj}' has only "
+                f"{res.count} symbol(s) named '{name}': " + ", ".join(map(str, _cands(mine)))
+            )
         return res.entry, sympos or 0
 
     def _chosen(self, name: str, choice: Choice) -> SymbolDecision:
         if self.db is None:
-            return self._unchecked_choice(name, name, choice.object, choice.sympos or 0,
-                                          choice.source)
+            return self._unchecked_choice(
+                name, name, choice.object, choice.sympos or 0, choice.source
+            )
         entries = self.db.lookup(name)
         got = self._pick(name, entries, choice.object, choice.sympos, choice.source)
         if isinstance(got, str):
-            return SymbolDecision(name, Category.ERROR, Action.ERROR, got,
-                                  source=choice.source, candidates=_cands(entries))
+            return SymbolDecision(
+                name,
+                Category.ERROR,
+                Action.ERROR,
+                got,
+                source=choice.source,
+                candidates=_cands(entries),
+            )
         entry, pos = got
         return self._by_entry(name, entry, choice.source, pos, via=f", chosen by {choice.source}")
 
@@ -426,14 +532,26 @@ class Classifier:
             elif len(self.patched_modules) == 1:
                 gate = self.patched_modules[0]
             if gate is None:
-                return SymbolDecision(name, Category.ERROR, Action.ERROR,
-                                      f"{name}: cannot tell which patched object gates '{obj}' "
-                                      "without a symbol database", source=source)
+                return SymbolDecision(
+                    name,
+                    Category.ERROR,
+                    Action.ERROR,
+                    f"{name}: cannot tell which patched object gates '{obj}' "
+                    "without a symbol database",
+                    source=source,
+                )
         cat = Category.LOCAL
-        return SymbolDecision(name, cat, Action.CONVERT,
-                              f"{source}: {obj} symbol {symbol}, sympos {pos} (not checked: "
-                              "no symbol database)", object=obj, symbol=symbol, sympos=pos,
-                              gate=gate, source=source)
+        return SymbolDecision(
+            name,
+            cat,
+            Action.CONVERT,
+            f"{source}: {obj} symbol {symbol}, sympos {pos} (not checked: no symbol database)",
+            object=obj,
+            symbol=symbol,
+            sympos=pos,
+            gate=gate,
+            source=source,
+        )
 
     def _intermediate(self, name, inter) -> SymbolDecision:
         source = f"intermediate ({inter.form})"
@@ -441,8 +559,10 @@ class Classifier:
         note = ""
         refused = klp.gate_problem(gate, inter.object, inter.name, self.kver)
         if refused is not None and refused.gravity is klp.Gravity.REFUSED:
-            note = (f"; gated on vmlinux, not {gate}: since 5.8 the kernel refuses vmlinux "
-                    "symbols in a module-gated section")
+            note = (
+                f"; gated on vmlinux, not {gate}: since 5.8 the kernel refuses vmlinux "
+                "symbols in a module-gated section"
+            )
             gate = klp.VMLINUX
         if self.db is None:
             d = self._unchecked_choice(name, inter.name, inter.object, inter.sympos, source, gate)
@@ -451,16 +571,27 @@ class Classifier:
         entries = self.db.lookup(inter.name)
         got = self._pick(inter.name, entries, inter.object, inter.sympos, f"'{name}'")
         if isinstance(got, str):
-            return SymbolDecision(name, Category.ERROR, Action.ERROR, got, source=source,
-                                  candidates=_cands(entries))
+            return SymbolDecision(
+                name, Category.ERROR, Action.ERROR, got, source=source, candidates=_cands(entries)
+            )
         entry, pos = got
-        cat = Category.B if entry.exported and entry.object != "vmlinux" else (
-            Category.A if entry.exported else Category.LOCAL)
+        cat = (
+            Category.B
+            if entry.exported and entry.object != "vmlinux"
+            else (Category.A if entry.exported else Category.LOCAL)
+        )
         return SymbolDecision(
-            name, cat, Action.CONVERT,
-            f"named by the source ({inter.object} {entry.bind} {inter.name}, sympos {pos})"
-            + note, object=inter.object, symbol=inter.name, sympos=pos, gate=gate,
-            type=entry.type if entry.type in _TYPES else None, source=source)
+            name,
+            cat,
+            Action.CONVERT,
+            f"named by the source ({inter.object} {entry.bind} {inter.name}, sympos {pos})" + note,
+            object=inter.object,
+            symbol=inter.name,
+            sympos=pos,
+            gate=gate,
+            type=entry.type if entry.type in _TYPES else None,
+            source=source,
+        )
 
     def _automatic(self, name: str, weak: bool) -> SymbolDecision:
         entries = self.db.lookup(name)
@@ -469,40 +600,61 @@ class Classifier:
         if exported:
             if local_patched:
                 return SymbolDecision(
-                    name, Category.ERROR, Action.ERROR,
+                    name,
+                    Category.ERROR,
+                    Action.ERROR,
                     f"{name}: ambiguous: exported by {exported[0].object}, and also a "
                     f"non-exported symbol of patched module {local_patched[0].object}: "
-                    + ", ".join(map(str, _cands(exported + local_patched))) + "; "
-                    + _how_to_choose(name), candidates=_cands(entries))
+                    + ", ".join(map(str, _cands(exported + local_patched)))
+                    + "; "
+                    + _how_to_choose(name),
+                    candidates=_cands(entries),
+                )
             return self._by_entry(name, exported[0], "database")
         if not entries:
             if weak:
-                return SymbolDecision(name, Category.INTERNAL, Action.KEEP,
-                                      "weak reference to a symbol found nowhere: resolves "
-                                      "to 0, left as it is")
+                return SymbolDecision(
+                    name,
+                    Category.INTERNAL,
+                    Action.KEEP,
+                    "weak reference to a symbol found nowhere: resolves to 0, left as it is",
+                )
             return SymbolDecision(
-                name, Category.ERROR, Action.ERROR,
+                name,
+                Category.ERROR,
+                Action.ERROR,
                 f"{name}: not found in any object of the symbol database; define it in the "
-                f"livepatch, or {_how_to_choose(name)}")
-        for tier, label in ((local_patched, "patched modules"),
-                            ([e for e in entries if e.object == "vmlinux"], "vmlinux")):
+                f"livepatch, or {_how_to_choose(name)}",
+            )
+        for tier, label in (
+            (local_patched, "patched modules"),
+            ([e for e in entries if e.object == "vmlinux"], "vmlinux"),
+        ):
             if not tier:
                 continue
             if len(tier) == 1:
                 return self._by_entry(name, tier[0], "database")
             return SymbolDecision(
-                name, Category.ERROR, Action.ERROR,
+                name,
+                Category.ERROR,
+                Action.ERROR,
                 f"{name}: ambiguous: {len(tier)} candidates in {label}: "
-                + ", ".join(map(str, _cands(tier))) + "; " + _how_to_choose(name),
-                candidates=_cands(entries))
+                + ", ".join(map(str, _cands(tier)))
+                + "; "
+                + _how_to_choose(name),
+                candidates=_cands(entries),
+            )
         # only in modules this livepatch does not patch, not exported
         return SymbolDecision(
-            name, Category.ERROR, Action.ERROR,
+            name,
+            Category.ERROR,
+            Action.ERROR,
             f"{name}: not exported, and found only in objects this livepatch does not patch "
             f"(patched: {', '.join(self.patched) or 'none found'}): "
             + ", ".join(map(str, _cands(entries)))
             + f"; pass --object OBJ if the livepatch patches it, or {_how_to_choose(name)}",
-            candidates=_cands(entries))
+            candidates=_cands(entries),
+        )
 
 
 # ------------------------------------------------------------------------ whole module
@@ -511,7 +663,7 @@ def lookup_names(elf: ElfFile) -> list[str]:
     symbols, and the kernel names its intermediate symbols carry (a streamed
     Symbols.list is read for these only)."""
     out: dict[str, None] = {}
-    for sym in (elf.symtab.symbols[1:] if elf.symtab is not None else []):
+    for sym in elf.symtab.symbols[1:] if elf.symtab is not None else []:
         if sym.shndx != C.SHN_UNDEF or not sym.name:
             continue
         inter = parse_intermediate(sym.name)
@@ -529,13 +681,18 @@ def read_modinfo(elf: ElfFile):
 def _site_problem(relsec, target, gate: str, kver) -> str | None:
     """Why a relocation in ``relsec`` cannot become a livepatch relocation gated on
     ``gate`` (None when it can): :func:`klpkit.kernel.klp.site_problem`."""
-    return klp.site_problem(target.name if target is not None else "",
-                            target is not None and target.is_alloc,
-                            relsec.type != C.SHT_REL, gate, kver)
+    return klp.site_problem(
+        target.name if target is not None else "",
+        target is not None and target.is_alloc,
+        relsec.type != C.SHT_REL,
+        gate,
+        kver,
+    )
 
 
-def make_plan(elf: ElfFile, db, options: PlanOptions | None = None,
-              module_name: str | None = None) -> Plan:
+def make_plan(
+    elf: ElfFile, db, options: PlanOptions | None = None, module_name: str | None = None
+) -> Plan:
     """Decide the fate of every relocation of ``elf`` (a livepatch module).
 
     ``db``: a symbol source (see :class:`Classifier`) or None for the minimal mode.
@@ -556,16 +713,21 @@ class _Planner:
         self.warnings: list[str] = []
         self.modinfo = read_modinfo(elf)
         mi = self.modinfo
-        self.module = module_name or (mi.name if mi is not None and mi.name else
-                                      module_name_from_path(elf.path or "livepatch.ko"))
-        self.kver = kernel_version(options.kernel_version,
-                                   mi.release if mi is not None else None,
-                                   getattr(db, "release", None) if db is not None else None)
+        self.module = module_name or (
+            mi.name
+            if mi is not None and mi.name
+            else module_name_from_path(elf.path or "livepatch.ko")
+        )
+        self.kver = kernel_version(
+            options.kernel_version,
+            mi.release if mi is not None else None,
+            getattr(db, "release", None) if db is not None else None,
+        )
         self.symbols: dict[str, SymbolDecision] = {}
-        self.decision_of: dict[int, SymbolDecision] = {}   # id(Symbol) -> decision
+        self.decision_of: dict[int, SymbolDecision] = {}  # id(Symbol) -> decision
         self.site_problems: dict[tuple[int, str], str | None] = {}
         self.used_names: set[str] = set()
-        self.unflagged: set[int] = set()   # id() of .klp.rela sections without the flag
+        self.unflagged: set[int] = set()  # id() of .klp.rela sections without the flag
         self.type_names: dict[int, str] = {}
 
     def plan(self) -> Plan:
@@ -576,39 +738,65 @@ class _Planner:
             self.errors.append("no symbol table")
         kernel_machine = getattr(self.db, "machine", None)
         if kernel_machine and elf.machine != kernel_machine:
-            self.errors.append(f"the module is for {machine_name(elf.machine)}, the symbol "
-                               f"database's kernel {self.db.release} is for "
-                               f"{machine_name(kernel_machine)}")
+            self.errors.append(
+                f"the module is for {machine_name(elf.machine)}, the symbol "
+                f"database's kernel {self.db.release} is for "
+                f"{machine_name(kernel_machine)}"
+            )
         self.objects, self.objects_source = self._patched_objects()
         self.ann = read_module_relocs(elf)
         self.errors.extend(self.ann.errors)
         self.ann_secs = set(self.ann.sections)
-        clf = Classifier(self.db, self.objects, keep_exports=self.options.keep_exports,
-                         choices=self._choices(), kernel_version=self.kver)
+        clf = Classifier(
+            self.db,
+            self.objects,
+            keep_exports=self.options.keep_exports,
+            choices=self._choices(),
+            kernel_version=self.kver,
+        )
         self._classify_undefined(clf)
         self._check_klp_names()
         self._check_gates()
-        relocations = [self._plan_relocation(rs, r)
-                       for rs in elf.relocation_sections() for r in rs.relocations]
+        relocations = [
+            self._plan_relocation(rs, r) for rs in elf.relocation_sections() for r in rs.relocations
+        ]
         for name in sorted(self.ann.referenced - self.used_names):
-            self.errors.append(f"{name}: annotated in .klp.module_relocs but no relocation "
-                               "uses it")
+            self.errors.append(f"{name}: annotated in .klp.module_relocs but no relocation uses it")
         drop_versions = self._versions_to_drop()
         depends = self.modinfo.depends if self.modinfo is not None else []
-        still = {d.exported_by for d in self.symbols.values()
-                 if d.action is Action.KEEP and d.exported_by}
-        drop_depends = [m for m in depends
-                        if m in self.objects and m != "vmlinux" and m not in still]
+        still = {
+            d.exported_by
+            for d in self.symbols.values()
+            if d.action is Action.KEEP and d.exported_by
+        }
+        drop_depends = [
+            m for m in depends if m in self.objects and m != "vmlinux" and m not in still
+        ]
         is_lp = self.modinfo is not None and self.modinfo.is_livepatch
         if not is_lp:
-            self.warnings.append("no livepatch=Y in .modinfo (MODULE_INFO(livepatch, \"Y\")): "
-                                 "klp_enable_patch() will refuse the module")
+            self.warnings.append(
+                'no livepatch=Y in .modinfo (MODULE_INFO(livepatch, "Y")): '
+                "klp_enable_patch() will refuse the module"
+            )
         for d in self.symbols.values():
             if d.category is Category.CD and d.action is Action.KEEP:
                 self.warnings.append(f"{d.name}: {d.reason}")
-        return Plan(self.module, self.objects, self.objects_source, self.kver, relocations,
-                    self.symbols, self.errors, self.warnings, self.ann.sections,
-                    self.ann.symbol_names, drop_versions, drop_depends, depends, is_lp)
+        return Plan(
+            self.module,
+            self.objects,
+            self.objects_source,
+            self.kver,
+            relocations,
+            self.symbols,
+            self.errors,
+            self.warnings,
+            self.ann.sections,
+            self.ann.symbol_names,
+            drop_versions,
+            drop_depends,
+            depends,
+            is_lp,
+        )
 
     # -- the objects this livepatch patches ---------------------------------------------
     def _patched_objects(self) -> tuple[list[str], str]:
@@ -622,12 +810,15 @@ class _Planner:
             objects, source = own, own_source
         else:
             objects, source = [], FROM_NONE
-            self.warnings.append("no klp_object names found in the module: automatic "
-                                 "resolution searches vmlinux only (pass --object OBJ)")
+            self.warnings.append(
+                "no klp_object names found in the module: automatic "
+                "resolution searches vmlinux only (pass --object OBJ)"
+            )
         for obj in objects:
             if not valid_object_name(obj):
-                self.errors.append(f"object name '{obj}' is not valid for the kernel "
-                                   "(1-55 characters, no '.')")
+                self.errors.append(
+                    f"object name '{obj}' is not valid for the kernel (1-55 characters, no '.')"
+                )
         return objects, source
 
     def _compare_objects(self, objects: list[str], own: list[str], own_source: str) -> None:
@@ -639,16 +830,20 @@ class _Planner:
             return
         foreign = [o for o in objects if o not in own]
         if foreign and own_source != "annotations":
-            text = (f"--object {', '.join(foreign)} contradicts the module, which patches "
-                    f"{', '.join(own)} (its {own_source}): the kernel never applies "
-                    "relocations gated on an object its klp_patch does not list")
+            text = (
+                f"--object {', '.join(foreign)} contradicts the module, which patches "
+                f"{', '.join(own)} (its {own_source}): the kernel never applies "
+                "relocations gated on an object its klp_patch does not list"
+            )
             if self.options.force:
                 self.warnings.append(text + " (--force)")
             else:
                 self.errors.append(text + "; pass --force to convert anyway")
         elif set(own) != set(objects):
-            self.warnings.append(f"--object {', '.join(objects)} differs from the "
-                                 f"module's objects ({', '.join(own)}, {own_source})")
+            self.warnings.append(
+                f"--object {', '.join(objects)} differs from the "
+                f"module's objects ({', '.join(own)}, {own_source})"
+            )
 
     def _choices(self) -> list[Choice]:
         """Command-line choices first, then annotations (conflicts are errors)."""
@@ -657,9 +852,11 @@ class _Planner:
         for c in self.ann.choices:
             prev = by_name.get(c.name)
             if prev is not None and (prev.object, prev.sympos) != (c.object, c.sympos):
-                self.errors.append(f"{c.name}: conflicting annotations: {prev.object},"
-                                   f"{prev.sympos} ({prev.source}) vs {c.object},{c.sympos} "
-                                   f"({c.source})")
+                self.errors.append(
+                    f"{c.name}: conflicting annotations: {prev.object},"
+                    f"{prev.sympos} ({prev.source}) vs {c.object},{c.sympos} "
+                    f"({c.source})"
+                )
             by_name.setdefault(c.name, c)
         explicit = {c.name for c in choices}
         for c in by_name.values():
@@ -677,8 +874,7 @@ class _Planner:
                 continue
             d = self.symbols.get(sym.name)
             if d is None:
-                d = self.symbols[sym.name] = clf.classify(sym.name,
-                                                          weak=sym.bind == C.STB_WEAK)
+                d = self.symbols[sym.name] = clf.classify(sym.name, weak=sym.bind == C.STB_WEAK)
                 if d.action is Action.ERROR:
                     self.errors.append(d.reason)
             self.decision_of[id(sym)] = d
@@ -691,12 +887,16 @@ class _Planner:
             if d.action is not Action.CONVERT:
                 continue
             if len(d.symbol) > kmax or "," in d.symbol:
-                self.errors.append(f"{d.name}: '{d.symbol}' cannot be a livepatch symbol name "
-                                   f"on kernel {kver[0]}.{kver[1]} (at most {kmax} characters, "
-                                   "no ',')")
+                self.errors.append(
+                    f"{d.name}: '{d.symbol}' cannot be a livepatch symbol name "
+                    f"on kernel {kver[0]}.{kver[1]} (at most {kmax} characters, "
+                    "no ',')"
+                )
             if not valid_object_name(d.object) or not valid_object_name(d.gate):
-                self.errors.append(f"{d.name}: object '{d.object}' / '{d.gate}' is not a valid "
-                                   "livepatch object name (1-55 characters, no '.')")
+                self.errors.append(
+                    f"{d.name}: object '{d.object}' / '{d.gate}' is not a valid "
+                    "livepatch object name (1-55 characters, no '.')"
+                )
 
     def _check_gates(self) -> None:
         """Every gate a conversion writes must be applied by the kernel
@@ -710,8 +910,10 @@ class _Planner:
             if app is None:
                 app = apps[d.gate] = klp.when_applied(d.gate, self.objects, self.kver)
             if app.when is klp.When.NEVER:
-                self.errors.append(f"{d.name}: {d.klp_symbol} would be gated on {d.gate}, "
-                                   f"which the kernel never applies: {app.reason}")
+                self.errors.append(
+                    f"{d.name}: {d.klp_symbol} would be gated on {d.gate}, "
+                    f"which the kernel never applies: {app.reason}"
+                )
                 continue
             problem = klp.gate_problem(d.gate, d.object, d.symbol, self.kver)
             if problem is not None and problem.gravity is klp.Gravity.RISK:
@@ -727,9 +929,21 @@ class _Planner:
         sym = r.symbol
         fate = self._fate(rs, target, tname, r)
         sname = fate.symbol if fate.symbol is not None else (sym.name if sym else "")
-        return PlannedReloc(rs.name, tname, r.offset, r.type, tn, sname, fate.category,
-                            fate.action, fate.reason, fate.new_symbol, fate.new_section,
-                            relsec=rs, reloc=r)
+        return PlannedReloc(
+            rs.name,
+            tname,
+            r.offset,
+            r.type,
+            tn,
+            sname,
+            fate.category,
+            fate.action,
+            fate.reason,
+            fate.new_symbol,
+            fate.new_section,
+            relsec=rs,
+            reloc=r,
+        )
 
     def _error(self, message: str) -> _Fate:
         self.errors.append(message)
@@ -739,20 +953,25 @@ class _Planner:
         sym = r.symbol
         sname = sym.name if sym is not None else ""
         if target is not None and tname in self.ann_secs:
-            return _Fate(Category.ANNOTATION, Action.REMOVE,
-                         "annotation record: removed with its section")
+            return _Fate(
+                Category.ANNOTATION, Action.REMOVE, "annotation record: removed with its section"
+            )
         if meant_as_klp_rela(rs):
             if not is_klp_rela(rs):
-                why = ("a .klp.rela section without SHF_RELA_LIVEPATCH: the module loader "
-                       "applies it as a normal relocation section")
+                why = (
+                    "a .klp.rela section without SHF_RELA_LIVEPATCH: the module loader "
+                    "applies it as a normal relocation section"
+                )
                 if id(rs) in self.unflagged:
                     return _Fate(Category.KLP, Action.ERROR, why)
                 self.unflagged.add(id(rs))
                 return self._error(f"{rs.name}: {why}")
             if sym is not None and sym.shndx == C.SHN_LIVEPATCH:
                 return _Fate(Category.KLP, Action.KEEP, "already a livepatch relocation")
-            self.errors.append(f"{rs.name}+{r.offset:#x}: symbol {sname} is not marked as a "
-                               "livepatch symbol (the kernel refuses the module)")
+            self.errors.append(
+                f"{rs.name}+{r.offset:#x}: symbol {sname} is not marked as a "
+                "livepatch symbol (the kernel refuses the module)"
+            )
             return _Fate(Category.KLP, Action.ERROR, "not an SHN_LIVEPATCH symbol")
         d = self.decision_of.get(id(sym)) if sym is not None else None
         if d is None:
@@ -765,25 +984,35 @@ class _Planner:
             self.site_problems[key] = _site_problem(rs, target, d.gate, self.kver)
         problem = self.site_problems[key]
         if problem is not None:
-            return self._error(f"{rs.name}: {tname}+{r.offset:#x}: relocation to {sname} "
-                               f"cannot be converted: {problem}")
-        return _Fate(d.category, Action.CONVERT, d.reason, d.klp_symbol,
-                     klp_rela_section_name(d.gate, tname))
+            return self._error(
+                f"{rs.name}: {tname}+{r.offset:#x}: relocation to {sname} "
+                f"cannot be converted: {problem}"
+            )
+        return _Fate(
+            d.category, Action.CONVERT, d.reason, d.klp_symbol, klp_rela_section_name(d.gate, tname)
+        )
 
     def _fate_of_defined(self, sym, target, tname: str, r) -> _Fate:
         """A relocation whose symbol is not a foreign reference."""
         sname = sym.name if sym is not None else ""
         if sym is not None and sym.shndx == C.SHN_LIVEPATCH:
-            return self._error(f"{tname}+{r.offset:#x}: normal relocation on livepatch symbol "
-                               f"{sname} (the loader would resolve it to 0)")
+            return self._error(
+                f"{tname}+{r.offset:#x}: normal relocation on livepatch symbol "
+                f"{sname} (the loader would resolve it to 0)"
+            )
         if sym is not None and sym.section is not None and sym.section.name in self.ann_secs:
             if target is not None and not target.is_alloc:
-                return _Fate(Category.ANNOTATION, Action.REMOVE,
-                             "refers to an annotation, which is removed (not allocated: the "
-                             "kernel never reads it)")
+                return _Fate(
+                    Category.ANNOTATION,
+                    Action.REMOVE,
+                    "refers to an annotation, which is removed (not allocated: the "
+                    "kernel never reads it)",
+                )
             sname = sname or sym.section.name
-            fate = self._error(f"{tname}+{r.offset:#x}: uses annotation symbol {sname}, which "
-                               "is removed with its section")
+            fate = self._error(
+                f"{tname}+{r.offset:#x}: uses annotation symbol {sname}, which "
+                "is removed with its section"
+            )
             fate.symbol = sname
             return fate
         return _Fate(Category.INTERNAL, Action.KEEP, "defined in the livepatch")
@@ -799,10 +1028,12 @@ class _Planner:
         from klpkit.kernel.versions import parse_versions
 
         try:
-            return [v.name for v in parse_versions(vsec.data, self.elf.elfclass,
-                                                   self.elf.little_endian)
-                    if v.name in converted]
-        except Exception as e:  # noqa: BLE001 - a KlpkitError with its own text
+            return [
+                v.name
+                for v in parse_versions(vsec.data, self.elf.elfclass, self.elf.little_endian)
+                if v.name in converted
+            ]
+        except Exception as e:
             self.errors.append(f"__versions: {e}")
             return []
 

@@ -28,14 +28,13 @@ from klpkit.errors import InputError, KlpkitError
 from klpkit.symbols.db import NONCORE, SymbolEntry, _entries
 from klpkit.symbols.symbols_list import HEADER, META_OBJECT, _decode_codes, is_symbols_list
 
-BLOCK = 1 << 20                  # bytes read at a time: ~40,000 lines
-_FEW = 8                         # names found in a block, located one by one up to this
-_FEW_EXPORTS = 32                # export records searched name by name up to this
+BLOCK = 1 << 20  # bytes read at a time: ~40,000 lines
+_FEW = 8  # names found in a block, located one by one up to this
+_FEW_EXPORTS = 32  # export records searched name by name up to this
 KSYMTAB = b"__ksymtab_"
 _META_HEADER = b"*" + META_OBJECT.encode()
 _SPLIT_EXPORT = methodcaller("split", b"\t")
 _NAME = itemgetter(2)
-
 
 
 @dataclass
@@ -43,10 +42,10 @@ class _Scan:
     """What one pass over the file found."""
 
     headers: list[tuple[int, bytes]] = field(default_factory=list)  # (line, "*object")
-    hits: dict[bytes, list[int]] = field(default_factory=dict)     # name -> lines
-    meta: bytes | None = None        # the klpkit section's text, when the file has one
-    meta_line: int | None = None     # the line of its header
-    lines: int = 0                   # lines in the file (without a final empty one)
+    hits: dict[bytes, list[int]] = field(default_factory=dict)  # name -> lines
+    meta: bytes | None = None  # the klpkit section's text, when the file has one
+    meta_line: int | None = None  # the line of its header
+    lines: int = 0  # lines in the file (without a final empty one)
 
 
 def _blocks(f):
@@ -72,7 +71,7 @@ def _record_line(meta: bytes, key: bytes) -> bytes | None:
     if p < 0:
         return None
     end = meta.find(b"\n", p + 1)
-    return meta[p + 1:end if end >= 0 else len(meta)]
+    return meta[p + 1 : end if end >= 0 else len(meta)]
 
 
 def _headers(chunk: bytes) -> list[tuple[int, bytes]]:
@@ -81,15 +80,14 @@ def _headers(chunk: bytes) -> list[tuple[int, bytes]]:
     out = []
     p = chunk.find(b"*")
     while p >= 0:
-        if p == 0 or chunk[p - 1] == 10:      # b"\n"
+        if p == 0 or chunk[p - 1] == 10:  # b"\n"
             end = chunk.find(b"\n", p)
-            out.append((p, chunk[p:end if end >= 0 else len(chunk)]))
+            out.append((p, chunk[p : end if end >= 0 else len(chunk)]))
         p = chunk.find(b"*", p + 1)
     return out
 
 
-def _hits(lines: list[bytes], base: int, wanted: set[bytes], out: dict[bytes, list[int]]
-          ) -> None:
+def _hits(lines: list[bytes], base: int, wanted: set[bytes], out: dict[bytes, list[int]]) -> None:
     """Record the line numbers of the ``wanted`` names among ``lines`` (line ``base``
     first).  The set intersection finds which names occur at C speed; each is then
     located with ``list.index`` (one C-level pass per name), or, when many names occur,
@@ -132,7 +130,7 @@ def _scan(path, wanted: set[bytes]) -> _Scan:
             if chunk.endswith(b"\n"):
                 lines.pop()
             i = -1
-            for _p, name in heads:          # their line numbers: one pass over `lines`
+            for _p, name in heads:  # their line numbers: one pass over `lines`
                 i = lines.index(name, i + 1)
                 scan.headers.append((base + i, name))
             _hits(lines, base, wanted, scan.hits)
@@ -142,8 +140,9 @@ def _scan(path, wanted: set[bytes]) -> _Scan:
     scan.lines = base
     if meta_parts:
         scan.meta = b"".join(meta_parts)
-        scan.lines = scan.meta_line + scan.meta.count(b"\n") + (
-            0 if scan.meta.endswith(b"\n") else 1)
+        scan.lines = (
+            scan.meta_line + scan.meta.count(b"\n") + (0 if scan.meta.endswith(b"\n") else 1)
+        )
     return scan
 
 
@@ -151,16 +150,16 @@ def _scan(path, wanted: set[bytes]) -> _Scan:
 class _Object:
     """One ``*object`` of the file: where its lines are, what the klpkit section says."""
 
-    index: int                         # object id, file order (vmlinux first)
+    index: int  # object id, file order (vmlinux first)
     name: str
-    segments: list[tuple[int, int]]    # (first line, line count) of each of its runs
+    segments: list[tuple[int, int]]  # (first line, line count) of each of its runs
     kind: str = "module"
     path: str | None = None
     depends: list[str] = field(default_factory=list)
-    nrows: int | None = None           # klpkit section: symbols that count (the rest: added
-    codes: bytes = b""                 # __ksymtab_ lines); bind/type codes in order
-    _flags: bytes | None = None        # the codes without their '!'
-    _noncore: set[int] = field(default_factory=set)   # indexes of the '!' codes
+    nrows: int | None = None  # klpkit section: symbols that count (the rest: added
+    codes: bytes = b""  # __ksymtab_ lines); bind/type codes in order
+    _flags: bytes | None = None  # the codes without their '!'
+    _noncore: set[int] = field(default_factory=set)  # indexes of the '!' codes
 
     def position(self, line: int) -> int | None:
         """The 0-based index among the object's symbols of the file's ``line``."""
@@ -185,7 +184,7 @@ class _Object:
             while q >= 0:
                 self._noncore.add((q - len(self._noncore)) // 2)
                 q = self.codes.find(b"!", q + 1)
-        code = self._flags[2 * pos:2 * pos + 2].decode()
+        code = self._flags[2 * pos : 2 * pos + 2].decode()
         flags = _decode_codes(code)[0]
         return flags | NONCORE if pos in self._noncore else flags
 
@@ -198,16 +197,16 @@ class StreamedSymbols:
     Objects are made when a name the module needs is in them: the klpkit record of an
     object no needed name is in is checked for presence only."""
 
-    machine = None     # a Symbols.list does not say the kernel's architecture
+    machine = None  # a Symbols.list does not say the kernel's architecture
 
     def __init__(self, path, names, release: str | None = None):
         self.path = os.fspath(path)
         self._wanted: set[bytes] = set()
         self._hits: dict[bytes, list[int]] = {}
         self._exports: dict[str, dict[str, tuple]] = {}
-        self._segments: dict[str, list[tuple[int, int]]] = {}   # object -> its runs
-        self._by_line: list[tuple[int, str]] = []                # (header line, object)
-        self._records: dict[str, bytes] | None = None            # object -> klpkit record
+        self._segments: dict[str, list[tuple[int, int]]] = {}  # object -> its runs
+        self._by_line: list[tuple[int, str]] = []  # (header line, object)
+        self._records: dict[str, bytes] | None = None  # object -> klpkit record
         self._objects: dict[str, _Object] = {}
         self._meta: bytes | None = None
         self._load(names, release)
@@ -233,7 +232,7 @@ class StreamedSymbols:
             self._read_meta(scan.meta)
             self._read_exports(wanted)
         self._check_release(release)
-        for lines in scan.hits.values():       # the objects needed: made (and checked) now
+        for lines in scan.hits.values():  # the objects needed: made (and checked) now
             for line in lines:
                 self._object_at(line)
 
@@ -241,16 +240,21 @@ class StreamedSymbols:
         with open(self.path, "rb") as f:
             first = f.readline()
         if not first.startswith(HEADER.encode()):
-            raise InputError("Symbol list is in unknown format (first line is not "
-                             f"'{HEADER}')", path=self.path)
+            raise InputError(
+                f"Symbol list is in unknown format (first line is not '{HEADER}')", path=self.path
+            )
 
     def _layout(self, scan: _Scan) -> None:
         """Each object's runs of lines; object ids are the order of first appearance."""
-        first = min([line for line, _n in scan.headers[:1]]
-                    + ([scan.meta_line] if scan.meta_line is not None else []), default=None)
+        first = min(
+            [line for line, _n in scan.headers[:1]]
+            + ([scan.meta_line] if scan.meta_line is not None else []),
+            default=None,
+        )
         if scan.lines > 1 and (first is None or first > 1):
-            raise InputError("line 2: symbol before any '*object' line (File format error)",
-                             path=self.path)
+            raise InputError(
+                "line 2: symbol before any '*object' line (File format error)", path=self.path
+            )
         end = scan.meta_line if scan.meta_line is not None else scan.lines
         bounds = [line for line, _n in scan.headers[1:]] + [end]
         for (line, raw), nxt in zip(scan.headers, bounds, strict=True):
@@ -267,7 +271,7 @@ class StreamedSymbols:
         for kind in (b"release", b"build_id", b"source"):
             rec = _record_line(meta, b"\n" + kind + b"\t")
             if rec is not None:
-                self._meta_value(kind, rec[len(kind) + 1:])
+                self._meta_value(kind, rec[len(kind) + 1 :])
         self._records = {}
         key = b"\nobject\t"
         p = meta.find(key)
@@ -276,8 +280,10 @@ class StreamedSymbols:
             end = meta.find(b"\n", start)
             end = len(meta) if end < 0 else end
             name_end = meta.find(b"\t", start + 7, end)
-            self._records[meta[start + 7:name_end].decode("utf-8", "surrogateescape")] = \
-                (start, end)
+            self._records[meta[start + 7 : name_end].decode("utf-8", "surrogateescape")] = (
+                start,
+                end,
+            )
             p = meta.find(key, end)
         missing = next((n for n in self._segments if n not in self._records), None)
         if missing is not None:
@@ -299,13 +305,13 @@ class StreamedSymbols:
         if len(names) <= _FEW_EXPORTS:
             recs = []
             for name in names:
-                key = b"\t" + name            # its last byte is rarer than a tab: faster
+                key = b"\t" + name  # its last byte is rarer than a tab: faster
                 p = meta.find(key)
                 while p >= 0:
-                    if meta[p + len(key):p + len(key) + 1] == b"\t":
+                    if meta[p + len(key) : p + len(key) + 1] == b"\t":
                         start = meta.rfind(b"\n", 0, p) + 1
                         end = meta.find(b"\n", p)
-                        recs.append(meta[start:end if end >= 0 else len(meta)])
+                        recs.append(meta[start : end if end >= 0 else len(meta)])
                     p = meta.find(key, p + 1)
         else:
             recs = [r for r in meta.split(b"\n") if r.startswith(b"export\t")]
@@ -315,20 +321,22 @@ class StreamedSymbols:
                 _kind, obj, name, etype, ns, crc = f
                 value = (etype.decode(), ns.decode() or None, int(crc, 16) if crc else None)
             except ValueError:
-                raise InputError(f"klpkit export record {b'/'.join(f)[:60]!r} is "
-                                 "malformed", path=self.path) from None
-            self._exports.setdefault(name.decode("utf-8", "surrogateescape"), {})[
-                obj.decode()] = value
+                raise InputError(
+                    f"klpkit export record {b'/'.join(f)[:60]!r} is malformed", path=self.path
+                ) from None
+            self._exports.setdefault(name.decode("utf-8", "surrogateescape"), {})[obj.decode()] = (
+                value
+            )
 
     def _check_release(self, release: str | None) -> None:
         mine = self.meta["release"]
         if release and mine and release != mine:
-            raise InputError(f"Symbols.list is for kernel {mine}, not {release}",
-                             path=self.path)
+            raise InputError(f"Symbols.list is for kernel {mine}, not {release}", path=self.path)
         self.meta["release"] = mine or release or ""
         if not self.meta["release"]:
-            raise InputError("Symbols.list does not say which kernel it is for; pass "
-                             "--release", path=self.path)
+            raise InputError(
+                "Symbols.list does not say which kernel it is for; pass --release", path=self.path
+            )
 
     # -- objects ----------------------------------------------------------------------
     def _object(self, name: str) -> _Object | None:
@@ -336,8 +344,12 @@ class StreamedSymbols:
         obj = self._objects.get(name)
         if obj is not None or name not in self._segments:
             return obj
-        obj = _Object(self._ids[name], name, self._segments[name],
-                      "vmlinux" if name == "vmlinux" else "module")
+        obj = _Object(
+            self._ids[name],
+            name,
+            self._segments[name],
+            "vmlinux" if name == "vmlinux" else "module",
+        )
         if self._records is not None:
             start, end = self._records[name]
             self._parse_record(obj, self._meta[start:end])
@@ -351,12 +363,14 @@ class StreamedSymbols:
             obj.depends = [d for d in depends.decode().split(",") if d]
             obj.nrows, obj.codes = int(nrows), codes
         except ValueError:
-            raise InputError(f"klpkit record of '*{META_OBJECT}' is malformed: "
-                             f"{rec[:60]!r}", path=self.path) from None
+            raise InputError(
+                f"klpkit record of '*{META_OBJECT}' is malformed: {rec[:60]!r}", path=self.path
+            ) from None
         lines = sum(n for _f, n in obj.segments)
         if len(codes) - codes.count(b"!") != 2 * obj.nrows or lines < obj.nrows:
-            raise InputError(f"object '{obj.name}': {lines} names but {obj.nrows} recorded",
-                             path=self.path)
+            raise InputError(
+                f"object '{obj.name}': {lines} names but {obj.nrows} recorded", path=self.path
+            )
 
     def _object_at(self, line: int) -> _Object | None:
         i = bisect_right(self._by_line, (line, "\U0010ffff")) - 1
@@ -402,11 +416,19 @@ class StreamedSymbols:
     def _nm_exports(self, raw: bytes) -> dict[int, tuple]:
         """nm format: ``__ksymtab_<name>`` in the object that has ``<name>`` exports it."""
         have = {o.index for o, _p in self._occurrences(raw)}
-        return {o.index: ("", None, None) for o, _p in self._occurrences(KSYMTAB + raw)
-                if o.index in have}
+        return {
+            o.index: ("", None, None)
+            for o, _p in self._occurrences(KSYMTAB + raw)
+            if o.index in have
+        }
 
-    def lookup(self, name: str, object: str | None = None, *,  # noqa: A002 - the API name
-               include_init: bool = False) -> list[SymbolEntry]:
+    def lookup(
+        self,
+        name: str,
+        object: str | None = None,
+        *,
+        include_init: bool = False,
+    ) -> list[SymbolEntry]:
         """Every occurrence of ``name`` (in ``object`` only, when given), kernel order,
         as :meth:`klpkit.symbols.SymbolDB.lookup` gives it."""
         raw = name.encode("utf-8", "surrogateescape")
@@ -420,14 +442,14 @@ class StreamedSymbols:
         if self._records is None:
             exports = self._nm_exports(raw)
         else:
-            exports = {self._ids[o]: v for o, v in self._exports.get(name, {}).items()
-                       if o in self._ids}
+            exports = {
+                self._ids[o]: v for o, v in self._exports.get(name, {}).items() if o in self._ids
+            }
         none = (None, None, None)
         rows = []
         for obj, pos in occ:
             flags = obj.flags(pos)
-            rows.append((obj.index, flags, *(exports.get(obj.index, none) if flags & 15
-                                             else none)))
+            rows.append((obj.index, flags, *(exports.get(obj.index, none) if flags & 15 else none)))
         names = {o.index: o.name for o, _p in occ}
         return _entries(name, rows, names, include_init)
 

@@ -10,5 +10,12 @@ from klpkit.elf.relocation import Relocation, RelocationSection
 from klpkit.elf.section import Section
 from klpkit.elf.symbol import Symbol, SymbolTable
 
-__all__ = ["ElfFile", "GroupSection", "Relocation", "RelocationSection", "Section", "Symbol",
-           "SymbolTable"]
+__all__ = [
+    "ElfFile",
+    "GroupSection",
+    "Relocation",
+    "RelocationSection",
+    "Section",
+    "Symbol",
+    "SymbolTable",
+]

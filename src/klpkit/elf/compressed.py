@@ -77,8 +77,9 @@ def strip_suffix(name: str) -> str:
     return name
 
 
-def inflate(data: bytes, path: str | os.PathLike | None = None, *,
-            limit: int = MAX_INFLATED) -> tuple[bytes, str | None]:
+def inflate(
+    data: bytes, path: str | os.PathLike | None = None, *, limit: int = MAX_INFLATED
+) -> tuple[bytes, str | None]:
     """(the object's bytes, the format it was compressed with or None).
 
     ``data`` that starts with a compression magic is decompressed; anything else is
@@ -90,8 +91,11 @@ def inflate(data: bytes, path: str | os.PathLike | None = None, *,
         return decompress(data, fmt, path, limit=limit), fmt
     named = format_named(path)
     if named is not None and bytes(data[:4]) != ELF_MAGIC:
-        raise ElfError(f"not {named}-compressed (bad magic) although named {_suffix(path)}, "
-                       "and not ELF either", path=path)
+        raise ElfError(
+            f"not {named}-compressed (bad magic) although named {_suffix(path)}, "
+            "and not ELF either",
+            path=path,
+        )
     return data, None
 
 
@@ -99,16 +103,19 @@ def _suffix(path) -> str:
     return next(s for s in SUFFIXES if os.fspath(path).endswith(s))
 
 
-def decompress(data: bytes, fmt: str, path: str | os.PathLike | None = None, *,
-               limit: int = MAX_INFLATED) -> bytes:
+def decompress(
+    data: bytes, fmt: str, path: str | os.PathLike | None = None, *, limit: int = MAX_INFLATED
+) -> bytes:
     """``data`` (compressed with ``fmt``: xz, zstd or gzip) inflated; an ElfError naming
     ``path`` for damaged, truncated or oversized data."""
     if fmt == "xz":
-        return _streams(data, lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ), lzma.LZMAError,
-                        "xz", path, limit)
+        return _streams(
+            data, lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ), lzma.LZMAError, "xz", path, limit
+        )
     if fmt == "gzip":
-        return _streams(data, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), zlib.error,
-                        "gzip", path, limit)
+        return _streams(
+            data, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), zlib.error, "gzip", path, limit
+        )
     if fmt == "zstd":
         return _zstd(data, path, limit)
     raise ElfError(f"unknown compression format {fmt!r}", path=path)
@@ -129,17 +136,22 @@ def _streams(data: bytes, new, error, fmt: str, path, limit: int) -> bytes:
         size += len(part)
         parts.append(part)
         if size > limit:
-            raise ElfError(f"{fmt} data inflates past {limit >> 20} MiB: not a kernel module",
-                           path=path)
+            raise ElfError(
+                f"{fmt} data inflates past {limit >> 20} MiB: not a kernel module", path=path
+            )
         if not dec.eof:
-            raise ElfError(f"truncated {fmt} data: the stream ends early ({len(data)} bytes)",
-                           path=path)
+            raise ElfError(
+                f"truncated {fmt} data: the stream ends early ({len(data)} bytes)", path=path
+            )
         rest = dec.unused_data.lstrip(b"\0")
         if not rest:
             return parts[0] if len(parts) == 1 else b"".join(parts)
         if format_of(rest[:6]) != fmt:
-            raise ElfError(f"damaged {fmt} data: {len(rest)} bytes of something else after "
-                           "the end of the stream", path=path)
+            raise ElfError(
+                f"damaged {fmt} data: {len(rest)} bytes of something else after "
+                "the end of the stream",
+                path=path,
+            )
 
 
 def _stdlib_zstd():
@@ -156,11 +168,15 @@ def _zstd(data: bytes, path, limit: int) -> bytes:
         return _streams(data, lib.ZstdDecompressor, lib.ZstdError, "zstd", path, limit)
     exe = shutil.which("zstd")
     if exe is None:
-        raise ElfError("zstd-compressed, and Python 3.11 cannot read zstd: install the zstd "
-                       "command (apt-get install zstd)", path=path)
+        raise ElfError(
+            "zstd-compressed, and Python 3.11 cannot read zstd: install the zstd "
+            "command (apt-get install zstd)",
+            path=path,
+        )
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([exe, "-d", "-c", "-q"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen(
+            [exe, "-d", "-c", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
+        )
         feeder = threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True)
         feeder.start()
         out = bytearray()
@@ -177,12 +193,16 @@ def _zstd(data: bytes, path, limit: int) -> bytes:
             rc = proc.wait()
             feeder.join()
         if len(out) > limit:
-            raise ElfError(f"zstd data inflates past {limit >> 20} MiB: not a kernel module",
-                           path=path)
+            raise ElfError(
+                f"zstd data inflates past {limit >> 20} MiB: not a kernel module", path=path
+            )
         if rc != 0:
             err.seek(0)
-            lines = [ln.strip() for ln in err.read().decode("utf-8", "replace").splitlines()
-                     if ln.strip()]
+            lines = [
+                ln.strip()
+                for ln in err.read().decode("utf-8", "replace").splitlines()
+                if ln.strip()
+            ]
             why = (lines[-1] if lines else f"exit status {rc}").removeprefix("zstd: ")
             why = why.removeprefix("/*stdin*\\: ").removeprefix("/*stdin*\\ : ")
             raise ElfError(f"damaged zstd data: {why}", path=path)
@@ -193,7 +213,7 @@ def _feed(stdin, data: bytes) -> None:
     try:
         stdin.write(data)
     except (BrokenPipeError, OSError):
-        pass                  # the tool stopped reading (it found damage): its exit says why
+        pass  # the tool stopped reading (it found damage): its exit says why
     finally:
         try:
             stdin.close()
@@ -206,8 +226,9 @@ def read_object(path: str | os.PathLike, limit: int = MAX_INFLATED) -> bytes:
     return inflate(read_input(path), path, limit=limit)[0]
 
 
-def read_many(paths: Iterable[str], workers: int | None = None, ahead: int = 16
-              ) -> Iterator[tuple[str, bytes | KlpkitError]]:
+def read_many(
+    paths: Iterable[str], workers: int | None = None, ahead: int = 16
+) -> Iterator[tuple[str, bytes | KlpkitError]]:
     """(path, bytes or the error reading it) for each path, in order; the compressed ones
     are read and decompressed by ``workers`` threads, at most ``ahead`` files in advance.
 
@@ -269,6 +290,9 @@ def refuse_compressed_output(path: str | os.PathLike) -> None:
     try to decompress, and refuse."""
     fmt = format_named(path)
     if fmt is not None:
-        raise ElfError(f"klpkit writes modules uncompressed: name the output "
-                       f"{os.path.basename(strip_suffix(os.fspath(path)))} (and compress it "
-                       f"afterwards if the target installs {fmt} modules)", path=path)
+        raise ElfError(
+            f"klpkit writes modules uncompressed: name the output "
+            f"{os.path.basename(strip_suffix(os.fspath(path)))} (and compress it "
+            f"afterwards if the target installs {fmt} modules)",
+            path=path,
+        )

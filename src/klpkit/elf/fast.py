@@ -51,12 +51,32 @@ _MAX_GAP = 4096
 # (typecode, index of the first record's field, stride).
 # Section headers: name, type, flags, addr, offset, size, link, info, addralign, entsize.
 _SHDR_FIELDS = {
-    64: (("I", 0, 16), ("I", 1, 16), ("Q", 1, 8), ("Q", 2, 8), ("Q", 3, 8), ("Q", 4, 8),
-         ("I", 10, 16), ("I", 11, 16), ("Q", 6, 8), ("Q", 7, 8)),
+    64: (
+        ("I", 0, 16),
+        ("I", 1, 16),
+        ("Q", 1, 8),
+        ("Q", 2, 8),
+        ("Q", 3, 8),
+        ("Q", 4, 8),
+        ("I", 10, 16),
+        ("I", 11, 16),
+        ("Q", 6, 8),
+        ("Q", 7, 8),
+    ),
     32: tuple(("I", k, 10) for k in range(10)),
 }
-_SH_NAME, _SH_TYPE, _SH_FLAGS, _SH_ADDR, _SH_OFFSET, _SH_SIZE, _SH_LINK, _SH_INFO, \
-    _SH_ALIGN, _SH_ENTSIZE = range(10)
+(
+    _SH_NAME,
+    _SH_TYPE,
+    _SH_FLAGS,
+    _SH_ADDR,
+    _SH_OFFSET,
+    _SH_SIZE,
+    _SH_LINK,
+    _SH_INFO,
+    _SH_ALIGN,
+    _SH_ENTSIZE,
+) = range(10)
 # Symbols: (name, value, size, shndx) fields, then the byte offsets of st_info and
 # st_other in a record and the record size.
 _SYM_FIELDS = {
@@ -64,9 +84,11 @@ _SYM_FIELDS = {
     32: (("I", 0, 4), ("I", 1, 4), ("I", 2, 4), ("H", 7, 8), 12, 13, 16),
 }
 # e_ident[EI_CLASS:EI_DATA + 1] -> layout
-_LAYOUTS = {bytes((cls, data)): layout_for(bits, data == C.ELFDATA2LSB)
-            for cls, bits in ((C.ELFCLASS32, 32), (C.ELFCLASS64, 64))
-            for data in (C.ELFDATA2LSB, C.ELFDATA2MSB)}
+_LAYOUTS = {
+    bytes((cls, data)): layout_for(bits, data == C.ELFDATA2LSB)
+    for cls, bits in ((C.ELFCLASS32, 32), (C.ELFCLASS64, 64))
+    for data in (C.ELFDATA2LSB, C.ELFDATA2MSB)
+}
 # The section indexes of all symbols are checked at once when there are at most 256
 # sections: each byte of st_shndx is mapped to flags, and a symbol needs a closer look
 # when the flags of its high byte and of its low byte share a bit. High byte: 1 for 0
@@ -80,7 +102,8 @@ def _lo_flags(nsec: int) -> bytes:
     table = _lo_flags_cache.get(nsec)
     if table is None:
         table = _lo_flags_cache[nsec] = bytes(
-            4 | (b >= nsec) | (b == 0xFF) << 1 for b in range(256))
+            4 | (b >= nsec) | (b == 0xFF) << 1 for b in range(256)
+        )
     return table
 
 
@@ -92,11 +115,13 @@ def _indexes_fine(raw: bytes, lay, nsec: int) -> bool:
         return False
     f = _SYM_FIELDS[lay.elfclass]
     first, step = f[3][1] * 2, f[6]
-    lo, hi = raw[first::step], raw[first + 1::step]
+    lo, hi = raw[first::step], raw[first + 1 :: step]
     if not lay.little_endian:
         lo, hi = hi, lo
-    return not (int.from_bytes(lo.translate(_lo_flags(nsec)), "little")
-                & int.from_bytes(hi.translate(_HI_FLAGS), "little"))
+    return not (
+        int.from_bytes(lo.translate(_lo_flags(nsec)), "little")
+        & int.from_bytes(hi.translate(_HI_FLAGS), "little")
+    )
 
 
 def _column(raw: bytes, field: tuple, swap: bool) -> list[int]:
@@ -133,12 +158,14 @@ class _Lazy:
 def _shdr_column(field: int):
     def build(self) -> list[int]:
         return _column(self._shraw, _SHDR_FIELDS[self.elfclass][field], self._swap)
+
     return _Lazy(build)
 
 
 def _sym_column(field: int):
     def build(self) -> list[int]:
         return _column(self._symraw, _SYM_FIELDS[self.elfclass][field], self._swap)
+
     return _Lazy(build)
 
 
@@ -190,10 +217,10 @@ class ElfScan:
     _names: list[str] | None = None
     _text: str | None = None
     _sections: list[SectionHeader] | None = None
-    _shraw: bytes = b""     # the section header table, for the columns built on demand
-    _symraw: bytes = b""    # the symbol table, likewise
-    _swap = False           # the file's byte order is not the host's
-    compression: str | None = None   # "xz", "zstd", "gzip": read through decompression
+    _shraw: bytes = b""  # the section header table, for the columns built on demand
+    _symraw: bytes = b""  # the symbol table, likewise
+    _swap = False  # the file's byte order is not the host's
+    compression: str | None = None  # "xz", "zstd", "gzip": read through decompression
 
     sh_addrs = _shdr_column(_SH_ADDR)
     sh_links = _shdr_column(_SH_LINK)
@@ -206,7 +233,7 @@ class ElfScan:
     @_Lazy
     def others(self) -> bytes:
         f = _SYM_FIELDS[self.elfclass]
-        return self._symraw[f[5]::f[6]]
+        return self._symraw[f[5] :: f[6]]
 
     def __init__(self, target, path: str | None = None):
         if isinstance(target, _BYTES):
@@ -221,7 +248,7 @@ class ElfScan:
             try:
                 self._fd = os.open(target, os.O_RDONLY)
                 st = os.fstat(self._fd)
-                if stat.S_ISDIR(st.st_mode):   # (opening a directory read-only succeeds)
+                if stat.S_ISDIR(st.st_mode):  # (opening a directory read-only succeeds)
                     raise IsADirectoryError
                 self.file_size = st.st_size
             except FileNotFoundError:
@@ -255,10 +282,12 @@ class ElfScan:
     def read(self, offset: int, length: int, what: str = "data") -> bytes:
         """``length`` bytes at ``offset``; ElfError when they are not all in the file."""
         if offset < 0 or length < 0 or offset + length > self.file_size:
-            self._fail(f"{what} ({length} bytes at {offset:#x}) extends past the end of the "
-                       f"file ({self.file_size} bytes)")
+            self._fail(
+                f"{what} ({length} bytes at {offset:#x}) extends past the end of the "
+                f"file ({self.file_size} bytes)"
+            )
         if self._data is not None:
-            return self._data[offset:offset + length]
+            return self._data[offset : offset + length]
         if self._fd < 0:
             raise ValueError(f"{self.path}: the scan is closed")
         data = os.pread(self._fd, length, offset)
@@ -270,10 +299,24 @@ class ElfScan:
     @property
     def sections(self) -> list[SectionHeader]:
         if self._sections is None:
-            self._sections = list(map(SectionHeader, zip(
-                self.sh_names, self.sh_types, self.sh_flags, self.sh_addrs, self.sh_offsets,
-                self.sh_sizes, self.sh_links, self.sh_infos, self._aligns, self.sh_entsizes,
-                strict=True)))
+            self._sections = list(
+                map(
+                    SectionHeader,
+                    zip(
+                        self.sh_names,
+                        self.sh_types,
+                        self.sh_flags,
+                        self.sh_addrs,
+                        self.sh_offsets,
+                        self.sh_sizes,
+                        self.sh_links,
+                        self.sh_infos,
+                        self._aligns,
+                        self.sh_entsizes,
+                        strict=True,
+                    ),
+                )
+            )
         return self._sections
 
     def section_index(self, name: str) -> int:
@@ -319,9 +362,8 @@ class ElfScan:
         text = self._text
         if text is None:
             text = self._text = self.strtab.decode("latin-1")
-        name = text[offset:text.find("\0", offset)]
-        return name if name.isascii() else name.encode("latin-1").decode(
-            "utf-8", "surrogateescape")
+        name = text[offset : text.find("\0", offset)]
+        return name if name.isascii() else name.encode("latin-1").decode("utf-8", "surrogateescape")
 
     @property
     def strtab_ascii(self) -> bool:
@@ -330,8 +372,17 @@ class ElfScan:
     @property
     def symbols(self) -> list[tuple]:
         """Rows of (name, value, size, info, other, shndx)."""
-        return list(zip(self.names, self.values, self.sizes, self.infos, self.others,
-                        self.shndxs, strict=True))
+        return list(
+            zip(
+                self.names,
+                self.values,
+                self.sizes,
+                self.infos,
+                self.others,
+                self.shndxs,
+                strict=True,
+            )
+        )
 
     # --- parsing ----------------------------------------------------------------
     def _inflate(self) -> None:
@@ -376,7 +427,7 @@ class ElfScan:
         if shentsize != entsize:
             self._fail(f"e_shentsize is {shentsize}, expected {entsize}")
         if shnum and shstrndx != C.SHN_XINDEX:
-            count = shnum   # section header 0 is not needed apart from the table
+            count = shnum  # section header 0 is not needed apart from the table
         else:
             first = lay.shdr.unpack(self.read(shoff, entsize, "section header 0"))
             count = shnum or first[5]
@@ -385,8 +436,10 @@ class ElfScan:
             if shstrndx == C.SHN_XINDEX:
                 shstrndx = first[6]
         if count > (file_size - shoff) // entsize:
-            self._fail(f"section header table ({count} entries at {shoff:#x}) extends past "
-                       f"the end of the file ({file_size} bytes)")
+            self._fail(
+                f"section header table ({count} entries at {shoff:#x}) extends past "
+                f"the end of the file ({file_size} bytes)"
+            )
         # The table, and the bytes just before it (the section name table, usually).
         behind = min(shoff, _LOOKBEHIND)
         start = shoff - behind
@@ -401,7 +454,8 @@ class ElfScan:
             fields = _SHDR_FIELDS[elfclass]
             name_offs, types, self.sh_flags, offsets, sizes = (
                 _column(raw, fields[k], swap)
-                for k in (_SH_NAME, _SH_TYPE, _SH_FLAGS, _SH_OFFSET, _SH_SIZE))
+                for k in (_SH_NAME, _SH_TYPE, _SH_FLAGS, _SH_OFFSET, _SH_SIZE)
+            )
         self.sh_types, self.sh_offsets, self.sh_sizes = types, offsets, sizes
         self.shstrndx = shstrndx
         if shstrndx == C.SHN_UNDEF:
@@ -413,7 +467,7 @@ class ElfScan:
             if not size:
                 table = b""
             elif start <= off and off + size <= shoff:
-                table = buf[off - start:off - start + size]
+                table = buf[off - start : off - start + size]
             else:
                 table = self.read(off, size, f"section {shstrndx} contents")
             self.sh_names = _names(table, name_offs, self.path, "section")
@@ -432,8 +486,7 @@ class ElfScan:
         off, size = offsets[i], sizes[i]
         symsize = lay.sym.size
         if entsize != symsize or size % symsize:
-            self._fail(f"section {i}: symbol table entry size {entsize} or size {size} is "
-                       "invalid")
+            self._fail(f"section {i}: symbol table entry size {entsize} or size {size} is invalid")
         nsec = len(types)
         if not 0 < link < nsec:
             self._fail(f"section {i}: string table link {link} is out of range")
@@ -448,8 +501,8 @@ class ElfScan:
         hi = end if end > send else send
         if size and ssize and hi <= self.file_size and hi - lo <= size + ssize + _MAX_GAP:
             buf = self.read(lo, hi - lo, "symbol and string tables")
-            raw = buf[off - lo:end - lo]
-            strtab = buf[soff - lo:send - lo]
+            raw = buf[off - lo : end - lo]
+            strtab = buf[soff - lo : send - lo]
         else:
             raw = self.read(off, size, "symbol table")
             strtab = self.read(soff, ssize, f"section {link} contents") if ssize else b""
@@ -462,7 +515,7 @@ class ElfScan:
         else:
             fields = _SYM_FIELDS[lay.elfclass]
             offs, shndxs = _column(raw, fields[0], swap), _column(raw, fields[3], swap)
-            self.infos = raw[fields[4]::fields[6]]
+            self.infos = raw[fields[4] :: fields[6]]
         self.st_names = offs
         if offs:
             top = max(offs)
@@ -479,16 +532,16 @@ class ElfScan:
         bad = [x for x in used if nsec <= x < C.SHN_LORESERVE]
         if bad:
             k = shndxs.index(min(bad))
-            self._fail(f"symbol {k} ({self.names[k]}): section index {shndxs[k]} is out of "
-                       "range")
+            self._fail(f"symbol {k} ({self.names[k]}): section index {shndxs[k]} is out of range")
         if C.SHN_XINDEX in used:
             xindex = self._xindex(i)
             for k, x in enumerate(shndxs):
                 if x == C.SHN_XINDEX:
                     real = xindex[k] if k < len(xindex) else 0
                     if not 0 < real < nsec:
-                        self._fail(f"symbol {k} ({self.names[k]}): extended section index is "
-                                   "invalid")
+                        self._fail(
+                            f"symbol {k} ({self.names[k]}): extended section index is invalid"
+                        )
                     shndxs[k] = real
         self.shndxs = shndxs
 
@@ -535,8 +588,9 @@ def _names(strtab: bytes, offsets: list[int], path, what: str) -> list[str]:
     size = len(strtab)
     if offsets and max(offsets) >= size:
         i = next(i for i, o in enumerate(offsets) if o >= size)
-        raise ElfError(f"{what} {i}: name offset {offsets[i]:#x} is outside its string table",
-                       path=path)
+        raise ElfError(
+            f"{what} {i}: name offset {offsets[i]:#x} is outside its string table", path=path
+        )
     if not strtab.isascii():
         names = [string_at(strtab, o) for o in offsets]
         if None in names:
@@ -546,4 +600,4 @@ def _names(strtab: bytes, offsets: list[int], path, what: str) -> list[str]:
     if offsets and not text.endswith("\0"):
         raise ElfError(f"the {what} string table is not NUL-terminated", path=path)
     find = text.find
-    return [text[o:find("\0", o)] for o in offsets]
+    return [text[o : find("\0", o)] for o in offsets]

@@ -76,8 +76,7 @@ class ElfFile:
         """An empty relocatable object of ``like``'s class, byte order, machine and
         flags: a null section and a section name table, ready for ``add_section``."""
         elf = cls(like.layout)
-        elf.ident, elf.type, elf.machine, elf.flags = like.ident, C.ET_REL, like.machine, \
-            like.flags
+        elf.ident, elf.type, elf.machine, elf.flags = like.ident, C.ET_REL, like.machine, like.flags
         null = Section("", C.SHT_NULL)
         null.elf = elf
         elf.sections = [null]
@@ -97,12 +96,13 @@ class ElfFile:
         its magic; :attr:`compression` says which)."""
         data, compression = inflate(data, path)
         if len(data) < EI_NIDENT or data[:4] != C.ELFMAG:
-            raise ElfError("not an ELF file (bad magic)" if len(data) >= 4
-                           else "not an ELF file (too short)", path=path)
+            raise ElfError(
+                "not an ELF file (bad magic)" if len(data) >= 4 else "not an ELF file (too short)",
+                path=path,
+            )
         layout = ident_layout(data[:EI_NIDENT])
         if layout is None:
-            raise ElfError(f"unsupported ELF class {data[4]} or data encoding {data[5]}",
-                           path=path)
+            raise ElfError(f"unsupported ELF class {data[4]} or data encoding {data[5]}", path=path)
         elf = cls(layout, path)
         elf.compression = compression
         elf._parse(memoryview(data) if not isinstance(data, memoryview) else data)
@@ -116,36 +116,64 @@ class ElfFile:
         size = len(mv)
         if size < lay.ehdr.size:
             self._fail(f"truncated ELF header ({size} bytes, need {lay.ehdr.size})")
-        (self.ident, self.type, self.machine, self.version, self.entry, self.phoff, shoff,
-         self.flags, self.ehsize, self.phentsize, self.phnum, self.shentsize, shnum,
-         shstrndx) = lay.ehdr.unpack_from(mv, 0)
+        (
+            self.ident,
+            self.type,
+            self.machine,
+            self.version,
+            self.entry,
+            self.phoff,
+            shoff,
+            self.flags,
+            self.ehsize,
+            self.phentsize,
+            self.phnum,
+            self.shentsize,
+            shnum,
+            shstrndx,
+        ) = lay.ehdr.unpack_from(mv, 0)
         self.ident = bytes(self.ident)
         end = lay.ehdr.size
         if self.phnum:
             ph_end = self.phoff + self.phnum * self.phentsize
             if ph_end > size:
-                self._fail(f"program header table ({self.phnum} entries at {self.phoff:#x}) "
-                           f"extends past the end of the file ({size} bytes)")
-            self.program_headers = bytes(mv[self.phoff:ph_end])
+                self._fail(
+                    f"program header table ({self.phnum} entries at {self.phoff:#x}) "
+                    f"extends past the end of the file ({size} bytes)"
+                )
+            self.program_headers = bytes(mv[self.phoff : ph_end])
             end = max(end, ph_end)
         headers = self._read_section_headers(mv, shoff, shnum, shstrndx)
         if headers:
             end = max(end, shoff + len(headers) * self.shentsize)
         self.orig_shoff = shoff if headers else None
         sections = []
-        for i, (name_off, stype, flags, addr, off, ssize, link, info, align, entsize) in \
-                enumerate(headers):
+        for i, (name_off, stype, flags, addr, off, ssize, link, info, align, entsize) in enumerate(
+            headers
+        ):
             if stype != C.SHT_NOBITS and i:
                 if off > size or ssize > size - off:
-                    self._fail(f"section {i}: contents ({ssize} bytes at {off:#x}) extend past "
-                               f"the end of the file ({size} bytes)")
+                    self._fail(
+                        f"section {i}: contents ({ssize} bytes at {off:#x}) extend past "
+                        f"the end of the file ({size} bytes)"
+                    )
                 end = max(end, off + ssize)
-                content = mv[off:off + ssize]
+                content = mv[off : off + ssize]
             else:
                 content = b""
             cls = _SECTION_CLASSES.get(stype, Section)
-            sec = cls("", stype, flags, content, addr=addr, addralign=align, entsize=entsize,
-                      link=link, info=info, nobits_size=ssize if stype == C.SHT_NOBITS else 0)
+            sec = cls(
+                "",
+                stype,
+                flags,
+                content,
+                addr=addr,
+                addralign=align,
+                entsize=entsize,
+                link=link,
+                info=info,
+                nobits_size=ssize if stype == C.SHT_NOBITS else 0,
+            )
             sec.elf = self
             sec.orig_index = i
             sec.orig_offset = off if i else None
@@ -169,15 +197,18 @@ class ElfFile:
         if self.shentsize != lay.shdr.size:
             self._fail(f"e_shentsize is {self.shentsize}, expected {lay.shdr.size}")
         if shoff > size or size - shoff < lay.shdr.size:
-            self._fail(f"section header table offset {shoff:#x} is past the end of the file "
-                       f"({size} bytes)")
+            self._fail(
+                f"section header table offset {shoff:#x} is past the end of the file ({size} bytes)"
+            )
         first = lay.shdr.unpack_from(mv, shoff)
         count = shnum if shnum else first[5]  # SHN_UNDEF escape: count in shdr[0].sh_size
         if count == 0:
             self._fail("e_shnum is 0 and section header 0 gives no count")
         if count > (size - shoff) // lay.shdr.size:
-            self._fail(f"section header table ({count} entries at {shoff:#x}) extends past the "
-                       f"end of the file ({size} bytes)")
+            self._fail(
+                f"section header table ({count} entries at {shoff:#x}) extends past the "
+                f"end of the file ({size} bytes)"
+            )
         self._shstrndx = first[6] if shstrndx == C.SHN_XINDEX else shstrndx
         return [lay.shdr.unpack_from(mv, shoff + i * lay.shdr.size) for i in range(count)]
 
@@ -194,8 +225,10 @@ class ElfFile:
         for i, sec in enumerate(self.sections):
             name = string_at(table, sec.orig_name_offset)
             if name is None:
-                self._fail(f"section {i}: name offset {sec.orig_name_offset:#x} is outside the "
-                           "section name table")
+                self._fail(
+                    f"section {i}: name offset {sec.orig_name_offset:#x} is outside the "
+                    "section name table"
+                )
             sec.name = sec.orig_name = name
 
     def _resolve_links(self) -> None:
@@ -267,17 +300,27 @@ class ElfFile:
         self.sections.remove(sec)
         for symtab in (s for s in self.sections if isinstance(s, SymbolTable)):
             if any(sym.shndx is sec for sym in symtab.symbols):
-                symtab.symbols = [sym for sym in symtab.symbols
-                                  if not (sym.shndx is sec and sym.type == C.STT_SECTION)]
+                symtab.symbols = [
+                    sym
+                    for sym in symtab.symbols
+                    if not (sym.shndx is sec and sym.type == C.STT_SECTION)
+                ]
 
-    def new_relocation_section(self, name: str, target: Section, *, rela: bool = True,
-                               flags: int = C.SHF_INFO_LINK) -> RelocationSection:
+    def new_relocation_section(
+        self, name: str, target: Section, *, rela: bool = True, flags: int = C.SHF_INFO_LINK
+    ) -> RelocationSection:
         """A new, empty relocation section for ``target``, linked to the symbol table."""
         lay = self.layout
         rec = lay.rela if rela else lay.rel
-        sec = RelocationSection(name, C.SHT_RELA if rela else C.SHT_REL, flags,
-                                addralign=lay.addr_size, entsize=rec.size,
-                                link=self.symtab, info=target)
+        sec = RelocationSection(
+            name,
+            C.SHT_RELA if rela else C.SHT_REL,
+            flags,
+            addralign=lay.addr_size,
+            entsize=rec.size,
+            link=self.symtab,
+            info=target,
+        )
         sec._relocations = []
         return self.add_section(sec)
 
@@ -335,15 +378,16 @@ class _Writer:
     def _decode_what_renumbering_invalidates(self) -> None:
         elf = self.elf
         sections = elf.sections
-        renumbered = len([s for s in sections if s.orig_index is not None]) != \
-            len(elf.orig_sections) or any(
-                s.orig_index is not None and s.orig_index != i for i, s in enumerate(sections))
+        renumbered = len([s for s in sections if s.orig_index is not None]) != len(
+            elf.orig_sections
+        ) or any(s.orig_index is not None and s.orig_index != i for i, s in enumerate(sections))
         for sec in sections:
             if isinstance(sec, SymbolTable) and (renumbered or sec.is_decoded()):
                 syms = sec.symbols
                 sec.sort_locals_first()
                 moved = len(syms) != len(sec.orig_symbols) or any(
-                    s.orig_index != i for i, s in enumerate(sec.symbols))
+                    s.orig_index != i for i, s in enumerate(sec.symbols)
+                )
                 if moved or renumbered:
                     for other in sections:
                         if isinstance(other, RelocationSection) and other.link is sec:
@@ -361,8 +405,9 @@ class _Writer:
         for symtab in [s for s in elf.sections if isinstance(s, SymbolTable)]:
             symtab.symbols  # noqa: B018 - shndx values must be recomputed
             if symtab.shndx_section is None or symtab.shndx_section not in elf.sections:
-                shndx = Section(".symtab_shndx", C.SHT_SYMTAB_SHNDX, 0, addralign=4, entsize=4,
-                                link=symtab)
+                shndx = Section(
+                    ".symtab_shndx", C.SHT_SYMTAB_SHNDX, 0, addralign=4, entsize=4, link=symtab
+                )
                 symtab.shndx_section = elf.add_section(shndx)
 
     def _check_membership(self) -> None:
@@ -372,8 +417,10 @@ class _Writer:
             for field in ("link", "info"):
                 ref = getattr(sec, field)
                 if isinstance(ref, Section) and id(ref) not in index:
-                    self._fail(f"section {sec.name}: sh_{field} refers to section {ref.name}, "
-                               "which is no longer in the file")
+                    self._fail(
+                        f"section {sec.name}: sh_{field} refers to section {ref.name}, "
+                        "which is no longer in the file"
+                    )
 
     # -- contents -------------------------------------------------------------
     def _builder(self, table: Section) -> StringTableBuilder:
@@ -391,8 +438,11 @@ class _Writer:
             return self._encode_relocations(sec)
         if isinstance(sec, GroupSection) and sec.is_decoded():
             return self._encode_group(sec)
-        if sec.type == C.SHT_SYMTAB_SHNDX and isinstance(sec.link, SymbolTable) \
-                and sec.link.is_decoded():
+        if (
+            sec.type == C.SHT_SYMTAB_SHNDX
+            and isinstance(sec.link, SymbolTable)
+            and sec.link.is_decoded()
+        ):
             return b""  # filled in by the symbol table's encoder
         return sec.data
 
@@ -413,8 +463,10 @@ class _Writer:
             if isinstance(shndx, Section):
                 idx = index.get(id(shndx))
                 if idx is None:
-                    self._fail(f"symbol {i} ({sym.name}) is defined in section {shndx.name}, "
-                               "which is no longer in the file")
+                    self._fail(
+                        f"symbol {i} ({sym.name}) is defined in section {shndx.name}, "
+                        "which is no longer in the file"
+                    )
                 if idx >= C.SHN_LORESERVE:
                     shndx, x = C.SHN_XINDEX, idx
                 else:
@@ -431,7 +483,8 @@ class _Writer:
         indexes = self.symbol_index.get(id(symtab))
         if indexes is None:
             indexes = self.symbol_index[id(symtab)] = {
-                id(s): i for i, s in enumerate(symtab.symbols)}
+                id(s): i for i, s in enumerate(symtab.symbols)
+            }
         return indexes
 
     def _encode_relocations(self, sec: RelocationSection) -> bytes:
@@ -452,15 +505,19 @@ class _Writer:
             else:
                 s = symidx.get(id(r.symbol))
                 if s is None:
-                    self._fail(f"section {sec.name}: relocation at {r.offset:#x} uses symbol "
-                               f"{r.symbol.name}, which is not in {symtab.name}")
+                    self._fail(
+                        f"section {sec.name}: relocation at {r.offset:#x} uses symbol "
+                        f"{r.symbol.name}, which is not in {symtab.name}"
+                    )
             info = lay.r_info(s, r.type)
             if rela:
                 out += pack(r.offset, info, r.addend or 0)
             else:
                 if r.addend:
-                    self._fail(f"section {sec.name}: SHT_REL cannot hold the explicit addend "
-                               f"{r.addend} of the relocation at {r.offset:#x}")
+                    self._fail(
+                        f"section {sec.name}: SHT_REL cannot hold the explicit addend "
+                        f"{r.addend} of the relocation at {r.offset:#x}"
+                    )
                 out += pack(r.offset, info)
         return bytes(out)
 
@@ -480,8 +537,12 @@ class _Writer:
         elf = self.elf
         if sec is elf.sections[0]:
             return 0
-        if sec.name == sec.orig_name and sec.orig_name_offset is not None \
-                and elf.shstrtab is not None and elf.shstrtab.orig_index is not None:
+        if (
+            sec.name == sec.orig_name
+            and sec.orig_name_offset is not None
+            and elf.shstrtab is not None
+            and elf.shstrtab.orig_index is not None
+        ):
             return sec.orig_name_offset
         if elf.shstrtab is None or id(elf.shstrtab) not in self.index:
             self._fail(f"section {sec.name}: no section name table to hold its name")
@@ -504,15 +565,37 @@ class _Writer:
                     self._fail(f"group {sec.name}: signature symbol is not in the symbol table")
             else:
                 info = index[id(sec.info)] if isinstance(sec.info, Section) else sec.info
-            headers.append([name_off, sec.type, sec.flags, sec.addr, 0, size, link, info,
-                            sec.addralign, sec.entsize])
+            headers.append(
+                [
+                    name_off,
+                    sec.type,
+                    sec.flags,
+                    sec.addr,
+                    0,
+                    size,
+                    link,
+                    info,
+                    sec.addralign,
+                    sec.entsize,
+                ]
+            )
         return headers
 
     def _null_header(self) -> list:
         n = len(self.elf.sections)
         shstr = self.index.get(id(self.elf.shstrtab), 0) if self.elf.shstrtab else 0
-        return [0, 0, 0, 0, 0, n if n >= C.SHN_LORESERVE else 0,
-                shstr if shstr >= C.SHN_LORESERVE else 0, 0, 0, 0]
+        return [
+            0,
+            0,
+            0,
+            0,
+            0,
+            n if n >= C.SHN_LORESERVE else 0,
+            shstr if shstr >= C.SHN_LORESERVE else 0,
+            0,
+            0,
+            0,
+        ]
 
     # -- layout ---------------------------------------------------------------
     def _compose(self, headers, contents) -> bytes:
@@ -540,8 +623,11 @@ class _Writer:
             if sec is None:
                 data_len, align = len(headers) * shdr_size, table_align
             elif sec.type == C.SHT_NOBITS:
-                off = orig_off if orig_off is not None and orig_off >= cursor \
+                off = (
+                    orig_off
+                    if orig_off is not None and orig_off >= cursor
                     else _align_up(cursor, max(sec.addralign, 1))
+                )
                 headers[self.index[id(sec)]][4] = off
                 continue
             else:
@@ -549,9 +635,11 @@ class _Writer:
             if orig_off is not None and orig_off >= cursor and orig_off % align == 0:
                 off = orig_off
             elif align > MAX_ALIGN:
-                self._fail(f"section {sec.name if sec else 'header table'}: alignment "
-                           f"{align:#x} is not plausible (more than {MAX_ALIGN:#x}); refusing "
-                           "to pad the file to it")
+                self._fail(
+                    f"section {sec.name if sec else 'header table'}: alignment "
+                    f"{align:#x} is not plausible (more than {MAX_ALIGN:#x}); refusing "
+                    "to pad the file to it"
+                )
             else:
                 off = _align_up(cursor, align)
             if sec is None:
@@ -568,22 +656,35 @@ class _Writer:
             if in_place and prev_in_place and off > prev_end and off <= len(orig):
                 out[prev_end:off] = orig[prev_end:off]
             if sec is None:
-                out[off:off + data_len] = b"".join(lay.shdr.pack(*h) for h in headers)
+                out[off : off + data_len] = b"".join(lay.shdr.pack(*h) for h in headers)
             else:
-                out[off:off + data_len] = contents[id(sec)]
+                out[off : off + data_len] = contents[id(sec)]
             prev_end = off + data_len
-            prev_in_place = in_place and (sec is None or sec.orig_offset == off) and \
-                self._same_size(sec, data_len, headers)
+            prev_in_place = (
+                in_place
+                and (sec is None or sec.orig_offset == off)
+                and self._same_size(sec, data_len, headers)
+            )
         shnum = len(headers)
         shstrndx = self.index.get(id(elf.shstrtab), 0) if elf.shstrtab is not None else 0
-        out[0:lay.ehdr.size] = lay.ehdr.pack(
-            elf.ident, elf.type, elf.machine, elf.version, elf.entry, elf.phoff, shoff,
-            elf.flags, elf.ehsize, elf.phentsize, elf.phnum,
+        out[0 : lay.ehdr.size] = lay.ehdr.pack(
+            elf.ident,
+            elf.type,
+            elf.machine,
+            elf.version,
+            elf.entry,
+            elf.phoff,
+            shoff,
+            elf.flags,
+            elf.ehsize,
+            elf.phentsize,
+            elf.phnum,
             elf.shentsize if headers else elf.shentsize,
             shnum if shnum < C.SHN_LORESERVE else 0,
-            shstrndx if shstrndx < C.SHN_LORESERVE else C.SHN_XINDEX)
+            shstrndx if shstrndx < C.SHN_LORESERVE else C.SHN_XINDEX,
+        )
         if elf.program_headers:
-            out[elf.phoff:elf.phoff + len(elf.program_headers)] = elf.program_headers
+            out[elf.phoff : elf.phoff + len(elf.program_headers)] = elf.program_headers
         return bytes(out)
 
     def _same_size(self, sec, data_len, headers) -> bool:

@@ -36,18 +36,20 @@ class GroupSection(Section):
         members = []
         for idx in words[1:]:
             if not 0 < idx < len(sections):
-                raise ElfError(f"group section {self.name}: member index {idx} is out of range",
-                               path=path)
+                raise ElfError(
+                    f"group section {self.name}: member index {idx} is out of range", path=path
+                )
             members.append(sections[idx])
         symtab = self.link if isinstance(self.link, SymbolTable) else None
         if symtab is None:
-            raise ElfError(f"group section {self.name}: sh_link is not a symbol table",
-                           path=path)
+            raise ElfError(f"group section {self.name}: sh_link is not a symbol table", path=path)
         symtab.symbols  # noqa: B018 - decode so that orig_symbols is filled
         orig = symtab.orig_symbols
         if not isinstance(self.info, int) or self.info >= len(orig):
-            raise ElfError(f"group section {self.name}: signature symbol {self.info} is out of "
-                           "range", path=path)
+            raise ElfError(
+                f"group section {self.name}: signature symbol {self.info} is out of range",
+                path=path,
+            )
         self.group_flags = words[0]
         self.members = members
         self.signature = orig[self.info]

@@ -64,12 +64,14 @@ class RelocationSection(Section):
         rec = lay.rela if self.is_rela else lay.rel
         data = self._data
         if len(data) % rec.size:
-            raise ElfError(f"section {self.name}: size {len(data)} is not a multiple of "
-                           f"the entry size {rec.size}", path=path)
+            raise ElfError(
+                f"section {self.name}: size {len(data)} is not a multiple of "
+                f"the entry size {rec.size}",
+                path=path,
+            )
         symtab = self.symtab
         if symtab is None and data:
-            raise ElfError(f"section {self.name}: sh_link does not name a symbol table",
-                           path=path)
+            raise ElfError(f"section {self.name}: sh_link does not name a symbol table", path=path)
         syms = symtab.orig_symbols if symtab is not None else ()
         if symtab is not None and not symtab.is_decoded():
             symtab.symbols  # noqa: B018 - decode to fill orig_symbols
@@ -81,9 +83,17 @@ class RelocationSection(Section):
             offset, info = entry[0], entry[1]
             symidx = info >> shift
             if symidx >= nsyms:
-                raise ElfError(f"section {self.name}: relocation {i} at {offset:#x} uses symbol "
-                               f"index {symidx} but {symtab.name} has {nsyms} symbols",
-                               path=path)
-            relocs.append(Relocation(offset, info & mask, syms[symidx] if symidx else None,
-                                     entry[2] if self.is_rela else None))
+                raise ElfError(
+                    f"section {self.name}: relocation {i} at {offset:#x} uses symbol "
+                    f"index {symidx} but {symtab.name} has {nsyms} symbols",
+                    path=path,
+                )
+            relocs.append(
+                Relocation(
+                    offset,
+                    info & mask,
+                    syms[symidx] if symidx else None,
+                    entry[2] if self.is_rela else None,
+                )
+            )
         self._relocations = relocs

@@ -24,9 +24,20 @@ class Section:
     its original bytes.
     """
 
-    def __init__(self, name: str = "", type: int = C.SHT_PROGBITS, flags: int = 0,
-                 data: bytes = b"", *, addr: int = 0, addralign: int = 1, entsize: int = 0,
-                 link: Section | int = 0, info: Section | int = 0, nobits_size: int = 0):
+    def __init__(
+        self,
+        name: str = "",
+        type: int = C.SHT_PROGBITS,
+        flags: int = 0,
+        data: bytes = b"",
+        *,
+        addr: int = 0,
+        addralign: int = 1,
+        entsize: int = 0,
+        link: Section | int = 0,
+        info: Section | int = 0,
+        nobits_size: int = 0,
+    ):
         self.name = name
         self.type = type
         self.flags = flags
@@ -86,13 +97,20 @@ class Section:
     def link_index_fields(self) -> tuple[bool, bool]:
         """Which of (sh_link, sh_info) hold section indexes, by the gABI rules."""
         link_is_section = self.type in (
-            C.SHT_SYMTAB, C.SHT_DYNSYM, C.SHT_REL, C.SHT_RELA, C.SHT_GROUP, C.SHT_HASH,
-            C.SHT_DYNAMIC, C.SHT_SYMTAB_SHNDX, C.SHT_GNU_HASH, C.SHT_GNU_VERSYM,
-            C.SHT_GNU_VERNEED, C.SHT_GNU_VERDEF,
+            C.SHT_SYMTAB,
+            C.SHT_DYNSYM,
+            C.SHT_REL,
+            C.SHT_RELA,
+            C.SHT_GROUP,
+            C.SHT_HASH,
+            C.SHT_DYNAMIC,
+            C.SHT_SYMTAB_SHNDX,
+            C.SHT_GNU_HASH,
+            C.SHT_GNU_VERSYM,
+            C.SHT_GNU_VERNEED,
+            C.SHT_GNU_VERDEF,
         ) or bool(self.flags & C.SHF_LINK_ORDER)
-        info_is_section = (
-            self.type in (C.SHT_REL, C.SHT_RELA) or bool(self.flags & C.SHF_INFO_LINK)
-        )
+        info_is_section = self.type in (C.SHT_REL, C.SHT_RELA) or bool(self.flags & C.SHF_INFO_LINK)
         return link_is_section, info_is_section
 
     def __repr__(self) -> str:

@@ -74,9 +74,7 @@ class Layout:
             for name, info, other, shndx, value, size in self.sym.iter_unpack(buf):
                 yield name, value, size, info, other, shndx
         else:
-            yield from (
-                (n, v, s, i, o, x) for n, v, s, i, o, x in self.sym.iter_unpack(buf)
-            )
+            yield from ((n, v, s, i, o, x) for n, v, s, i, o, x in self.sym.iter_unpack(buf))
 
 
 @cache

@@ -15,11 +15,29 @@ from klpkit.errors import ElfError
 
 
 class Symbol:
-    __slots__ = ("name", "value", "size", "bind", "type", "other", "shndx",
-                 "orig_index", "orig_name", "orig_name_offset")
+    __slots__ = (
+        "name",
+        "value",
+        "size",
+        "bind",
+        "type",
+        "other",
+        "shndx",
+        "orig_index",
+        "orig_name",
+        "orig_name_offset",
+    )
 
-    def __init__(self, name: str = "", value: int = 0, size: int = 0, bind: int = C.STB_GLOBAL,
-                 type: int = C.STT_NOTYPE, other: int = 0, shndx: Section | int = C.SHN_UNDEF):
+    def __init__(
+        self,
+        name: str = "",
+        value: int = 0,
+        size: int = 0,
+        bind: int = C.STB_GLOBAL,
+        type: int = C.STT_NOTYPE,
+        other: int = 0,
+        shndx: Section | int = C.SHN_UNDEF,
+    ):
         self.name = name
         self.value = value
         self.size = size
@@ -57,8 +75,10 @@ class Symbol:
 
     def __repr__(self) -> str:
         where = self.shndx.name if isinstance(self.shndx, Section) else hex(self.shndx)
-        return (f"<Symbol {self.name!r} {C.BIND_NAMES.get(self.bind, self.bind)} "
-                f"{C.TYPE_NAMES.get(self.type, self.type)} {where}>")
+        return (
+            f"<Symbol {self.name!r} {C.BIND_NAMES.get(self.bind, self.bind)} "
+            f"{C.TYPE_NAMES.get(self.type, self.type)} {where}>"
+        )
 
 
 class SymbolTable(Section):
@@ -88,8 +108,10 @@ class SymbolTable(Section):
     @property
     def strtab(self) -> Section:
         if not isinstance(self.link, Section):
-            raise ElfError(f"symbol table {self.name} has no valid string table link",
-                           path=self.elf.path if self.elf else None)
+            raise ElfError(
+                f"symbol table {self.name} has no valid string table link",
+                path=self.elf.path if self.elf else None,
+            )
         return self.link
 
     def _decode(self) -> None:
@@ -100,8 +122,11 @@ class SymbolTable(Section):
         lay = elf.layout
         data = self._data
         if self.entsize != lay.sym.size or len(data) % lay.sym.size:
-            raise ElfError(f"section {self.name}: symbol table entry size {self.entsize} "
-                           f"or size {len(data)} is invalid", path=path)
+            raise ElfError(
+                f"section {self.name}: symbol table entry size {self.entsize} "
+                f"or size {len(data)} is invalid",
+                path=path,
+            )
         strtab = self.strtab._data
         names = string_index(strtab)
         xindex = None
@@ -116,21 +141,33 @@ class SymbolTable(Section):
             if name is None:
                 name = string_at(strtab, name_off)
                 if name is None:
-                    raise ElfError(f"section {self.name}: symbol {i} name offset {name_off:#x} "
-                                   f"is outside {self.strtab.name}", path=path)
+                    raise ElfError(
+                        f"section {self.name}: symbol {i} name offset {name_off:#x} "
+                        f"is outside {self.strtab.name}",
+                        path=path,
+                    )
             if shndx == C.SHN_XINDEX:
                 if xindex is None or i >= len(xindex):
-                    raise ElfError(f"section {self.name}: symbol {i} ({name}) uses SHN_XINDEX "
-                                   "but there is no SHT_SYMTAB_SHNDX entry for it", path=path)
+                    raise ElfError(
+                        f"section {self.name}: symbol {i} ({name}) uses SHN_XINDEX "
+                        "but there is no SHT_SYMTAB_SHNDX entry for it",
+                        path=path,
+                    )
                 shndx = xindex[i]
                 if not 0 < shndx < nsec:
-                    raise ElfError(f"section {self.name}: symbol {i} ({name}) extended section "
-                                   f"index {shndx} is out of range", path=path)
+                    raise ElfError(
+                        f"section {self.name}: symbol {i} ({name}) extended section "
+                        f"index {shndx} is out of range",
+                        path=path,
+                    )
                 target = sections[shndx]
             elif C.SHN_UNDEF < shndx < C.SHN_LORESERVE:
                 if shndx >= nsec:
-                    raise ElfError(f"section {self.name}: symbol {i} ({name}) has section index "
-                                   f"{shndx} but there are only {nsec} sections", path=path)
+                    raise ElfError(
+                        f"section {self.name}: symbol {i} ({name}) has section index "
+                        f"{shndx} but there are only {nsec} sections",
+                        path=path,
+                    )
                 target = sections[shndx]
             else:
                 target = shndx

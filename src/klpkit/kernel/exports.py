@@ -14,5 +14,10 @@ def exported_names(elf) -> list[str]:
     symtab = elf.symtab
     if symtab is None:
         return []
-    return sorted({s.name[len(KSYMTAB_PREFIX):] for s in symtab.symbols
-                   if s.name.startswith(KSYMTAB_PREFIX) and isinstance(s.shndx, Section)})
+    return sorted(
+        {
+            s.name[len(KSYMTAB_PREFIX) :]
+            for s in symtab.symbols
+            if s.name.startswith(KSYMTAB_PREFIX) and isinstance(s.shndx, Section)
+        }
+    )

@@ -74,10 +74,10 @@ def registers_patch(undefined_names: Iterable[str]) -> bool:
 class When(enum.StrEnum):
     """When the kernel writes a livepatch relocation section."""
 
-    LOAD = "load"       # apply_relocations() while the livepatch module loads
-    ENABLE = "enable"   # klp_init_object_loaded() from klp_enable_patch()
-    OBJECT = "object"   # klp_init_object_loaded() when the gating module is (or gets) loaded
-    NEVER = "never"     # nothing ever writes it: its sites keep their zero bytes
+    LOAD = "load"  # apply_relocations() while the livepatch module loads
+    ENABLE = "enable"  # klp_init_object_loaded() from klp_enable_patch()
+    OBJECT = "object"  # klp_init_object_loaded() when the gating module is (or gets) loaded
+    NEVER = "never"  # nothing ever writes it: its sites keep their zero bytes
     UNKNOWN = "unknown"  # the patched objects are not readable from the file
 
 
@@ -94,73 +94,97 @@ class Application:
         return self.when not in (When.NEVER, When.UNKNOWN)
 
 
-def when_applied(gate: str, objects: Sequence[str] | None, kver: tuple[int, int],
-                 registers: bool = True) -> Application:
+def when_applied(
+    gate: str, objects: Sequence[str] | None, kver: tuple[int, int], registers: bool = True
+) -> Application:
     """When the kernel of ``kver`` applies a section gated on ``gate`` in a module whose
     klp_patch lists ``objects`` (None: not readable) and that does (``registers``) or
     does not call klp_enable_patch()."""
     if gate == VMLINUX and kver >= VMLINUX_RELOCS_AT_LOAD:
-        return Application(When.LOAD, "apply_relocations() -> klp_apply_section_relocs()",
-                           "the module loader applies vmlinux-gated livepatch relocations "
-                           "while the module loads (since 5.8), whatever its klp_objects")
+        return Application(
+            When.LOAD,
+            "apply_relocations() -> klp_apply_section_relocs()",
+            "the module loader applies vmlinux-gated livepatch relocations "
+            "while the module loads (since 5.8), whatever its klp_objects",
+        )
     if not registers:
-        return Application(When.NEVER, "klp_apply_object_relocs()",
-                           "the module registers no livepatch (no klp_enable_patch() call): "
-                           f"the livepatch core never applies sections gated on {gate}")
+        return Application(
+            When.NEVER,
+            "klp_apply_object_relocs()",
+            "the module registers no livepatch (no klp_enable_patch() call): "
+            f"the livepatch core never applies sections gated on {gate}",
+        )
     if objects is None:
-        return Application(When.UNKNOWN, "klp_apply_object_relocs()",
-                           "the patched objects are set at run time (not readable from the "
-                           "module's data)")
+        return Application(
+            When.UNKNOWN,
+            "klp_apply_object_relocs()",
+            "the patched objects are set at run time (not readable from the module's data)",
+        )
     if gate not in objects:
-        before = (" and before 5.8 vmlinux-gated ones only for a vmlinux klp_object"
-                  if gate == VMLINUX else "")
-        return Application(When.NEVER, "klp_apply_object_relocs()",
-                           f"the klp_patch has no klp_object {gate} "
-                           f"({', '.join(objects) or 'none'}): the livepatch core applies "
-                           f"a section only for the objects it patches{before}, so the "
-                           "sites stay zero")
+        before = (
+            " and before 5.8 vmlinux-gated ones only for a vmlinux klp_object"
+            if gate == VMLINUX
+            else ""
+        )
+        return Application(
+            When.NEVER,
+            "klp_apply_object_relocs()",
+            f"the klp_patch has no klp_object {gate} "
+            f"({', '.join(objects) or 'none'}): the livepatch core applies "
+            f"a section only for the objects it patches{before}, so the "
+            "sites stay zero",
+        )
     if gate == VMLINUX:
-        return Application(When.ENABLE, "klp_init_object_loaded() -> "
-                           "klp_write_object_relocations()",
-                           "applied by klp_enable_patch() for the vmlinux klp_object "
-                           "(before 5.8)")
-    return Application(When.OBJECT, "klp_init_object_loaded() -> klp_apply_object_relocs()",
-                       f"applied when the patch is enabled with {gate} loaded, or when {gate} "
-                       "loads later (klp_module_coming())")
+        return Application(
+            When.ENABLE,
+            "klp_init_object_loaded() -> klp_write_object_relocations()",
+            "applied by klp_enable_patch() for the vmlinux klp_object (before 5.8)",
+        )
+    return Application(
+        When.OBJECT,
+        "klp_init_object_loaded() -> klp_apply_object_relocs()",
+        f"applied when the patch is enabled with {gate} loaded, or when {gate} "
+        "loads later (klp_module_coming())",
+    )
 
 
 # --------------------------------------------------------------------------- gating
 class Gravity(enum.StrEnum):
-    REFUSED = "refused"   # the kernel refuses it (an error)
-    RISK = "risk"         # works only if something else holds at run time (a warning)
+    REFUSED = "refused"  # the kernel refuses it (an error)
+    RISK = "risk"  # works only if something else holds at run time (a warning)
 
 
 @dataclass(frozen=True)
 class GateProblem:
-    rule: str            # the check rule that reports it
+    rule: str  # the check rule that reports it
     gravity: Gravity
     reason: str
     kernel_message: str | None = None
 
 
-def gate_problem(gate: str, sym_object: str, name: str, kver: tuple[int, int]
-                 ) -> GateProblem | None:
+def gate_problem(
+    gate: str, sym_object: str, name: str, kver: tuple[int, int]
+) -> GateProblem | None:
     """What klp_resolve_symbols() makes of a symbol of ``sym_object`` in a section gated
     on ``gate``."""
     if gate != VMLINUX and sym_object == VMLINUX and kver >= MODULE_GATE_REFUSES_VMLINUX:
         return GateProblem(
-            "klp.rela.vmlinux-in-module", Gravity.REFUSED,
+            "klp.rela.vmlinux-in-module",
+            Gravity.REFUSED,
             f"vmlinux symbol '{name}' in a section gated on {gate}: refused since 5.8 "
             "(klp_resolve_symbols()); gate it on vmlinux (.klp.rela.vmlinux.*)",
             f"livepatch: invalid access to vmlinux symbol '{name}' from module-specific "
-            "livepatch relocation section")
+            "livepatch relocation section",
+        )
     if gate == VMLINUX and sym_object != VMLINUX and kver >= VMLINUX_RELOCS_AT_LOAD:
         return GateProblem(
-            "klp.rela.module-in-vmlinux", Gravity.RISK,
+            "klp.rela.module-in-vmlinux",
+            Gravity.RISK,
             f"{sym_object} symbol '{name}' in a vmlinux-gated section: looked up while the "
             f"livepatch loads (apply_relocations(), since 5.8), so {sym_object} must "
             "already be loaded; gate it on the module",
-            f"livepatch: symbol '{name}' not found in symbol table")
+            f"livepatch: symbol '{name}' not found in symbol table",
+        )
     return None
 
 
@@ -174,15 +198,16 @@ def gate_for_vmlinux(objects: Sequence[str], kver: tuple[int, int]) -> str | Non
     return next((o for o in objects if o != VMLINUX), None)
 
 
-def dependency_problem(gate: str, sym_object: str, gate_depends: Iterable[str]
-                       ) -> str | None:
+def dependency_problem(gate: str, sym_object: str, gate_depends: Iterable[str]) -> str | None:
     """klp_find_object_symbol() finds a module's symbol only while that module is loaded:
     a symbol of ``sym_object`` in a section gated on module ``gate`` is safe when ``gate``
     depends on it (the loader loads dependencies first), a risk otherwise."""
     if sym_object in (VMLINUX, gate) or gate == VMLINUX or sym_object in gate_depends:
         return None
-    return (f"'{sym_object}' is not a dependency of '{gate}' in the symbol database: the "
-            "symbol may be missing when the relocation is applied")
+    return (
+        f"'{sym_object}' is not a dependency of '{gate}' in the symbol database: the "
+        "symbol may be missing when the relocation is applied"
+    )
 
 
 # --------------------------------------------------------------------- where applied
@@ -191,20 +216,20 @@ def dependency_problem(gate: str, sym_object: str, gate_depends: Iterable[str]
 #: late (module-gated) or into data the kernel already consumed.
 SPECIAL_SECTIONS: dict[str, str] = {
     ".altinstructions": "apply_alternatives() consumes it in module_finalize() when the "
-                        "livepatch loads, before livepatch relocations are applied",
+    "livepatch loads, before livepatch relocations are applied",
     ".altinstr_replacement": "alternatives are copied in module_finalize() when the "
-                             "livepatch loads, before livepatch relocations are applied",
+    "livepatch loads, before livepatch relocations are applied",
     ".altinstr_aux": "alternatives are applied in module_finalize() when the livepatch loads",
     ".parainstructions": "apply_paravirt() patches these sites in module_finalize() when "
-                         "the livepatch loads",
+    "the livepatch loads",
     "__jump_table": "jump_label_add_module() reads the keys when the livepatch loads; only "
-                    "vmlinux-gated relocations (applied early, kernel >= 5.8) are there in time",
+    "vmlinux-gated relocations (applied early, kernel >= 5.8) are there in time",
     ".static_call_sites": "static_call_add_module() resolves the keys when the livepatch "
-                          "loads, before livepatch relocations are applied",
+    "loads, before livepatch relocations are applied",
     "__bug_table": "module_bug_finalize() uses the table from load time on; entries must "
-                   "point into the livepatch itself",
+    "point into the livepatch itself",
     "__ex_table": "the exception table is sorted and searched from load time on; entries "
-                  "must point into the livepatch itself",
+    "must point into the livepatch itself",
     ".orc_unwind_ip": "unwind_module_init() sorts the ORC table when the livepatch loads",
     ".orc_unwind": "unwind_module_init() sorts the ORC table when the livepatch loads",
     ".retpoline_sites": "apply_retpolines() patches these sites in module_finalize() at load",
@@ -233,13 +258,18 @@ VMLINUX_GATED_ALLOWED = frozenset({"__jump_table"})
 
 INIT_PREFIXES = (".init.", ".exit.")
 
-REASON_INIT = ("module-gated livepatch relocations are written when the patched module "
-               "loads, possibly after the livepatch's init code has run and been freed")
-REASON_NOALLOC = ("the section is not SHF_ALLOC: the module loader never applies livepatch "
-                  "relocations there")
-REASON_REL = ("SHT_REL: the kernel's livepatch core applies only SHT_RELA sections "
-              "(klp_apply_section_relocs -> apply_relocate_add); REL architectures have no "
-              "livepatch support, so klpkit does not invent RELA for them")
+REASON_INIT = (
+    "module-gated livepatch relocations are written when the patched module "
+    "loads, possibly after the livepatch's init code has run and been freed"
+)
+REASON_NOALLOC = (
+    "the section is not SHF_ALLOC: the module loader never applies livepatch relocations there"
+)
+REASON_REL = (
+    "SHT_REL: the kernel's livepatch core applies only SHT_RELA sections "
+    "(klp_apply_section_relocs -> apply_relocate_add); REL architectures have no "
+    "livepatch support, so klpkit does not invent RELA for them"
+)
 
 
 def special_section_problem(target: str, gate: str, kver: tuple[int, int]) -> str | None:
@@ -254,8 +284,9 @@ def special_section_problem(target: str, gate: str, kver: tuple[int, int]) -> st
     return reason
 
 
-def site_problem(target: str, target_alloc: bool, rela: bool, gate: str,
-                 kver: tuple[int, int]) -> str | None:
+def site_problem(
+    target: str, target_alloc: bool, rela: bool, gate: str, kver: tuple[int, int]
+) -> str | None:
     """Why a relocation into section ``target`` cannot become a livepatch relocation
     gated on ``gate`` (None when it can)."""
     if not rela:
@@ -273,16 +304,16 @@ def site_problem(target: str, target_alloc: bool, rela: bool, gate: str,
 # ----------------------------------------------------------------------- resolution
 class Found(enum.StrEnum):
     RESOLVED = "resolved"
-    NOT_FOUND = "not-found"      # "symbol '%s' not found in symbol table"
-    AMBIGUOUS = "ambiguous"      # "unresolvable ambiguity for symbol '%s' in object '%s'"
-    POSITION = "position"        # "symbol position %lu for symbol '%s' in object '%s' not found"
+    NOT_FOUND = "not-found"  # "symbol '%s' not found in symbol table"
+    AMBIGUOUS = "ambiguous"  # "unresolvable ambiguity for symbol '%s' in object '%s'"
+    POSITION = "position"  # "symbol position %lu for symbol '%s' in object '%s' not found"
 
 
 @dataclass(frozen=True)
 class Resolution:
     found: Found
     count: int
-    entry: object = None         # the SymbolEntry resolved to
+    entry: object = None  # the SymbolEntry resolved to
 
     @property
     def ok(self) -> bool:
@@ -313,8 +344,9 @@ def resolution_message(res: Resolution, obj: str, name: str, sympos: int) -> str
         shown = "(null)" if obj == VMLINUX else obj
         return f"livepatch: unresolvable ambiguity for symbol '{name}' in object '{shown}'"
     if res.found is Found.POSITION:
-        return (f"livepatch: symbol position {sympos} for symbol '{name}' in object "
-                f"'{obj}' not found")
+        return (
+            f"livepatch: symbol position {sympos} for symbol '{name}' in object '{obj}' not found"
+        )
     return None
 
 
@@ -335,7 +367,7 @@ class Installed:
     and the functions it replaces ((object, old_name, sympos) with sympos 0 as 1)."""
 
     name: str
-    states: tuple = ()            # (id, version) pairs
+    states: tuple = ()  # (id, version) pairs
     replace: bool = False
     functions: frozenset = frozenset()
 
@@ -349,12 +381,16 @@ def state_problem(new: Installed, installed: Sequence[Installed]) -> str | None:
         for ident, version in old.states:
             if ident not in mine:
                 if new.replace:
-                    return (f"{old.name} modified system state {ident:#x} (version {version}) "
-                            f"and {new.name}, a cumulative livepatch (replace), does not "
-                            "handle it")
+                    return (
+                        f"{old.name} modified system state {ident:#x} (version {version}) "
+                        f"and {new.name}, a cumulative livepatch (replace), does not "
+                        "handle it"
+                    )
             elif mine[ident] < version:
-                return (f"{new.name} carries state {ident:#x} at version {mine[ident]}, "
-                        f"older than {old.name}'s version {version}")
+                return (
+                    f"{new.name} carries state {ident:#x} at version {mine[ident]}, "
+                    f"older than {old.name}'s version {version}"
+                )
     return None
 
 

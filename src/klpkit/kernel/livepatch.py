@@ -47,8 +47,7 @@ def klp_rela_section_name(obj: str, target_section: str) -> str:
 _SYM_RE = re.compile(r"\.klp\.sym\.([^.]+)\.([^,]+),(\d+)$")
 
 
-def parse_klp_symbol_name(name: str, kernel_version=DEFAULT_KERNEL_VERSION
-                          ) -> KlpSymbolName | None:
+def parse_klp_symbol_name(name: str, kernel_version=DEFAULT_KERNEL_VERSION) -> KlpSymbolName | None:
     """Parse as the kernel does; None when the kernel would say 'incorrectly formatted'.
 
     The kernel's sscanf stops at the field widths (55 / 127 or 511); a longer field
@@ -67,7 +66,7 @@ def parse_klp_rela_object(section_name: str) -> str | None:
     """The object a ``.klp.rela.`` section is gated on (``%55[^.]``), else None."""
     if not section_name.startswith(KLP_RELA_PREFIX):
         return None
-    rest = section_name[len(KLP_RELA_PREFIX):]
+    rest = section_name[len(KLP_RELA_PREFIX) :]
     obj = rest.split(".", 1)[0]
     if not obj:
         return None

@@ -36,8 +36,11 @@ class Modinfo:
         (otherwise it is kept with an empty value under its whole text as key)."""
         # one decode for the section (NULs cannot fall inside a UTF-8 sequence):
         # a symbol database build parses 4,000 of these
-        entries = [e.partition("=") for e in
-                   bytes(data).decode("utf-8", "surrogateescape").split("\0") if e]
+        entries = [
+            e.partition("=")
+            for e in bytes(data).decode("utf-8", "surrogateescape").split("\0")
+            if e
+        ]
         if strict:
             for key, sep, _value in entries:
                 if not sep:
@@ -45,8 +48,9 @@ class Modinfo:
         return cls([(key, value) for key, _sep, value in entries])
 
     def to_bytes(self) -> bytes:
-        return b"".join(f"{k}={v}".encode("utf-8", "surrogateescape") + b"\0"
-                        for k, v in self.pairs)
+        return b"".join(
+            f"{k}={v}".encode("utf-8", "surrogateescape") + b"\0" for k, v in self.pairs
+        )
 
     # --- access ---------------------------------------------------------------
     def get(self, key: str, default: str | None = None) -> str | None:

@@ -29,9 +29,11 @@ class ModuleSignature:
         if not trailer.endswith(MARKER) or len(trailer) < len(MARKER) + _INFO.size:
             return None
         info_at = len(trailer) - len(MARKER) - _INFO.size
-        _algo, _hash, id_type, signer_len, key_id_len, sig_len = _INFO.unpack_from(trailer,
-                                                                                  info_at)
+        _algo, _hash, id_type, signer_len, key_id_len, sig_len = _INFO.unpack_from(trailer, info_at)
         if sig_len + signer_len + key_id_len > info_at:
             return None
-        return cls(ID_TYPES.get(id_type, f"type {id_type}"), sig_len,
-                   sig_len + signer_len + key_id_len + _INFO.size + len(MARKER))
+        return cls(
+            ID_TYPES.get(id_type, f"type {id_type}"),
+            sig_len,
+            sig_len + signer_len + key_id_len + _INFO.size + len(MARKER),
+        )

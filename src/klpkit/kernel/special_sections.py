@@ -50,48 +50,82 @@ class EntryTable:
     anchor: int = 0
     parallel: tuple[str, int] | None = None
     fingerprint: bool = False
-    key: int | None = None     # offset of a static key / static call key the entry uses
+    key: int | None = None  # offset of a static key / static call key the entry uses
     sized_ref: tuple[int, int] | None = None  # (reference offset, offset of its length byte)
 
 
-ENTRY_TABLES: dict[str, EntryTable] = {t.name: t for t in (
-    EntryTable("__bug_table", 12, fingerprint=True),       # disp, file disp, line, flags
-    EntryTable("__ex_table", 12, fingerprint=True),        # insn, fixup, data
-    EntryTable("__jump_table", 16, fingerprint=True, key=8),  # code, target, key (+branch bit)
-    EntryTable(".altinstructions", 12, fingerprint=True,   # instr, repl, cpuid, lengths
-               sized_ref=(4, 11)),
-    EntryTable(".static_call_sites", 8, key=4),            # addr, key
-    EntryTable(".smp_locks", 4),
-    EntryTable("__mcount_loc", 8),
-    EntryTable(".orc_unwind_ip", 4, parallel=(".orc_unwind", 6)),
-    EntryTable(".retpoline_sites", 4),
-    EntryTable(".return_sites", 4),
-    EntryTable(".call_sites", 4),
-    EntryTable(".ibt_endbr_seal", 4),
-)}
+ENTRY_TABLES: dict[str, EntryTable] = {
+    t.name: t
+    for t in (
+        EntryTable("__bug_table", 12, fingerprint=True),  # disp, file disp, line, flags
+        EntryTable("__ex_table", 12, fingerprint=True),  # insn, fixup, data
+        EntryTable("__jump_table", 16, fingerprint=True, key=8),  # code, target, key (+branch bit)
+        EntryTable(
+            ".altinstructions",
+            12,
+            fingerprint=True,  # instr, repl, cpuid, lengths
+            sized_ref=(4, 11),
+        ),
+        EntryTable(".static_call_sites", 8, key=4),  # addr, key
+        EntryTable(".smp_locks", 4),
+        EntryTable("__mcount_loc", 8),
+        EntryTable(".orc_unwind_ip", 4, parallel=(".orc_unwind", 6)),
+        EntryTable(".retpoline_sites", 4),
+        EntryTable(".return_sites", 4),
+        EntryTable(".call_sites", 4),
+        EntryTable(".ibt_endbr_seal", 4),
+    )
+}
 
 #: Sections a livepatch never takes from the compiled object: the export tables (the
 #: livepatch exports nothing of the patched object), module metadata (the livepatch has
 #: its own), and objtool's ``.discard.*`` annotations (consumed at build time, dropped
 #: by the module linker script).
-NEVER_COPIED_PREFIXES = ("___ksymtab", "__ksymtab", "__kcrctab", ".modinfo", "__param",
-                         ".discard.", ".note.", ".comment", ".debug_", ".gnu.linkonce.",
-                         "__versions", ".init.", ".exit.", "__initcall", ".initcall",
-                         ".con_initcall", "__tracepoint_str", "__patchable_function_entries")
+NEVER_COPIED_PREFIXES = (
+    "___ksymtab",
+    "__ksymtab",
+    "__kcrctab",
+    ".modinfo",
+    "__param",
+    ".discard.",
+    ".note.",
+    ".comment",
+    ".debug_",
+    ".gnu.linkonce.",
+    "__versions",
+    ".init.",
+    ".exit.",
+    "__initcall",
+    ".initcall",
+    ".con_initcall",
+    "__tracepoint_str",
+    "__patchable_function_entries",
+)
 
 #: Sections whose code runs only while the kernel or the module initialises (or
 #: unloads): a change there cannot be livepatched, the code has already run.
-INIT_SECTION_PREFIXES = (".init.", ".exit.", ".head.text", ".ref.text", ".meminit.",
-                         ".cpuinit.")
+INIT_SECTION_PREFIXES = (".init.", ".exit.", ".head.text", ".ref.text", ".meminit.", ".cpuinit.")
 
 #: Function-scope static state that a changed function gets a fresh copy of, as upstream
 #: klp-build does: the ``_once`` flags, ratelimit states, lock class keys, dynamic debug
 #: descriptors, ``__func__`` strings and switch tables are per call site, not state the
 #: rest of the object shares.
-FRESH_COPY_PREFIXES = ("__already_done", "__print_once", "__warned", "_rs.", "__key.",
-                       "__func__.", "CSWTCH.", "__UNIQUE_ID_ddebug", "descriptor.",
-                       "__flags.", "__msg.", "__print_fmt", "__FUNCTION__.",
-                       "__PRETTY_FUNCTION__.")
+FRESH_COPY_PREFIXES = (
+    "__already_done",
+    "__print_once",
+    "__warned",
+    "_rs.",
+    "__key.",
+    "__func__.",
+    "CSWTCH.",
+    "__UNIQUE_ID_ddebug",
+    "descriptor.",
+    "__flags.",
+    "__msg.",
+    "__print_fmt",
+    "__FUNCTION__.",
+    "__PRETTY_FUNCTION__.",
+)
 
 #: Sections whose contents are such per-call-site state, whatever the symbol is called.
 FRESH_COPY_SECTIONS = ("__dyndbg", ".data.once", ".data..once")

@@ -36,13 +36,15 @@ def _layout(elfclass: int, little_endian: bool) -> tuple[struct.Struct, int]:
     return struct.Struct(f"{bo}{word}{namelen}s"), namelen
 
 
-def parse_versions(data: bytes, elfclass: int = 64, little_endian: bool = True, *,
-                   path: str | None = None) -> list[ModVersion]:
+def parse_versions(
+    data: bytes, elfclass: int = 64, little_endian: bool = True, *, path: str | None = None
+) -> list[ModVersion]:
     """Decode a ``__versions`` section into (name, crc) entries, in order."""
     st, _namelen = _layout(elfclass, little_endian)
     if len(data) % ENTRY_SIZE:
-        raise VersionsError(f"__versions size {len(data)} is not a multiple of {ENTRY_SIZE}",
-                            path=path)
+        raise VersionsError(
+            f"__versions size {len(data)} is not a multiple of {ENTRY_SIZE}", path=path
+        )
     out = []
     for crc, raw in st.iter_unpack(data):
         end = raw.find(b"\0")
@@ -52,8 +54,11 @@ def parse_versions(data: bytes, elfclass: int = 64, little_endian: bool = True, 
     return out
 
 
-def serialize_versions(entries: list[ModVersion] | list[tuple[str, int]], elfclass: int = 64,
-                       little_endian: bool = True) -> bytes:
+def serialize_versions(
+    entries: list[ModVersion] | list[tuple[str, int]],
+    elfclass: int = 64,
+    little_endian: bool = True,
+) -> bytes:
     """Encode entries back into section bytes (NUL-padded names)."""
     st, namelen = _layout(elfclass, little_endian)
     out = bytearray()
@@ -61,14 +66,14 @@ def serialize_versions(entries: list[ModVersion] | list[tuple[str, int]], elfcla
         name, crc = (e.name, e.crc) if isinstance(e, ModVersion) else e
         raw = name.encode("utf-8", "surrogateescape")
         if len(raw) >= namelen:
-            raise VersionsError(f"symbol name '{name}' too long for __versions "
-                                f"({len(raw)} >= {namelen} bytes)")
+            raise VersionsError(
+                f"symbol name '{name}' too long for __versions ({len(raw)} >= {namelen} bytes)"
+            )
         out += st.pack(crc & 0xFFFFFFFF, raw)
     return bytes(out)
 
 
-def remove_versions(data: bytes, names, elfclass: int = 64,
-                    little_endian: bool = True) -> bytes:
+def remove_versions(data: bytes, names, elfclass: int = 64, little_endian: bool = True) -> bytes:
     """Section bytes without the entries whose names are in ``names``."""
     drop = set(names)
     keep = [e for e in parse_versions(data, elfclass, little_endian) if e.name not in drop]

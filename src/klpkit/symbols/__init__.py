@@ -24,6 +24,17 @@ from klpkit.symbols.db import SymbolDB, SymbolDBError, SymbolEntry
 from klpkit.symbols.extend import add_modules
 from klpkit.symbols.symbols_list import export_symbols_list, import_symbols_list
 
-__all__ = ["SymbolDB", "SymbolDBError", "SymbolEntry", "add_modules", "build_from_debian",
-           "build_from_kallsyms", "build_from_tree", "build_from_vmlinuz", "cache_dir",
-           "default_db_path", "export_symbols_list", "import_symbols_list"]
+__all__ = [
+    "SymbolDB",
+    "SymbolDBError",
+    "SymbolEntry",
+    "add_modules",
+    "build_from_debian",
+    "build_from_kallsyms",
+    "build_from_tree",
+    "build_from_vmlinuz",
+    "cache_dir",
+    "default_db_path",
+    "export_symbols_list",
+    "import_symbols_list",
+]

@@ -62,14 +62,14 @@ MODULE_SUFFIXES = (".ko", *(".ko" + s for s in SUFFIXES))
 @dataclass
 class ObjectRecord:
     name: str
-    kind: str                      # 'vmlinux' | 'module'
+    kind: str  # 'vmlinux' | 'module'
     path: str | None
     # in kernel order: (name, flags) pairs (name str or UTF-8 bytes), or the database's
     # encoded records (klpkit.symbols.pages) as read_module makes them
     rows: list
     depends: list[str] = field(default_factory=list)
-    exports: list[Export] = field(default_factory=list)   # found in the object itself
-    machine: int = 0               # e_machine of the ELF object (0: not read from an ELF)
+    exports: list[Export] = field(default_factory=list)  # found in the object itself
+    machine: int = 0  # e_machine of the ELF object (0: not read from an ELF)
 
     def pairs(self) -> list[tuple[str | bytes, int]]:
         """(name, flags) in kernel order, whichever form ``rows`` has."""
@@ -112,7 +112,7 @@ class SymbolSet:
     def _gather(self, oid: int, *, encode: bool) -> None:
         obj = self.objects[oid]
         if obj.rows and type(obj.rows[0]) is bytes and record_oid(obj.rows[0]) == oid:
-            self.records += obj.rows       # made by read_module for this object id
+            self.records += obj.rows  # made by read_module for this object id
         elif encode:
             self.records += make_records(oid, obj.pairs())
         else:
@@ -124,6 +124,7 @@ def gc_paused(fn):
     """Run ``fn`` with the cyclic garbage collector off: a build allocates ~1M tuples
     that live until the database is written, and the collector's repeated passes
     over them cost a good part of a second while finding no cycles."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if not gc.isenabled():
@@ -133,13 +134,15 @@ def gc_paused(fn):
             return fn(*args, **kwargs)
         finally:
             gc.enable()
+
     return wrapper
 
 
 # --- locations --------------------------------------------------------------------
 def cache_dir() -> Path:
     base = os.environ.get("KLPKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "klpkit")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "klpkit"
+    )
     return Path(base) / "symbols"
 
 
@@ -151,8 +154,9 @@ def default_db_path(release: str | None = None, db: str | os.PathLike | None = N
     if env:
         return Path(env)
     if not release:
-        raise InputError("no symbol database given: use --db PATH, KLPKIT_SYMBOLS_DB or "
-                         "--release R")
+        raise InputError(
+            "no symbol database given: use --db PATH, KLPKIT_SYMBOLS_DB or --release R"
+        )
     if "/" in release or release in (".", ".."):
         raise InputError(f"bad kernel release {release!r}")
     return cache_dir() / f"{release}.sqlite"
@@ -172,11 +176,13 @@ def write_db(symset: SymbolSet, path: str | os.PathLike) -> Path:
             old_release = old.release
             old.close()
         except SymbolDBError:
-            old_release = None   # unreadable: replace it
+            old_release = None  # unreadable: replace it
         if old_release is not None and old_release != symset.release:
-            raise SymbolDBError(f"holds symbols of kernel {old_release}; refusing to mix in "
-                                f"{symset.release} (choose another --db or delete it)",
-                                path=path)
+            raise SymbolDBError(
+                f"holds symbols of kernel {old_release}; refusing to mix in "
+                f"{symset.release} (choose another --db or delete it)",
+                path=path,
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -196,18 +202,22 @@ def write_db(symset: SymbolSet, path: str | os.PathLike) -> Path:
 def _write_sqlite(symset: SymbolSet, tmp: str) -> None:
     conn = sqlite3.connect(tmp, isolation_level=None)
     try:
-        conn.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; "
-                           "PRAGMA page_size=16384; PRAGMA cache_size=-262144; "
-                           "PRAGMA locking_mode=EXCLUSIVE; "
-                           f"PRAGMA user_version={USER_VERSION};")
+        conn.executescript(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; "
+            "PRAGMA page_size=16384; PRAGMA cache_size=-262144; "
+            "PRAGMA locking_mode=EXCLUSIVE; "
+            f"PRAGMA user_version={USER_VERSION};"
+        )
         conn.executescript(SCHEMA_SQL)
         conn.execute("BEGIN")
         ids = {}
         objrows = []
         for oid, obj in enumerate(symset.objects):
             if obj.name in ids:
-                raise KlpkitError(f"two objects named '{obj.name}' ({obj.path} and "
-                                  f"{symset.objects[ids[obj.name]].path})")
+                raise KlpkitError(
+                    f"two objects named '{obj.name}' ({obj.path} and "
+                    f"{symset.objects[ids[obj.name]].path})"
+                )
             ids[obj.name] = oid
             objrows.append((oid, obj.name, obj.kind, obj.path, ",".join(obj.depends)))
         conn.executemany("INSERT INTO objects VALUES (?,?,?,?,?)", objrows)
@@ -220,21 +230,32 @@ def _write_sqlite(symset: SymbolSet, tmp: str) -> None:
                     exports.append((e.name, oid, e.export_type, e.namespace, e.crc))
         else:
             for oid, obj in enumerate(symset.objects):
-                exports.extend((e.name, oid, e.export_type, e.namespace, e.crc)
-                               for e in obj.exports)
+                exports.extend(
+                    (e.name, oid, e.export_type, e.namespace, e.crc) for e in obj.exports
+                )
         exports.sort()
         conn.executemany("INSERT OR REPLACE INTO exports VALUES (?,?,?,?,?)", exports)
-        counts = {"objects": len(symset.objects),
-                  "symbols": sum(len(o.rows) for o in symset.objects),
-                  "exports": len(exports), "skipped": len(symset.skipped)}
-        meta = {"format": FORMAT, "schema": str(SCHEMA), "release": symset.release,
-                "build_id": symset.build_id, "source": symset.source,
-                "sources": json.dumps(symset.sources), "klpkit": __version__,
-                "symvers": symset.symvers_path, "counts": json.dumps(counts),
-                "skipped": json.dumps(symset.skipped),
-                # the architecture, from the first object read from an ELF file (absent
-                # for kallsyms/System.map/Symbols.list sources)
-                "machine": str(next((o.machine for o in symset.objects if o.machine), 0))}
+        counts = {
+            "objects": len(symset.objects),
+            "symbols": sum(len(o.rows) for o in symset.objects),
+            "exports": len(exports),
+            "skipped": len(symset.skipped),
+        }
+        meta = {
+            "format": FORMAT,
+            "schema": str(SCHEMA),
+            "release": symset.release,
+            "build_id": symset.build_id,
+            "source": symset.source,
+            "sources": json.dumps(symset.sources),
+            "klpkit": __version__,
+            "symvers": symset.symvers_path,
+            "counts": json.dumps(counts),
+            "skipped": json.dumps(symset.skipped),
+            # the architecture, from the first object read from an ELF file (absent
+            # for kallsyms/System.map/Symbols.list sources)
+            "machine": str(next((o.machine for o in symset.objects if o.machine), 0)),
+        }
         conn.executemany("INSERT INTO meta VALUES (?,?)", sorted(meta.items()))
         conn.execute("COMMIT")
     finally:
@@ -277,7 +298,7 @@ def _export_symbols(scan: ElfScan) -> dict[str, tuple[int, int]]:
     ``__crc_*`` symbols. Found through their names' offsets in the string table (a
     C-level search) rather than by decoding every symbol name: a module has ~200
     symbols per export symbol."""
-    if b"\0__ksymtab_" not in scan.strtab:   # no export: the usual module, one memmem
+    if b"\0__ksymtab_" not in scan.strtab:  # no export: the usual module, one memmem
         return {}
     text = scan.strtab.decode("latin-1")
     starts = {m.start() + 1 for m in _EXPORT_SYMBOL_RE.finditer(text)}
@@ -288,8 +309,9 @@ def _export_symbols(scan: ElfScan) -> dict[str, tuple[int, int]]:
     shndxs, values = scan.shndxs, scan.values
     # the symbols named so, picked by a C-level membership map (a vmlinux has ~150k)
     picked = compress(enumerate(scan.st_names), map(starts.__contains__, scan.st_names))
-    return {text[o:find("\0", o)]: (shndxs[i], values[i])
-            for i, o in picked if 0 < shndxs[i] < nsec}
+    return {
+        text[o : find("\0", o)]: (shndxs[i], values[i]) for i, o in picked if 0 < shndxs[i] < nsec
+    }
 
 
 def exports_from_object(scan: ElfScan, obj: str) -> list[Export]:
@@ -307,7 +329,7 @@ def exports_from_object(scan: ElfScan, obj: str) -> list[Export]:
         if shndx not in contents:
             contents[shndx] = scan.section_data(shndx)
         off = value if relocatable else value - scan.sh_addrs[shndx]
-        return contents[shndx][off:off + size] if off >= 0 else b""
+        return contents[shndx][off : off + size] if off >= 0 else b""
 
     le = "little" if scan.little_endian else "big"
     out = []
@@ -318,7 +340,7 @@ def exports_from_object(scan: ElfScan, obj: str) -> list[Export]:
         etype = etypes[shndx]
         if etype is None:
             continue
-        name = sym[10:]   # len("__ksymtab_")
+        name = sym[10:]  # len("__ksymtab_")
         ns = None
         if f"__kstrtabns_{name}" in by_name:
             raw = data_at(*by_name[f"__kstrtabns_{name}"], 256)
@@ -341,7 +363,7 @@ def _export_type(secname: str) -> str | None:
     if secname == "__ksymtab_gpl":
         return "EXPORT_SYMBOL_GPL"
     if secname.startswith("__ksymtab_"):
-        return "EXPORT_SYMBOL_" + secname[len("__ksymtab_"):].upper()
+        return "EXPORT_SYMBOL_" + secname[len("__ksymtab_") :].upper()
     return None
 
 
@@ -364,7 +386,7 @@ def _banner_release(scan: ElfScan) -> str | None:
     off = scan.strtab.find(b"\0linux_banner\0") + 1
     if off and off in scan.st_names:
         i = scan.st_names.index(off)
-    elif "linux_banner" in scan.names:   # a suffix-shared string: search the names
+    elif "linux_banner" in scan.names:  # a suffix-shared string: search the names
         i = scan.names.index("linux_banner")
     else:
         return None
@@ -374,8 +396,9 @@ def _banner_release(scan: ElfScan) -> str | None:
 
 
 @gc_paused
-def read_vmlinux(path: str | os.PathLike, *, derive_exports: bool = True
-                 ) -> tuple[ObjectRecord, str, str | None, list[Export]]:
+def read_vmlinux(
+    path: str | os.PathLike, *, derive_exports: bool = True
+) -> tuple[ObjectRecord, str, str | None, list[Export]]:
     """(record, build id, release from linux_banner, exports found in it)."""
     path = os.fspath(path)
     with _scan_any(path) as scan:
@@ -384,17 +407,21 @@ def read_vmlinux(path: str | os.PathLike, *, derive_exports: bool = True
         table = rules.vmlinux_kallsyms(scan)
         # binding and type as kallsyms' type letter says them (rules: why)
         letters = rules.vmlinux_letters(scan, table)
-        rows = column_records(0, list(map(itemgetter(0), table)),
-                              letters.translate(rules.LETTER_FLAGS))
-        return (ObjectRecord("vmlinux", "vmlinux", path, rows, machine=scan.machine),
-                _build_id(scan),
-                _banner_release(scan),
-                exports_from_object(scan, "vmlinux") if derive_exports else [])
+        rows = column_records(
+            0, list(map(itemgetter(0), table)), letters.translate(rules.LETTER_FLAGS)
+        )
+        return (
+            ObjectRecord("vmlinux", "vmlinux", path, rows, machine=scan.machine),
+            _build_id(scan),
+            _banner_release(scan),
+            exports_from_object(scan, "vmlinux") if derive_exports else [],
+        )
 
 
 @gc_paused
-def read_vmlinuz(path: str | os.PathLike, *, derive_exports: bool = True
-                 ) -> tuple[ObjectRecord, str, str | None, list[Export], KernelImage]:
+def read_vmlinuz(
+    path: str | os.PathLike, *, derive_exports: bool = True
+) -> tuple[ObjectRecord, str, str | None, list[Export], KernelImage]:
     """vmlinux from a compressed kernel image (bzImage) or a stripped vmlinux: its
     kallsyms tables, decoded by :mod:`klpkit.symbols.vmlinuz`.  Returns what
     :func:`read_vmlinux` returns, and the image read.
@@ -411,8 +438,10 @@ def read_vmlinuz(path: str | os.PathLike, *, derive_exports: bool = True
 
 
 # st_info -> stored flags (bind | type << 4); -1 for section and file symbols
-_INFO_FLAGS = [-1 if (i & 0xF) in (C.STT_SECTION, C.STT_FILE) else (i >> 4) | ((i & 0xF) << 4)
-               for i in range(256)]
+_INFO_FLAGS = [
+    -1 if (i & 0xF) in (C.STT_SECTION, C.STT_FILE) else (i >> 4) | ((i & 0xF) << 4)
+    for i in range(256)
+]
 
 
 # st_info -> hex digits of the stored flags of a symbol in a core section, in an
@@ -422,8 +451,9 @@ _INIT_HEX = [None if f < 0 else FLAGS_HEX[f | NONCORE] for f in _INFO_FLAGS]
 _NO_HEX = [None] * 256
 
 
-def read_module(path: str, *, derive_exports: bool = True, oid: int = -1,
-                data: bytes | None = None) -> tuple[ObjectRecord, Modinfo]:
+def read_module(
+    path: str, *, derive_exports: bool = True, oid: int = -1, data: bytes | None = None
+) -> tuple[ObjectRecord, Modinfo]:
     """One .ko (or .ko.xz, ...): its kallsyms rows (core and init-only), .modinfo, exports.
 
     The rows are the database's records (:mod:`klpkit.symbols.pages`: name, ``oid`` =
@@ -435,8 +465,10 @@ def read_module(path: str, *, derive_exports: bool = True, oid: int = -1,
         if scan.type != C.ET_REL:
             raise ElfError("not a kernel module (ELF type is not REL)", path=path)
         # per section: st_info -> the flags' hex digits (None: not in kallsyms)
-        by_section = [_CORE_HEX if c == 2 else _INIT_HEX if c == 1 else _NO_HEX
-                      for c in rules.module_section_classes(scan)]
+        by_section = [
+            _CORE_HEX if c == 2 else _INIT_HEX if c == 1 else _NO_HEX
+            for c in rules.module_section_classes(scan)
+        ]
         nsec = len(by_section)
         strtab = scan.strtab
         find = strtab.find
@@ -445,16 +477,19 @@ def read_module(path: str, *, derive_exports: bool = True, oid: int = -1,
         # records (name NUL oid pos flags) directly, with table lookups, no calls;
         # names stay bytes (UTF-8 as stored). Reserved section indexes (SHN_ABS...)
         # are init-only; ph is a shared table longer than the symbol table.
-        rows = [strtab[o:find(b"\0", o)] + prefix + hp + h
-                for o, i, x, hp in zip(scan.st_names, scan.infos, scan.shndxs, ph,
-                                       strict=False)
-                if o and (h := (by_section[x] if x < nsec else _INIT_HEX)[i])]
+        rows = [
+            strtab[o : find(b"\0", o)] + prefix + hp + h
+            for o, i, x, hp in zip(scan.st_names, scan.infos, scan.shndxs, ph, strict=False)
+            if o and (h := (by_section[x] if x < nsec else _INIT_HEX)[i])
+        ]
         mi = scan.section_index(".modinfo")
         modinfo = Modinfo.parse(scan.section_data(mi)) if mi else Modinfo()
         name = module_name(path, modinfo)
         exports = exports_from_object(scan, name) if derive_exports else []
-    return (ObjectRecord(name, "module", path, rows, modinfo.depends, exports,
-                         machine=scan.machine), modinfo)
+    return (
+        ObjectRecord(name, "module", path, rows, modinfo.depends, exports, machine=scan.machine),
+        modinfo,
+    )
 
 
 def find_modules(root: str | os.PathLike) -> list[str]:
@@ -470,8 +505,15 @@ def find_modules(root: str | os.PathLike) -> list[str]:
 
 
 @gc_paused
-def scan_modules(paths: list[str], symset: SymbolSet, *, release: str | None,
-                 skip_bad: bool, derive_exports: bool, progress: bool = True) -> None:
+def scan_modules(
+    paths: list[str],
+    symset: SymbolSet,
+    *,
+    release: str | None,
+    skip_bad: bool,
+    derive_exports: bool,
+    progress: bool = True,
+) -> None:
     """Read modules into ``symset``; bad ones are collected and either skipped
     (``skip_bad``) or reported together as one error."""
     from klpkit.output import progress as bar
@@ -486,8 +528,9 @@ def scan_modules(paths: list[str], symset: SymbolSet, *, release: str | None,
             try:
                 if isinstance(data, KlpkitError):
                     raise data
-                rec, modinfo = read_module(path, derive_exports=derive_exports,
-                                           oid=len(symset.objects), data=data)
+                rec, modinfo = read_module(
+                    path, derive_exports=derive_exports, oid=len(symset.objects), data=data
+                )
             except (ElfError, InputError) as e:
                 bad.append((path, e.message))
                 continue
@@ -507,8 +550,10 @@ def scan_modules(paths: list[str], symset: SymbolSet, *, release: str | None,
         if not skip_bad:
             path, reason = bad[0]
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            raise KlpkitError(f"{path}: {reason}{more}; fix the input or pass --skip-bad "
-                              f"to leave such modules out")
+            raise KlpkitError(
+                f"{path}: {reason}{more}; fix the input or pass --skip-bad "
+                f"to leave such modules out"
+            )
         symset.skipped.extend(bad)
 
 
@@ -528,14 +573,21 @@ def _settle_release(asked: str | None, found: str | None, source, what: str) -> 
     if asked and found and asked != found:
         raise KlpkitError(f"{source} is kernel {found}, not {asked}")
     if not (asked or found):
-        raise InputError(f"cannot tell the kernel release of the {what}; pass --release",
-                         path=source)
+        raise InputError(
+            f"cannot tell the kernel release of the {what}; pass --release", path=source
+        )
     return asked or found
 
 
-def build_from_tree(tree: str | os.PathLike, *, symvers: str | os.PathLike | None = None,
-                    release: str | None = None, db=None, skip_bad: bool = False,
-                    progress: bool = True) -> SymbolDB:
+def build_from_tree(
+    tree: str | os.PathLike,
+    *,
+    symvers: str | os.PathLike | None = None,
+    release: str | None = None,
+    db=None,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> SymbolDB:
     """A kernel build tree: ``vmlinux``, every ``*.ko`` under it, ``Module.symvers``."""
     tree = Path(tree)
     vmlinux = tree / "vmlinux"
@@ -550,8 +602,14 @@ def build_from_tree(tree: str | os.PathLike, *, symvers: str | os.PathLike | Non
     rec.exports = vexports
     symset = SymbolSet(release, "tree", build_id, [str(vmlinux.resolve())], [rec])
     mods = [p for p in find_modules(tree) if "/.tmp" not in p]
-    scan_modules(mods, symset, release=release, skip_bad=skip_bad,
-                 derive_exports=symvers is None, progress=progress)
+    scan_modules(
+        mods,
+        symset,
+        release=release,
+        skip_bad=skip_bad,
+        derive_exports=symvers is None,
+        progress=progress,
+    )
     symset.sources.append(str(tree.resolve()))
     return _finish(symset, symvers, db, True)
 
@@ -570,8 +628,11 @@ def _find_release_dir(image_dir: Path, release: str | None = None) -> tuple[str,
     rels = sorted(p for p in mods.iterdir() if p.is_dir()) if mods.is_dir() else []
     if len(rels) != 1:
         names = ", ".join(p.name for p in rels)
-        raise InputError(f"expected one lib/modules/<release>/ directory, found {len(rels)}"
-                         + (f" ({names}): pass --release" if rels else ""), path=image_dir)
+        raise InputError(
+            f"expected one lib/modules/<release>/ directory, found {len(rels)}"
+            + (f" ({names}): pass --release" if rels else ""),
+            path=image_dir,
+        )
     return rels[0].name, rels[0]
 
 
@@ -608,16 +669,21 @@ def is_placeholder_system_map(path: str | os.PathLike) -> bool:
 
 def find_debug_vmlinux(dbg_dir: Path, release: str) -> tuple[Path | None, Path | None]:
     """(vmlinux, System.map) in an unpacked -dbg package, a debug root, or a flat dir."""
-    vm_candidates = [dbg_dir / "usr/lib/debug/boot" / f"vmlinux-{release}",
-                     dbg_dir / "usr/lib/debug/lib/modules" / release / "vmlinux",
-                     dbg_dir / "boot" / f"vmlinux-{release}",
-                     dbg_dir / f"vmlinux-{release}", dbg_dir / "vmlinux"]
-    map_candidates = [dbg_dir / "usr/lib/debug/boot" / f"System.map-{release}",
-                      dbg_dir / "boot" / f"System.map-{release}",
-                      dbg_dir / f"System.map-{release}", dbg_dir / "System.map"]
+    vm_candidates = [
+        dbg_dir / "usr/lib/debug/boot" / f"vmlinux-{release}",
+        dbg_dir / "usr/lib/debug/lib/modules" / release / "vmlinux",
+        dbg_dir / "boot" / f"vmlinux-{release}",
+        dbg_dir / f"vmlinux-{release}",
+        dbg_dir / "vmlinux",
+    ]
+    map_candidates = [
+        dbg_dir / "usr/lib/debug/boot" / f"System.map-{release}",
+        dbg_dir / "boot" / f"System.map-{release}",
+        dbg_dir / f"System.map-{release}",
+        dbg_dir / "System.map",
+    ]
     vm = next((p for p in vm_candidates if p.is_file()), None)
-    sm = next((p for p in map_candidates if p.is_file() and
-               not is_placeholder_system_map(p)), None)
+    sm = next((p for p in map_candidates if p.is_file() and not is_placeholder_system_map(p)), None)
     return vm, sm
 
 
@@ -629,17 +695,23 @@ def _image_version(image_dir: Path, release: str) -> str:
             head = f.read(0x4000)
         if head[0x202:0x206] == b"HdrS":
             off = int.from_bytes(head[0x20E:0x210], "little") + 0x200
-            return head[off:off + 200].split(b"\0", 1)[0].decode("ascii", "replace")
+            return head[off : off + 200].split(b"\0", 1)[0].decode("ascii", "replace")
     except OSError:
         pass
     return ""
 
 
 @gc_paused
-def build_from_debian(image_dir: str | os.PathLike, dbg_dir: str | os.PathLike | None = None,
-                      symvers: str | os.PathLike | None = None, *, db=None,
-                      skip_bad: bool = False, progress: bool = True,
-                      release: str | None = None) -> SymbolDB:
+def build_from_debian(
+    image_dir: str | os.PathLike,
+    dbg_dir: str | os.PathLike | None = None,
+    symvers: str | os.PathLike | None = None,
+    *,
+    db=None,
+    skip_bad: bool = False,
+    progress: bool = True,
+    release: str | None = None,
+) -> SymbolDB:
     """An unpacked Debian ``linux-image-<rel>[-unsigned]`` package (or an installed root).
 
     vmlinux's symbols come from the kallsyms tables of the image's own
@@ -653,23 +725,29 @@ def build_from_debian(image_dir: str | os.PathLike, dbg_dir: str | os.PathLike |
     if dbg_dir is not None:
         vm, sm = find_debug_vmlinux(Path(dbg_dir), rel)
         if vm is None and sm is None:
-            raise InputError(f"no vmlinux-{rel} or System.map-{rel} in the -dbg tree",
-                             path=dbg_dir)
+            raise InputError(f"no vmlinux-{rel} or System.map-{rel} in the -dbg tree", path=dbg_dir)
     elif (image_dir / "boot" / f"vmlinuz-{rel}").is_file():
         image = image_dir / "boot" / f"vmlinuz-{rel}"
     else:
         vm, sm = find_debug_vmlinux(image_dir, rel)
     if image is None and vm is None and sm is None:
         placeholder = image_dir / "boot" / f"System.map-{rel}"
-        hint = (f"{placeholder} is Debian's one-line placeholder; " if
-                is_placeholder_system_map(placeholder) else "")
-        raise InputError(f"{hint}no boot/vmlinuz-{rel} here to read vmlinux's symbols from, "
-                         f"nor a vmlinux or real System.map (those are in the "
-                         f"linux-image-{rel}-dbg package: pass --dbg DIR)", path=image_dir)
+        hint = (
+            f"{placeholder} is Debian's one-line placeholder; "
+            if is_placeholder_system_map(placeholder)
+            else ""
+        )
+        raise InputError(
+            f"{hint}no boot/vmlinuz-{rel} here to read vmlinux's symbols from, "
+            f"nor a vmlinux or real System.map (those are in the "
+            f"linux-image-{rel}-dbg package: pass --dbg DIR)",
+            path=image_dir,
+        )
     sources = []
     if image is not None:
         rec, build_id, image_rel, vexports, _img = read_vmlinuz(
-            image, derive_exports=symvers is None)
+            image, derive_exports=symvers is None
+        )
         if image_rel and image_rel != rel:
             raise KlpkitError(f"{image} is kernel {image_rel}, not {rel}")
         rec.exports = vexports
@@ -684,17 +762,30 @@ def build_from_debian(image_dir: str | os.PathLike, dbg_dir: str | os.PathLike |
         sources.append(str(sm))
     build_id = build_id or _image_version(image_dir, rel)
     symset = SymbolSet(rel, "debian", build_id, sources, [rec])
-    scan_modules(find_modules(moddir), symset, release=rel, skip_bad=skip_bad,
-                 derive_exports=symvers is None, progress=progress)
+    scan_modules(
+        find_modules(moddir),
+        symset,
+        release=rel,
+        skip_bad=skip_bad,
+        derive_exports=symvers is None,
+        progress=progress,
+    )
     apply_modules_dep(symset, moddir)
     symset.sources.append(str(moddir))
     return _finish(symset, symvers, db, True)
 
 
 @gc_paused
-def build_from_vmlinuz(image: str | os.PathLike, *, modules_dir: str | os.PathLike | None = None,
-                       symvers: str | os.PathLike | None = None, release: str | None = None,
-                       db=None, skip_bad: bool = False, progress: bool = True) -> SymbolDB:
+def build_from_vmlinuz(
+    image: str | os.PathLike,
+    *,
+    modules_dir: str | os.PathLike | None = None,
+    symvers: str | os.PathLike | None = None,
+    release: str | None = None,
+    db=None,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> SymbolDB:
     """A bare kernel image (bzImage, e.g. ``/boot/vmlinuz-$(uname -r)``, or a stripped
     vmlinux), and optionally its modules (a ``lib/modules/<release>`` tree): vmlinux's
     symbols from the image's kallsyms tables (:func:`read_vmlinuz`)."""
@@ -707,8 +798,14 @@ def build_from_vmlinuz(image: str | os.PathLike, *, modules_dir: str | os.PathLi
         moddir = Path(modules_dir)
         if not moddir.is_dir():
             raise InputError("no such directory", path=moddir)
-        scan_modules(find_modules(moddir), symset, release=release, skip_bad=skip_bad,
-                     derive_exports=symvers is None, progress=progress)
+        scan_modules(
+            find_modules(moddir),
+            symset,
+            release=release,
+            skip_bad=skip_bad,
+            derive_exports=symvers is None,
+            progress=progress,
+        )
         apply_modules_dep(symset, moddir)
         symset.sources.append(str(moddir.resolve()))
     return _finish(symset, symvers, db, True)
@@ -725,8 +822,11 @@ def system_map_record(path) -> ObjectRecord:
     kallsyms input on v6.1+, so kallsyms' own sort applied to it gives kernel order."""
     data = Path(path).read_bytes()
     if is_placeholder_system_map(path):
-        raise InputError("Debian's placeholder System.map; the real one is in the "
-                         "linux-image-<release>-dbg package", path=path)
+        raise InputError(
+            "Debian's placeholder System.map; the real one is in the "
+            "linux-image-<release>-dbg package",
+            path=path,
+        )
     entries = []
     for lineno, line in enumerate(data.decode("utf-8", "surrogateescape").splitlines(), 1):
         parts = line.split()
@@ -742,23 +842,41 @@ def system_map_record(path) -> ObjectRecord:
         if rules.vmlinux_name_ignored(name):
             continue
         weak = letter in "wWvV"
-        entries.append((addr, weak, rules.linker_provided(name),
-                        len(name) - len(name.lstrip("_")), lineno, name, letter))
+        entries.append(
+            (
+                addr,
+                weak,
+                rules.linker_provided(name),
+                len(name) - len(name.lstrip("_")),
+                lineno,
+                name,
+                letter,
+            )
+        )
     entries.sort()
     # scripts/kallsyms.c make_percpus_absolute(): a per-cpu area linked at 0 (x86_64 SMP,
     # rules.absolute_percpu()) has its symbols typed 'A' in kallsyms
     bounds = {e[5]: e[0] for e in entries if e[5] in ("__per_cpu_start", "__per_cpu_end")}
     lo, hi = bounds.get("__per_cpu_start"), bounds.get("__per_cpu_end")
     absolute = lo == 0 and hi is not None
-    return ObjectRecord("vmlinux", "vmlinux", str(path),
-                        [(e[5], _nm_flags("A" if absolute and lo <= e[0] <= hi else e[6]))
-                         for e in entries])
+    return ObjectRecord(
+        "vmlinux",
+        "vmlinux",
+        str(path),
+        [(e[5], _nm_flags("A" if absolute and lo <= e[0] <= hi else e[6])) for e in entries],
+    )
 
 
 @gc_paused
-def build_from_kallsyms(kallsyms_text: str, modules_text: str | None = None, *,
-                        release: str | None = None, db=None, symvers=None,
-                        sources: list[str] | None = None) -> SymbolDB:
+def build_from_kallsyms(
+    kallsyms_text: str,
+    modules_text: str | None = None,
+    *,
+    release: str | None = None,
+    db=None,
+    symvers=None,
+    sources: list[str] | None = None,
+) -> SymbolDB:
     """A saved ``/proc/kallsyms`` (kernel order as printed; module symbols carry
     ``[module]``) and optionally ``/proc/modules`` for dependencies.
 
@@ -774,8 +892,7 @@ def build_from_kallsyms(kallsyms_text: str, modules_text: str | None = None, *,
         if not parts:
             continue
         if len(parts) < 3:
-            raise InputError(f"/proc/kallsyms line {lineno}: expected 'ADDRESS TYPE NAME "
-                             f"[MODULE]'")
+            raise InputError(f"/proc/kallsyms line {lineno}: expected 'ADDRESS TYPE NAME [MODULE]'")
         letter, name = parts[1], parts[2]
         obj = "vmlinux"
         if len(parts) > 3:
@@ -796,7 +913,7 @@ def build_from_kallsyms(kallsyms_text: str, modules_text: str | None = None, *,
         rec.rows.append((name, flags))
     for obj, rec in objs.items():
         names = {n for n, _f in rec.rows}
-        ks = {n[len("__ksymtab_"):] for n in names if n.startswith("__ksymtab_")}
+        ks = {n[len("__ksymtab_") :] for n in names if n.startswith("__ksymtab_")}
         for n in sorted(ks | exported.get(obj, set())):
             if n in names:
                 rec.exports.append(Export(n, obj, "", None, None))  # type unknown

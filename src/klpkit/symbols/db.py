@@ -43,14 +43,23 @@ from klpkit.symbols.pages import Page, decode_name, encode_name, payloads_of
 
 FORMAT = "klpkit-symbols"
 SCHEMA = 3  # 3: vmlinux binding and type from the kallsyms type letter (image and -dbg agree)
-MMAP_SIZE = 1 << 30   # map the whole file (a full kernel's is ~30 MiB)
+MMAP_SIZE = 1 << 30  # map the whole file (a full kernel's is ~30 MiB)
 USER_VERSION = 0x6B6C7031  # "klp1": marks our files before any table is read
 NONCORE = 0x100  # flag: not in the module's kallsyms after init (init section, .modinfo, ABS)
 
 BIND_NAMES = {0: "local", 1: "global", 2: "weak", 10: "unique", 15: "unknown"}
 BIND_CODES = {v: k for k, v in BIND_NAMES.items()}
-TYPE_NAMES = {0: "notype", 1: "object", 2: "func", 3: "section", 4: "file", 5: "common",
-              6: "tls", 10: "ifunc", 15: "unknown"}
+TYPE_NAMES = {
+    0: "notype",
+    1: "object",
+    2: "func",
+    3: "section",
+    4: "file",
+    5: "common",
+    6: "tls",
+    10: "ifunc",
+    15: "unknown",
+}
 TYPE_CODES = {v: k for k, v in TYPE_NAMES.items()}
 
 SCHEMA_SQL = """
@@ -75,17 +84,17 @@ class SymbolEntry(NamedTuple):
 
     object: str
     name: str
-    bind: str            # 'local' | 'global' | 'weak' | 'unknown'
-    type: str            # 'func' | 'object' | 'notype' | 'tls' | ... | 'unknown'
+    bind: str  # 'local' | 'global' | 'weak' | 'unknown'
+    type: str  # 'func' | 'object' | 'notype' | 'tls' | ... | 'unknown'
     exported: bool
     export_type: str | None  # 'EXPORT_SYMBOL' | 'EXPORT_SYMBOL_GPL' | None
     namespace: str | None
-    sympos: int          # 1-based among same-named symbols of the object (kernel order)
-    count: int           # same-named symbols the object has (in kallsyms after init)
+    sympos: int  # 1-based among same-named symbols of the object (kernel order)
+    count: int  # same-named symbols the object has (in kallsyms after init)
     crc: int | None
-    core: bool = True    # False: only in the module's init-time symbol table
+    core: bool = True  # False: only in the module's init-time symbol table
     load_sympos: int = 0  # position while the module's init-time table is live
-    load_count: int = 0   # (klp_module_coming() on a module loaded after the patch)
+    load_count: int = 0  # (klp_module_coming() on a module loaded after the patch)
 
     @property
     def klp_sympos(self) -> int:
@@ -103,24 +112,27 @@ def _check_sqlite_header(path: Path) -> None:
             head = f.read(100)
             size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
-        raise SymbolDBError("no symbol database here; build one with "
-                            "'klpkit symbols build'", path=path) from None
+        raise SymbolDBError(
+            "no symbol database here; build one with 'klpkit symbols build'", path=path
+        ) from None
     except IsADirectoryError:
-        raise SymbolDBError("is a directory, expected a symbol database file",
-                            path=path) from None
+        raise SymbolDBError("is a directory, expected a symbol database file", path=path) from None
     except OSError as e:
         raise SymbolDBError(f"cannot read symbol database: {e.strerror}", path=path) from None
     if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
         raise SymbolDBError("not a klpkit symbol database (no SQLite header)", path=path)
-    page_size, = struct.unpack_from(">H", head, 16)
+    (page_size,) = struct.unpack_from(">H", head, 16)
     page_size = 65536 if page_size == 1 else page_size
-    npages, = struct.unpack_from(">I", head, 28)
-    user_version, = struct.unpack_from(">I", head, 60)
+    (npages,) = struct.unpack_from(">I", head, 28)
+    (user_version,) = struct.unpack_from(">I", head, 60)
     if user_version != USER_VERSION:
         raise SymbolDBError("not a klpkit symbol database (foreign SQLite file)", path=path)
     if npages and size < npages * page_size:
-        raise SymbolDBError(f"symbol database is truncated ({size} bytes, header says "
-                            f"{npages * page_size}); rebuild it", path=path)
+        raise SymbolDBError(
+            f"symbol database is truncated ({size} bytes, header says "
+            f"{npages * page_size}); rebuild it",
+            path=path,
+        )
 
 
 class SymbolDB:
@@ -140,8 +152,9 @@ class SymbolDB:
         path = Path(path)
         _check_sqlite_header(path)
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False
+            )
             # memory-mapped reads: a lookup touches one leaf page, and a pread per
             # lookup costs more than the rest of it
             conn.execute(f"PRAGMA mmap_size={MMAP_SIZE}")
@@ -153,14 +166,17 @@ class SymbolDB:
             raise SymbolDBError("not a klpkit symbol database (no format mark)", path=path)
         if meta.get("schema") != str(SCHEMA):
             conn.close()
-            raise SymbolDBError(f"symbol database schema {meta.get('schema')} is not "
-                                f"{SCHEMA} (built by another klpkit version); rebuild it with "
-                                f"'klpkit symbols build'",
-                                path=path)
+            raise SymbolDBError(
+                f"symbol database schema {meta.get('schema')} is not "
+                f"{SCHEMA} (built by another klpkit version); rebuild it with "
+                f"'klpkit symbols build'",
+                path=path,
+            )
         if release is not None and meta.get("release") != release:
             conn.close()
-            raise SymbolDBError(f"symbol database is for kernel {meta.get('release')}, "
-                                f"not {release}", path=path)
+            raise SymbolDBError(
+                f"symbol database is for kernel {meta.get('release')}, not {release}", path=path
+            )
         return cls(conn, path, meta)
 
     def close(self) -> None:
@@ -176,8 +192,9 @@ class SymbolDB:
         try:
             return self._conn.execute(sql, tuple(args)).fetchall()
         except sqlite3.DatabaseError as e:
-            raise SymbolDBError(f"corrupt symbol database ({e}); rebuild it",
-                                path=self.path) from None
+            raise SymbolDBError(
+                f"corrupt symbol database ({e}); rebuild it", path=self.path
+            ) from None
 
     # --- properties ---------------------------------------------------------------
     @property
@@ -212,8 +229,12 @@ class SymbolDB:
         if not rows:
             return None
         oid, kind, path, depends = rows[0]
-        return {"name": obj, "kind": kind, "path": path,
-                "depends": [d for d in depends.split(",") if d]}
+        return {
+            "name": obj,
+            "kind": kind,
+            "path": path,
+            "depends": [d for d in depends.split(",") if d],
+        }
 
     def module_depends(self, obj: str) -> list[str]:
         rows = self._query("SELECT depends FROM objects WHERE name = ?", (obj,))
@@ -222,21 +243,26 @@ class SymbolDB:
         return [d for d in rows[0][0].split(",") if d]
 
     def exporter(self, name: str) -> str | None:
-        rows = self._query("SELECT o.name FROM exports e JOIN objects o ON o.id = e.obj "
-                           "WHERE e.name = ? ORDER BY e.obj LIMIT 1", (name,))
+        rows = self._query(
+            "SELECT o.name FROM exports e JOIN objects o ON o.id = e.obj "
+            "WHERE e.name = ? ORDER BY e.obj LIMIT 1",
+            (name,),
+        )
         return rows[0][0] if rows else None
 
     def export(self, name: str) -> tuple[str, str, str | None, int | None] | None:
         """(object, export type, namespace, crc) of an exported name, or None."""
-        rows = self._query("SELECT o.name, e.type, e.namespace, e.crc FROM exports e "
-                           "JOIN objects o ON o.id = e.obj WHERE e.name = ? ORDER BY e.obj "
-                           "LIMIT 1", (name,))
+        rows = self._query(
+            "SELECT o.name, e.type, e.namespace, e.crc FROM exports e "
+            "JOIN objects o ON o.id = e.obj WHERE e.name = ? ORDER BY e.obj "
+            "LIMIT 1",
+            (name,),
+        )
         return tuple(rows[0]) if rows else None
 
     # --- lookups ------------------------------------------------------------------
     # the page a name's records are in: the last that starts at or before the name
-    _PAGE_OF = ("SELECT records FROM symbol_pages WHERE first <= ? "
-                "ORDER BY first DESC LIMIT 1")
+    _PAGE_OF = "SELECT records FROM symbol_pages WHERE first <= ? ORDER BY first DESC LIMIT 1"
     _EXPORTS_OF = "SELECT obj, type, namespace, crc FROM exports WHERE name = ?"
 
     def _decode(self, blob) -> Page:
@@ -253,17 +279,24 @@ class SymbolDB:
 
     def _corrupt(self, e: Exception):
         if isinstance(e, sqlite3.DatabaseError):
-            raise SymbolDBError(f"corrupt symbol database ({e}); rebuild it",
-                                path=self.path) from None
-        raise SymbolDBError(f"corrupt symbol database (bad symbol page: {e}); rebuild it",
-                            path=self.path) from None
+            raise SymbolDBError(
+                f"corrupt symbol database ({e}); rebuild it", path=self.path
+            ) from None
+        raise SymbolDBError(
+            f"corrupt symbol database (bad symbol page: {e}); rebuild it", path=self.path
+        ) from None
 
     def _all_pages(self):
         for (blob,) in self._query("SELECT records FROM symbol_pages ORDER BY first"):
             yield self._decode(blob)
 
-    def lookup(self, name: str, object: str | None = None, *,  # noqa: A002 - the API name
-               include_init: bool = False) -> list[SymbolEntry]:
+    def lookup(
+        self,
+        name: str,
+        object: str | None = None,
+        *,
+        include_init: bool = False,
+    ) -> list[SymbolEntry]:
         """Every occurrence of ``name`` (in ``object`` only, when given), kernel order.
 
         Symbols that exist only in a module's init-time table (``core=False``) are
@@ -281,16 +314,22 @@ class SymbolDB:
             page = conn.execute(self._PAGE_OF, (key,)).fetchone()
             # (object id, flags) of each record (parse_payload's layout, inlined: the
             # hot path needs two of its three fields)
-            occ = [(int(p[:4], 16), int(p[10:], 16)) for p in payloads_of(page[0], key)] \
-                if page else []
+            occ = (
+                [(int(p[:4], 16), int(p[10:], 16)) for p in payloads_of(page[0], key)]
+                if page
+                else []
+            )
             if oid is not None:
                 occ = [r for r in occ if r[0] == oid]
             if not occ:
                 return []
             # only global/weak symbols are exported (a second statement only for them:
             # joining it into the first costs every lookup more than it saves)
-            exports = {o: rest for o, *rest in conn.execute(self._EXPORTS_OF, (name,))} \
-                if any(f & 15 for _o, f in occ) else {}
+            exports = (
+                {o: rest for o, *rest in conn.execute(self._EXPORTS_OF, (name,))}
+                if any(f & 15 for _o, f in occ)
+                else {}
+            )
         except (sqlite3.DatabaseError, ValueError, TypeError) as e:
             self._corrupt(e)
         none = (None, None, None)
@@ -304,13 +343,13 @@ class SymbolDB:
         rows = []
         for page in self._all_pages():
             rows.extend(((o << 32) | p, decode_name(n), f) for n, o, p, f in self._rows(page))
-        rows.sort(key=itemgetter(0))     # int keys: far cheaper than tuple compares
+        rows.sort(key=itemgetter(0))  # int keys: far cheaper than tuple compares
         out: dict[str, list[tuple[str, int]]] = {n: [] for n in self.objects()}
         for key, name, flags in rows:
             out[objs[key >> 32]].append((name, flags))
         return out
 
-    def names_with_prefix(self, prefix: str, object: str) -> list[str]:  # noqa: A002
+    def names_with_prefix(self, prefix: str, object: str) -> list[str]:
         """Distinct names of ``object``'s symbols that start with ``prefix``, sorted: the
         pages from the one holding ``prefix`` up to the first name past it. Used to find
         compiler clones of a function (``name.isra.0``, ``name.constprop.0``...)."""
@@ -328,7 +367,9 @@ class SymbolDB:
             pages = self._conn.execute(
                 "SELECT first, records FROM symbol_pages WHERE first >= COALESCE("
                 "(SELECT first FROM symbol_pages WHERE first <= ?1 ORDER BY first DESC "
-                "LIMIT 1), ?1) ORDER BY first", (key,))
+                "LIMIT 1), ?1) ORDER BY first",
+                (key,),
+            )
             for first, blob in pages:
                 if first > key and not first.startswith(key):
                     break
@@ -342,15 +383,16 @@ class SymbolDB:
             self._corrupt(e)
         return list(out)
 
-    def symbols_of(self, object: str):  # noqa: A002
+    def symbols_of(self, object: str):
         """(name, flags) of every stored symbol of an object, in kernel order
         (scans every page: the key is the name)."""
         self._objects()
         oid = self._objids.get(object)
         if oid is None:
             return []
-        rows = [(p, n, f) for page in self._all_pages()
-                for n, o, p, f in self._rows(page) if o == oid]
+        rows = [
+            (p, n, f) for page in self._all_pages() for n, o, p, f in self._rows(page) if o == oid
+        ]
         rows.sort(key=itemgetter(0))
         return [(decode_name(n), f) for _p, n, f in rows]
 
@@ -405,10 +447,22 @@ def _entries(name, rows, objs, include_init) -> list[SymbolEntry]:
             bind = bind_names.get(flags & 0xF, "unknown")
             exported = etype is not None and bind != "local"
             # positional: a lookup builds one per occurrence, keywords cost more
-            out.append(SymbolEntry(
-                obj, name, bind, type_names.get((flags >> 4) & 0xF, "unknown"), exported,
-                (etype or None) if exported else None, ns if exported else None,
-                pos if core else 0, count, crc if exported else None,
-                core, load_pos, load_count))
+            out.append(
+                SymbolEntry(
+                    obj,
+                    name,
+                    bind,
+                    type_names.get((flags >> 4) & 0xF, "unknown"),
+                    exported,
+                    (etype or None) if exported else None,
+                    ns if exported else None,
+                    pos if core else 0,
+                    count,
+                    crc if exported else None,
+                    core,
+                    load_pos,
+                    load_count,
+                )
+            )
         i = j
     return out

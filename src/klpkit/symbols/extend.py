@@ -22,8 +22,9 @@ from klpkit.symbols.db import SymbolDB
 from klpkit.symbols.pages import make_pages, make_records
 
 
-def add_modules(db: SymbolDB, modules: list[str | os.PathLike],
-                dest: str | os.PathLike | None = None) -> SymbolDB:
+def add_modules(
+    db: SymbolDB, modules: list[str | os.PathLike], dest: str | os.PathLike | None = None
+) -> SymbolDB:
     """Add ``modules`` to ``db`` (in place, or into a copy at ``dest``); returns it opened.
 
     The new file is written next to its destination and renamed into place, so a
@@ -52,11 +53,12 @@ def _read_modules(db: SymbolDB, modules) -> list:
     for path in modules:
         rec, modinfo = read_module(os.fspath(path))
         if modinfo.release and modinfo.release != db.release:
-            raise InputError(f"module is built for kernel {modinfo.release}, the database is "
-                             f"for {db.release}", path=path)
+            raise InputError(
+                f"module is built for kernel {modinfo.release}, the database is for {db.release}",
+                path=path,
+            )
         if rec.name in known:
-            raise InputError(f"a module named {rec.name} is already in the database",
-                             path=path)
+            raise InputError(f"a module named {rec.name} is already in the database", path=path)
         known.add(rec.name)
         records.append(rec)
     return records
@@ -69,12 +71,15 @@ def _insert(path: str, records, rows: list[bytes]) -> None:
     try:
         (next_id,) = conn.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM objects").fetchone()
         for oid, rec in enumerate(records, next_id):
-            conn.execute("INSERT INTO objects VALUES (?,?,?,?,?)",
-                         (oid, rec.name, "module", rec.path, ",".join(rec.depends)))
+            conn.execute(
+                "INSERT INTO objects VALUES (?,?,?,?,?)",
+                (oid, rec.name, "module", rec.path, ",".join(rec.depends)),
+            )
             rows.extend(make_records(oid, rec.pairs()))
-            conn.executemany("INSERT OR REPLACE INTO exports VALUES (?,?,?,?,?)",
-                             [(e.name, oid, e.export_type, e.namespace, e.crc)
-                              for e in rec.exports])
+            conn.executemany(
+                "INSERT OR REPLACE INTO exports VALUES (?,?,?,?,?)",
+                [(e.name, oid, e.export_type, e.namespace, e.crc) for e in rec.exports],
+            )
         rows.sort()
         conn.execute("DELETE FROM symbol_pages")
         conn.executemany("INSERT INTO symbol_pages VALUES (?,?)", make_pages(rows))
@@ -91,7 +96,8 @@ def _update_meta(conn: sqlite3.Connection, records) -> None:
     counts["objects"] = conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
     counts["symbols"] = counts.get("symbols", 0) + sum(len(r.rows) for r in records)
     counts["exports"] = conn.execute("SELECT COUNT(*) FROM exports").fetchone()[0]
-    sources = json.loads(meta.get("sources", "[]")) + [os.path.abspath(r.path)
-                                                       for r in records]
-    conn.executemany("INSERT OR REPLACE INTO meta VALUES (?,?)",
-                     [("counts", json.dumps(counts)), ("sources", json.dumps(sources))])
+    sources = json.loads(meta.get("sources", "[]")) + [os.path.abspath(r.path) for r in records]
+    conn.executemany(
+        "INSERT OR REPLACE INTO meta VALUES (?,?)",
+        [("counts", json.dumps(counts)), ("sources", json.dumps(sources))],
+    )

@@ -31,14 +31,14 @@ from typing import NamedTuple
 
 from klpkit.errors import KlpkitError
 
-PAGE_ROWS = 32           # records per page (more when one name has more)
-MAX_OBJECTS = 0x10000    # object ids: 4 hex digits
-MAX_POS = 0x1000000      # kernel positions / symbol indexes: 6 hex digits
-MAX_FLAGS = 0x1000       # flags: 3 hex digits
-PAYLOAD = 13             # hex digits after the NUL
+PAGE_ROWS = 32  # records per page (more when one name has more)
+MAX_OBJECTS = 0x10000  # object ids: 4 hex digits
+MAX_POS = 0x1000000  # kernel positions / symbol indexes: 6 hex digits
+MAX_FLAGS = 0x1000  # flags: 3 hex digits
+PAYLOAD = 13  # hex digits after the NUL
 
 _POS_HEX: list[bytes] = []
-FLAGS_HEX = [b"%03x" % f for f in range(MAX_FLAGS)]   # flags -> their 3 hex digits
+FLAGS_HEX = [b"%03x" % f for f in range(MAX_FLAGS)]  # flags -> their 3 hex digits
 
 
 def pos_hex(count: int) -> list[bytes]:
@@ -46,8 +46,10 @@ def pos_hex(count: int) -> list[bytes]:
     hot loop would cost more than the lookup)."""
     if count > len(_POS_HEX):
         if count > MAX_POS:
-            raise KlpkitError(f"{count} symbols in one object: the symbol database "
-                              f"stores positions below {MAX_POS}")
+            raise KlpkitError(
+                f"{count} symbols in one object: the symbol database "
+                f"stores positions below {MAX_POS}"
+            )
         _POS_HEX.extend(b"%06x" % i for i in range(len(_POS_HEX), count))
     return _POS_HEX
 
@@ -55,8 +57,9 @@ def pos_hex(count: int) -> list[bytes]:
 def oid_prefix(oid: int) -> bytes:
     """The NUL and object id that follow a name in each of the object's records."""
     if not 0 <= oid < MAX_OBJECTS:
-        raise KlpkitError(f"object id {oid}: the symbol database holds at most "
-                          f"{MAX_OBJECTS} objects")
+        raise KlpkitError(
+            f"object id {oid}: the symbol database holds at most {MAX_OBJECTS} objects"
+        )
     return b"\0%04x" % oid
 
 
@@ -99,11 +102,11 @@ def parse_payload(payload: bytes) -> tuple[int, int, int]:
 
 def parse_record(record: bytes) -> tuple[bytes, int, int, int]:
     """(name, oid, pos, flags) of one record."""
-    return record[:-PAYLOAD - 1], *parse_payload(record[-PAYLOAD:])
+    return record[: -PAYLOAD - 1], *parse_payload(record[-PAYLOAD:])
 
 
 def record_oid(record: bytes) -> int:
-    return int(record[-PAYLOAD:-PAYLOAD + 4], 16)
+    return int(record[-PAYLOAD : -PAYLOAD + 4], 16)
 
 
 def make_pages(records: list[bytes], page_rows: int = PAGE_ROWS) -> list[tuple[bytes, bytes]]:
@@ -117,7 +120,7 @@ def make_pages(records: list[bytes], page_rows: int = PAGE_ROWS) -> list[tuple[b
         j = i + page_rows
         if j >= n:
             j = n
-        else:   # extend the page to the end of its last name's records
+        else:  # extend the page to the end of its last name's records
             last = records[j - 1][:cut]
             while j < n and records[j][:cut] == last:
                 j += 1
@@ -145,7 +148,7 @@ def payloads_of(blob: bytes, name: bytes) -> list[bytes]:
     step = len(head) + PAYLOAD + 1
     out = []
     while blob.startswith(head, at):
-        out.append(blob[at + len(head):at + step - 1])
+        out.append(blob[at + len(head) : at + step - 1])
         at += step
     return out
 
@@ -159,7 +162,7 @@ class Page(NamedTuple):
     @classmethod
     def decode(cls, blob: bytes) -> Page:
         parts = blob.split(b"\0")
-        if len(parts) % 2:   # (a bad payload fails when it is parsed)
+        if len(parts) % 2:  # (a bad payload fails when it is parsed)
             raise ValueError("odd number of fields")
         return cls(parts[0::2], parts[1::2])
 
@@ -170,8 +173,10 @@ class Page(NamedTuple):
     def rows(self, lo: int = 0, hi: int | None = None):
         """(name, oid, pos, flags) of the records [lo, hi)."""
         hi = len(self.names) if hi is None else hi
-        return [(n, *parse_payload(p))
-                for n, p in zip(self.names[lo:hi], self.payloads[lo:hi], strict=True)]
+        return [
+            (n, *parse_payload(p))
+            for n, p in zip(self.names[lo:hi], self.payloads[lo:hi], strict=True)
+        ]
 
     def records(self) -> list[bytes]:
         return [n + b"\0" + p for n, p in zip(self.names, self.payloads, strict=True)]

@@ -101,28 +101,55 @@ from operator import eq, itemgetter
 from klpkit.elf import constants as C
 
 # --- vmlinux: scripts/mksysmap + scripts/kallsyms.c (v6.1) --------------------
-_IGNORED_NAMES = frozenset({
-    "kallsyms_addresses", "kallsyms_offsets", "kallsyms_relative_base",
-    "kallsyms_num_syms", "kallsyms_names", "kallsyms_markers",
-    "kallsyms_token_table", "kallsyms_token_index", "kallsyms_seqs_of_names",
-    "_SDA_BASE_", "_SDA2_BASE_", "L0",
-})
+_IGNORED_NAMES = frozenset(
+    {
+        "kallsyms_addresses",
+        "kallsyms_offsets",
+        "kallsyms_relative_base",
+        "kallsyms_num_syms",
+        "kallsyms_names",
+        "kallsyms_markers",
+        "kallsyms_token_table",
+        "kallsyms_token_index",
+        "kallsyms_seqs_of_names",
+        "_SDA_BASE_",
+        "_SDA2_BASE_",
+        "L0",
+    }
+)
 _IGNORED_PREFIXES = (
-    "$", ".L", "__crc_", "__kstrtab_", "__kstrtabns_",               # mksysmap
-    "__efistub_", "__kvm_nvhe_$", "__kvm_nvhe_.L", "__AArch64ADRPThunk_",
-    "__ARMV5PILongThunk_", "__ARMV7PILongThunk_", "__ThumbV7PILongThunk_",
-    "__LA25Thunk_", "__microLA25Thunk_", "__kcfi_typeid_",           # kallsyms.c
+    "$",
+    ".L",
+    "__crc_",
+    "__kstrtab_",
+    "__kstrtabns_",  # mksysmap
+    "__efistub_",
+    "__kvm_nvhe_$",
+    "__kvm_nvhe_.L",
+    "__AArch64ADRPThunk_",
+    "__ARMV5PILongThunk_",
+    "__ARMV7PILongThunk_",
+    "__ThumbV7PILongThunk_",
+    "__LA25Thunk_",
+    "__microLA25Thunk_",
+    "__kcfi_typeid_",  # kallsyms.c
 )
 _IGNORED_SUFFIXES = ("_from_arm", "_from_thumb", "_veneer")
 _IGNORED_MATCHES = (".long_branch.", ".plt_branch.")
-_KEEP_ABSOLUTE = frozenset({"__kernel_syscall_via_break", "__kernel_syscall_via_epc",
-                            "__kernel_sigtramp", "__gp"})
+_KEEP_ABSOLUTE = frozenset(
+    {"__kernel_syscall_via_break", "__kernel_syscall_via_epc", "__kernel_sigtramp", "__gp"}
+)
 
 
 _IGNORED_RE = re.compile(
-    "|".join(["^(?:" + "|".join(re.escape(p) for p in _IGNORED_PREFIXES) + ")",
-              "(?:" + "|".join(re.escape(p) for p in _IGNORED_SUFFIXES) + ")$",
-              "|".join(re.escape(p) for p in _IGNORED_MATCHES)]))
+    "|".join(
+        [
+            "^(?:" + "|".join(re.escape(p) for p in _IGNORED_PREFIXES) + ")",
+            "(?:" + "|".join(re.escape(p) for p in _IGNORED_SUFFIXES) + ")$",
+            "|".join(re.escape(p) for p in _IGNORED_MATCHES),
+        ]
+    )
+)
 
 
 def _trie(words) -> str:
@@ -133,13 +160,14 @@ def _trie(words) -> str:
         node = root
         for ch in word:
             node = node.setdefault(ch, {})
-        node[""] = {}               # a word ends here: any continuation matches
+        node[""] = {}  # a word ends here: any continuation matches
 
     def emit(node: dict) -> str:
         if "" in node:
             return ""
         alts = [re.escape(ch) + emit(node[ch]) for ch in sorted(node)]
         return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
     return emit(root)
 
 
@@ -166,8 +194,7 @@ def linker_provided(name: str) -> bool:
     """scripts/kallsyms' may_be_linker_script_provide_symbol()."""
     if len(name) < 8 or not name.startswith("__"):
         return False
-    return (name.startswith(("__start_", "__stop_", "__end_"))
-            or name.endswith(("_start", "_end")))
+    return name.startswith(("__start_", "__stop_", "__end_")) or name.endswith(("_start", "_end"))
 
 
 def vmlinux_kallsyms(scan) -> list[tuple[str, int, int, int]]:
@@ -185,7 +212,7 @@ def vmlinux_kallsyms(scan) -> list[tuple[str, int, int, int]]:
     table is NUL-terminated (checked when it was read).
     """
     strtab = scan.strtab
-    text = strtab.decode("latin-1")         # one character per byte: offsets still fit
+    text = strtab.decode("latin-1")  # one character per byte: offsets still fit
     find = text.find
     # nm omits section and file symbols (a C-level filter on st_info, see _KEPT_TYPES)
     kept = scan.infos.translate(_KEPT_TYPES)
@@ -198,16 +225,23 @@ def vmlinux_kallsyms(scan) -> list[tuple[str, int, int, int]]:
     blanked = _IGNORED_AFTER_NUL.sub("\0\0", text)
     bfind = blanked.find
     ignored_at = text.startswith
-    names = [blanked[o:bfind("\0", o)] if text[o - 1] == "\0"
-             else "" if ignored_at(_IGNORED_STARTS, o) else text[o:find("\0", o)]
-             for o in offsets]
-    if any(map(text.__contains__, _IGNORED_ANYWHERE)):   # ARM and PowerPC stubs only
+    names = [
+        blanked[o : bfind("\0", o)]
+        if text[o - 1] == "\0"
+        else ""
+        if ignored_at(_IGNORED_STARTS, o)
+        else text[o : find("\0", o)]
+        for o in offsets
+    ]
+    if any(map(text.__contains__, _IGNORED_ANYWHERE)):  # ARM and PowerPC stubs only
         search = _IGNORED_RE.search
         names = [name if name and search(name) is None else "" for name in names]
     # nm shows 'N' for symbols in debugging sections and drops non-alloc ones from
     # System.map the same way; undefined and absolute symbols are dropped (module doc).
-    keep_sec = [bool(flags & C.SHF_ALLOC) and not name.startswith(".debug")
-                for name, flags in zip(scan.sh_names, scan.sh_flags, strict=True)]
+    keep_sec = [
+        bool(flags & C.SHF_ALLOC) and not name.startswith(".debug")
+        for name, flags in zip(scan.sh_names, scan.sh_flags, strict=True)
+    ]
     nsec = len(keep_sec)
     for x in set(shndxs):
         if not x or not (keep_sec[x] if x < nsec else x == C.SHN_ABS):
@@ -219,16 +253,17 @@ def vmlinux_kallsyms(scan) -> list[tuple[str, int, int, int]]:
         for i in _indexes(shndxs, x):
             if names[i] not in keep:
                 names[i] = ""
-    if text[:1] != "\0":                   # offset 0 names nothing (read "" normally)
+    if text[:1] != "\0":  # offset 0 names nothing (read "" normally)
         for i in _indexes(offsets, 0):
             names[i] = ""
-    if not strtab.isascii():                # as ElfScan.name_at: UTF-8, else escapes
-        names = [name if name.isascii() else
-                 name.encode("latin-1").decode("utf-8", "surrogateescape")
-                 for name in names]
+    if not strtab.isascii():  # as ElfScan.name_at: UTF-8, else escapes
+        names = [
+            name if name.isascii() else name.encode("latin-1").decode("utf-8", "surrogateescape")
+            for name in names
+        ]
     infos, values = compress(scan.infos, kept), compress(scan.values, kept)
     out = list(compress(zip(names, infos, shndxs, values, strict=True), names))
-    out.sort(key=_VALUE)            # by address; stable: then symbol-table order
+    out.sort(key=_VALUE)  # by address; stable: then symbol-table order
     # scripts/kallsyms tie-break among equal addresses: non-weak first, linker-script
     # symbols last, fewer leading underscores first, then input (nm -n: name) order.
     vals = list(map(_VALUE, out))
@@ -264,16 +299,28 @@ def _runs(same: list[bool]):
 
 def _tie_key(sym):
     name, info = sym[0], sym[1]
-    return ((info >> 4) == C.STB_WEAK, linker_provided(name),
-            len(name) - len(name.lstrip("_")), name)
+    return (
+        (info >> 4) == C.STB_WEAK,
+        linker_provided(name),
+        len(name) - len(name.lstrip("_")),
+        name,
+    )
 
 
 # --- vmlinux: binding and type as the kernel's type letter says them -----------
 # (why, and what the letter cannot say: the module doc, "binding and type")
 KALLSYMS_BIND_UNKNOWN = 15
-_LETTER_TYPES = {"t": C.STT_FUNC, "w": C.STT_FUNC, "v": C.STT_OBJECT, "d": C.STT_OBJECT,
-                 "b": C.STT_OBJECT, "r": C.STT_OBJECT, "g": C.STT_OBJECT, "s": C.STT_OBJECT,
-                 "a": C.STT_OBJECT}
+_LETTER_TYPES = {
+    "t": C.STT_FUNC,
+    "w": C.STT_FUNC,
+    "v": C.STT_OBJECT,
+    "d": C.STT_OBJECT,
+    "b": C.STT_OBJECT,
+    "r": C.STT_OBJECT,
+    "g": C.STT_OBJECT,
+    "s": C.STT_OBJECT,
+    "a": C.STT_OBJECT,
+}
 
 
 def _letter_flags(code: int) -> int:
@@ -331,8 +378,11 @@ def vmlinux_letters(scan, table: list[tuple[str, int, int, int]]) -> bytes:
         tables[x] = bytes(ord(_nm_letter(cls, info)) for info in range(256))
     letters = bytearray(tables[x][info] for _n, info, x, _v in table)
     if absolute_percpu(scan):
-        bounds = {name: value for name, _i, _x, value in table
-                  if name in ("__per_cpu_start", "__per_cpu_end")}
+        bounds = {
+            name: value
+            for name, _i, _x, value in table
+            if name in ("__per_cpu_start", "__per_cpu_end")
+        }
         lo, hi = bounds.get("__per_cpu_start"), bounds.get("__per_cpu_end")
         if lo is not None and hi is not None:
             for i, row in enumerate(table):
@@ -366,10 +416,17 @@ def module_section_classes(scan, *, module_unload: bool = True) -> list[int]:
     """
     init = ".init"
     skip = NOT_LOADED_SECTIONS
-    out = [2 if name == PERCPU_SECTION
-           or (flags & C.SHF_ALLOC and not name.startswith(init) and name not in skip
-               and (module_unload or not name.startswith(".exit")))
-           else 1
-           for name, flags in zip(scan.sh_names, scan.sh_flags, strict=True)]
+    out = [
+        2
+        if name == PERCPU_SECTION
+        or (
+            flags & C.SHF_ALLOC
+            and not name.startswith(init)
+            and name not in skip
+            and (module_unload or not name.startswith(".exit"))
+        )
+        else 1
+        for name, flags in zip(scan.sh_names, scan.sh_flags, strict=True)
+    ]
     out[0] = 0
     return out

@@ -29,7 +29,6 @@ def module_release(path) -> str | None:
         return None
 
 
-
 def open_symbols(path, module_path, stack: contextlib.ExitStack) -> SymbolDB:
     """The symbol database for ``module_path``: ``path`` (a database or a Symbols.list),
     else the cached database of the module's release. Closed when ``stack`` closes."""

@@ -44,6 +44,8 @@ def is_symbols_list(path) -> bool:
         return False
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror}", path=path) from None
+
+
 META_OBJECT = ".klpkit"
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
@@ -72,14 +74,21 @@ def _decode_codes(text: str) -> list[int]:
 def export_symbols_list(db: SymbolDB, path: str | os.PathLike) -> int:
     """Write ``db`` as a Symbols.list; returns the number of symbol lines written."""
     lines = [HEADER]
-    meta = ["release\t" + db.release, "build_id\t" + (db.build_id or ""),
-            "source\t" + db.meta.get("source", "")]
+    meta = [
+        "release\t" + db.release,
+        "build_id\t" + (db.build_id or ""),
+        "source\t" + db.meta.get("source", ""),
+    ]
     n = 0
-    infos = {name: (kind, opath, depends) for name, kind, opath, depends in
-             db._query("SELECT name, kind, path, depends FROM objects")}
+    infos = {
+        name: (kind, opath, depends)
+        for name, kind, opath, depends in db._query("SELECT name, kind, path, depends FROM objects")
+    }
     all_exports: dict[str, list] = {}
-    for row in db._query("SELECT o.name, e.name, e.type, e.namespace, e.crc FROM exports e "
-                         "JOIN objects o ON o.id = e.obj ORDER BY o.name, e.name"):
+    for row in db._query(
+        "SELECT o.name, e.name, e.type, e.namespace, e.crc FROM exports e "
+        "JOIN objects o ON o.id = e.obj ORDER BY o.name, e.name"
+    ):
         all_exports.setdefault(row[0], []).append(row[1:])
     for obj, rows in db.all_symbols().items():
         kind, opath, depends = infos[obj]
@@ -92,11 +101,25 @@ def export_symbols_list(db: SymbolDB, path: str | os.PathLike) -> int:
         extra = [e[0] for e in exports if "__ksymtab_" + e[0] not in names]
         lines.extend("__ksymtab_" + e for e in extra)
         n += len(rows) + len(extra)
-        meta.append("\t".join(["object", obj, kind, opath or "", depends, str(len(rows)),
-                               "".join(_code(f) for _n, f in rows)]))
+        meta.append(
+            "\t".join(
+                [
+                    "object",
+                    obj,
+                    kind,
+                    opath or "",
+                    depends,
+                    str(len(rows)),
+                    "".join(_code(f) for _n, f in rows),
+                ]
+            )
+        )
         for name, etype, ns, crc in exports:
-            meta.append("\t".join(["export", obj, name, etype, ns or "",
-                                   "" if crc is None else f"{crc:08x}"]))
+            meta.append(
+                "\t".join(
+                    ["export", obj, name, etype, ns or "", "" if crc is None else f"{crc:08x}"]
+                )
+            )
     lines.append("*" + META_OBJECT)
     lines.extend(meta)
     write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
@@ -110,8 +133,9 @@ def read_symbols_list(path: str | os.PathLike) -> SymbolSet:
     if lines and lines[-1] == "":
         lines.pop()
     if not lines or not lines[0].startswith(HEADER):
-        raise InputError("Symbol list is in unknown format (first line is not "
-                         f"'{HEADER}')", path=path)
+        raise InputError(
+            f"Symbol list is in unknown format (first line is not '{HEADER}')", path=path
+        )
     objects: dict[str, list[str]] = {}
     order: list[str] = []
     current = None
@@ -123,8 +147,9 @@ def read_symbols_list(path: str | os.PathLike) -> SymbolSet:
                 order.append(current)
             continue
         if current is None:
-            raise InputError(f"line {lineno}: symbol before any '*object' line "
-                             "(File format error)", path=path)
+            raise InputError(
+                f"line {lineno}: symbol before any '*object' line (File format error)", path=path
+            )
         objects[current].append(line)
     meta_lines = objects.pop(META_OBJECT, None)
     if META_OBJECT in order:
@@ -134,12 +159,11 @@ def read_symbols_list(path: str | os.PathLike) -> SymbolSet:
         symset.source = "symbols-list(nm)"
         for obj in order:
             names = objects[obj]
-            rows = [(n, 0xFF) for n in names]   # bind/type unknown
-            exported = {n[len("__ksymtab_"):] for n in names if n.startswith("__ksymtab_")}
+            rows = [(n, 0xFF) for n in names]  # bind/type unknown
+            exported = {n[len("__ksymtab_") :] for n in names if n.startswith("__ksymtab_")}
             present = set(names)
             rec = ObjectRecord(obj, "vmlinux" if obj == "vmlinux" else "module", None, rows)
-            rec.exports = [Export(e, obj, "", None, None) for e in sorted(exported)
-                           if e in present]
+            rec.exports = [Export(e, obj, "", None, None) for e in sorted(exported) if e in present]
             symset.objects.append(rec)
         return symset
     kinds = {}
@@ -154,14 +178,21 @@ def read_symbols_list(path: str | os.PathLike) -> SymbolSet:
             elif f[0] == "source":
                 symset.source = f"symbols-list({f[1]})" if f[1] else "symbols-list"
             elif f[0] == "object":
-                kinds[f[1]] = (f[2], f[3] or None, [d for d in f[4].split(",") if d],
-                               int(f[5]), _decode_codes(f[6]))
+                kinds[f[1]] = (
+                    f[2],
+                    f[3] or None,
+                    [d for d in f[4].split(",") if d],
+                    int(f[5]),
+                    _decode_codes(f[6]),
+                )
             elif f[0] == "export":
-                exports.append(Export(f[2], f[1], f[3], f[4] or None,
-                                      int(f[5], 16) if f[5] else None))
+                exports.append(
+                    Export(f[2], f[1], f[3], f[4] or None, int(f[5], 16) if f[5] else None)
+                )
         except (IndexError, ValueError):
-            raise InputError(f"klpkit record {lineno} of '*{META_OBJECT}' is malformed",
-                             path=path) from None
+            raise InputError(
+                f"klpkit record {lineno} of '*{META_OBJECT}' is malformed", path=path
+            ) from None
     exports_of: dict[str, list[Export]] = {}
     for e in exports:
         exports_of.setdefault(e.object, []).append(e)
@@ -171,36 +202,40 @@ def read_symbols_list(path: str | os.PathLike) -> SymbolSet:
         kind, opath, depends, nrows, codes = kinds[obj]
         names = objects[obj]
         if len(codes) != nrows or len(names) < nrows:
-            raise InputError(f"object '{obj}': {len(names)} names but {nrows} recorded",
-                             path=path)
+            raise InputError(f"object '{obj}': {len(names)} names but {nrows} recorded", path=path)
         rows = list(zip(names[:nrows], codes, strict=True))
-        symset.objects.append(ObjectRecord(obj, kind, opath, rows, depends,
-                                           exports_of.get(obj, [])))
+        symset.objects.append(
+            ObjectRecord(obj, kind, opath, rows, depends, exports_of.get(obj, []))
+        )
     return symset
 
 
 @gc_paused
-def import_symbols_list(path: str | os.PathLike, *, release: str | None = None, db=None,
-                        symvers=None) -> SymbolDB:
+def import_symbols_list(
+    path: str | os.PathLike, *, release: str | None = None, db=None, symvers=None
+) -> SymbolDB:
     """Build a database from a Symbols.list (ours round-trips exactly)."""
     symset = read_symbols_list(path)
     if release and symset.release and release != symset.release:
-        raise InputError(f"Symbols.list is for kernel {symset.release}, not {release}",
-                         path=path)
+        raise InputError(f"Symbols.list is for kernel {symset.release}, not {release}", path=path)
     symset.release = symset.release or release or ""
     if not symset.release:
-        raise InputError("Symbols.list does not say which kernel it is for; pass --release",
-                         path=path)
+        raise InputError(
+            "Symbols.list does not say which kernel it is for; pass --release", path=path
+        )
     return _finish(symset, symvers, db, True)
 
 
 @gc_paused
 def dump(db: SymbolDB) -> dict:
     """A canonical, comparable view of a database's content (not its provenance)."""
-    infos = {name: (kind, [d for d in depends.split(",") if d]) for name, kind, depends in
-             db._query("SELECT name, kind, depends FROM objects")}
+    infos = {
+        name: (kind, [d for d in depends.split(",") if d])
+        for name, kind, depends in db._query("SELECT name, kind, depends FROM objects")
+    }
     objs = {obj: (*infos[obj], rows) for obj, rows in db.all_symbols().items()}
-    exports = db._query("SELECT e.name, o.name, e.type, e.namespace, e.crc FROM exports e "
-                        "JOIN objects o ON o.id = e.obj ORDER BY e.name, o.name")
-    return {"release": db.release, "build_id": db.build_id, "objects": objs,
-            "exports": exports}
+    exports = db._query(
+        "SELECT e.name, o.name, e.type, e.namespace, e.crc FROM exports e "
+        "JOIN objects o ON o.id = e.obj ORDER BY e.name, o.name"
+    )
+    return {"release": db.release, "build_id": db.build_id, "objects": objs, "exports": exports}

@@ -26,7 +26,7 @@ class Export(NamedTuple):
     crc: int | None
 
 
-@lru_cache(maxsize=8192)   # ~30,000 exports name ~4,000 objects
+@lru_cache(maxsize=8192)  # ~30,000 exports name ~4,000 objects
 def object_name_of(module_path: str) -> str:
     if module_path == "vmlinux":
         return "vmlinux"
@@ -43,21 +43,30 @@ def parse_symvers(text: str, path: str | None = None) -> dict[str, Export]:
     lines and a symbol database build reads it.)"""
     rows = [line.split("\t") for line in text.splitlines()]
     for lineno in (i for i, cols in enumerate(rows, 1) if len(cols) < 4):
-        if "".join(rows[lineno - 1]).strip():   # (blank lines are allowed)
-            raise InputError(f"line {lineno}: expected CRC, symbol, module, export type "
-                             f"separated by tabs", path=path)
+        if "".join(rows[lineno - 1]).strip():  # (blank lines are allowed)
+            raise InputError(
+                f"line {lineno}: expected CRC, symbol, module, export type separated by tabs",
+                path=path,
+            )
     try:
-        return {c[1]: Export(c[1], object_name_of(c[2]), c[3],
-                             c[4] if len(c) > 4 and c[4] else None, int(c[0], 16))
-                for c in rows if len(c) >= 4}
+        return {
+            c[1]: Export(
+                c[1],
+                object_name_of(c[2]),
+                c[3],
+                c[4] if len(c) > 4 and c[4] else None,
+                int(c[0], 16),
+            )
+            for c in rows
+            if len(c) >= 4
+        }
     except ValueError:
         for lineno, cols in enumerate(rows, 1):
             if len(cols) >= 4:
                 try:
                     int(cols[0], 16)
                 except ValueError:
-                    raise InputError(f"line {lineno}: bad CRC {cols[0]!r}",
-                                     path=path) from None
+                    raise InputError(f"line {lineno}: bad CRC {cols[0]!r}", path=path) from None
         raise
 
 

@@ -72,10 +72,10 @@ class ImageError(InputError):
     know); always one line naming the file."""
 
 
-MAX_IMAGE = 1 << 30          # a kernel image is ~10 MB; refuse to slurp more than 1 GiB
-MAX_VMLINUX = 1 << 29        # a stripped vmlinux is ~70 MB; refuse to inflate past 512 MiB
-WALK_BUDGET = 1 << 24        # kallsyms_names entries tried over all candidates (~100k real)
-CHUNK = 4 << 20              # decompress in 4 MiB steps (stop as soon as the tables are out)
+MAX_IMAGE = 1 << 30  # a kernel image is ~10 MB; refuse to slurp more than 1 GiB
+MAX_VMLINUX = 1 << 29  # a stripped vmlinux is ~70 MB; refuse to inflate past 512 MiB
+WALK_BUDGET = 1 << 24  # kallsyms_names entries tried over all candidates (~100k real)
+CHUNK = 4 << 20  # decompress in 4 MiB steps (stop as soon as the tables are out)
 ELFMAG = b"\x7fELF"
 
 # x86 setup header (Documentation/x86/boot.rst)
@@ -84,7 +84,7 @@ _HDR_MAGIC = b"HdrS"
 _SETUP_SECTS = 0x1F1
 _VERSION_AT = 0x206
 _KERNEL_VERSION_AT = 0x20E
-_PAYLOAD_AT = 0x248          # payload_offset, payload_length (protocol 2.08+)
+_PAYLOAD_AT = 0x248  # payload_offset, payload_length (protocol 2.08+)
 
 # compressed formats the kernel's boot decompressors accept (lib/decompress_*.c), by magic
 _FORMATS = (
@@ -105,42 +105,57 @@ _TOOLS = {"zstd": ("zstd", "zstd"), "lz4": ("lz4", "lz4"), "lzo": ("lzop", "lzop
 class Payload:
     """The compressed vmlinux inside an image (or the vmlinux itself)."""
 
-    data: bytes                  # compressed bytes, size trailer removed
-    compression: str             # 'xz', 'gzip', ..., or 'none' (an ELF given directly)
-    size: int | None             # decompressed size the image declares
-    version: str = ""            # the setup header's kernel_version string
+    data: bytes  # compressed bytes, size trailer removed
+    compression: str  # 'xz', 'gzip', ..., or 'none' (an ELF given directly)
+    size: int | None  # decompressed size the image declares
+    version: str = ""  # the setup header's kernel_version string
 
 
 def payload_of(image: bytes, path: str | None = None) -> Payload:
     """The compressed payload of a bzImage, or an uncompressed ELF vmlinux as is."""
     if image[:4] == ELFMAG:
         return Payload(image, "none", len(image))
-    if len(image) < _PAYLOAD_AT + 8 or image[_HDR_MAGIC_AT:_HDR_MAGIC_AT + 4] != _HDR_MAGIC:
-        raise ImageError("not a kernel image: no x86 bzImage setup header ('HdrS' at "
-                         "0x202) and not an ELF vmlinux", path=path)
-    proto, = struct.unpack_from("<H", image, _VERSION_AT)
+    if len(image) < _PAYLOAD_AT + 8 or image[_HDR_MAGIC_AT : _HDR_MAGIC_AT + 4] != _HDR_MAGIC:
+        raise ImageError(
+            "not a kernel image: no x86 bzImage setup header ('HdrS' at "
+            "0x202) and not an ELF vmlinux",
+            path=path,
+        )
+    (proto,) = struct.unpack_from("<H", image, _VERSION_AT)
     if proto < 0x208:
-        raise ImageError(f"bzImage boot protocol {proto >> 8}.{proto & 0xFF:02d} has no "
-                         f"payload fields (they came with 2.08, Linux 2.6.26)", path=path)
+        raise ImageError(
+            f"bzImage boot protocol {proto >> 8}.{proto & 0xFF:02d} has no "
+            f"payload fields (they came with 2.08, Linux 2.6.26)",
+            path=path,
+        )
     version = ""
-    vptr, = struct.unpack_from("<H", image, _KERNEL_VERSION_AT)
+    (vptr,) = struct.unpack_from("<H", image, _KERNEL_VERSION_AT)
     if vptr and vptr + 0x200 < len(image):
-        raw = image[vptr + 0x200:vptr + 0x200 + 512].split(b"\0", 1)[0]
+        raw = image[vptr + 0x200 : vptr + 0x200 + 512].split(b"\0", 1)[0]
         version = raw.decode("ascii", "replace")
     offset, length = struct.unpack_from("<II", image, _PAYLOAD_AT)
     start = ((image[_SETUP_SECTS] or 4) + 1) * 512 + offset
     if length < 8 or start + length > len(image):
-        raise ImageError(f"the setup header's payload ({length} bytes at {start:#x}) does "
-                         f"not fit in the file ({len(image)} bytes)", path=path)
-    raw = image[start:start + length]
+        raise ImageError(
+            f"the setup header's payload ({length} bytes at {start:#x}) does "
+            f"not fit in the file ({len(image)} bytes)",
+            path=path,
+        )
+    raw = image[start : start + length]
     fmt = next((name for magic, name in _FORMATS if raw.startswith(magic)), None)
     if fmt is None:
-        raise ImageError(f"the bzImage payload is in no compression format the kernel "
-                         f"uses (starts {raw[:6].hex()})", path=path)
-    size, = struct.unpack_from("<I", raw, length - 4)
+        raise ImageError(
+            f"the bzImage payload is in no compression format the kernel "
+            f"uses (starts {raw[:6].hex()})",
+            path=path,
+        )
+    (size,) = struct.unpack_from("<I", raw, length - 4)
     if size > MAX_VMLINUX:
-        raise ImageError(f"the bzImage declares a {size}-byte vmlinux, more than klpkit "
-                         f"inflates ({MAX_VMLINUX >> 20} MiB)", path=path)
+        raise ImageError(
+            f"the bzImage declares a {size}-byte vmlinux, more than klpkit "
+            f"inflates ({MAX_VMLINUX >> 20} MiB)",
+            path=path,
+        )
     return Payload(raw[:-4], fmt, size, version)
 
 
@@ -166,14 +181,13 @@ class Inflater:
         self.buf = bytearray()
         self._input = payload.data
         if fmt in ("xz", "lzma"):
-            self._dec = lzma.LZMADecompressor(lzma.FORMAT_XZ if fmt == "xz"
-                                              else lzma.FORMAT_ALONE)
+            self._dec = lzma.LZMADecompressor(lzma.FORMAT_XZ if fmt == "xz" else lzma.FORMAT_ALONE)
         elif fmt == "bzip2":
             self._dec = bz2.BZ2Decompressor()
         elif fmt == "gzip":
             self._dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif fmt == "zstd" and _stdlib_zstd() is not None:
-            self._dec = _stdlib_zstd().ZstdDecompressor()   # Python 3.14+
+            self._dec = _stdlib_zstd().ZstdDecompressor()  # Python 3.14+
         else:
             self._start_tool(fmt)
 
@@ -246,20 +260,23 @@ class Inflater:
                     self._fail(f"the {self.format} payload is truncated")
         except (lzma.LZMAError, zlib.error, OSError, EOFError, ValueError) as e:
             self._fail(f"the {self.format} payload is damaged: {_one_line(e)}")
-        except Exception as e:   # compression.zstd's own error class (Python 3.14+)
+        except Exception as e:  # compression.zstd's own error class (Python 3.14+)
             if self.format == "zstd" and self._dec is not None:
                 self._fail(f"the {self.format} payload is damaged: {_one_line(e)}")
             raise
         self.buf += chunk
         if len(self.buf) > MAX_VMLINUX:
-            self._fail(f"the payload inflates past {MAX_VMLINUX >> 20} MiB, more than any "
-                       f"vmlinux")
+            self._fail(f"the payload inflates past {MAX_VMLINUX >> 20} MiB, more than any vmlinux")
         if self.declared is not None and len(self.buf) > self.declared:
-            self._fail(f"the payload decompresses to more than the {self.declared} bytes "
-                       f"the image declares")
+            self._fail(
+                f"the payload decompresses to more than the {self.declared} bytes "
+                f"the image declares"
+            )
         if self.done and self.declared is not None and len(self.buf) != self.declared:
-            self._fail(f"the payload decompresses to {len(self.buf)} bytes, the image "
-                       f"declares {self.declared}")
+            self._fail(
+                f"the payload decompresses to {len(self.buf)} bytes, the image "
+                f"declares {self.declared}"
+            )
 
     def _fail(self, message: str):
         self.done = True
@@ -271,17 +288,23 @@ class Inflater:
         cmd, package = _TOOLS[fmt]
         exe = shutil.which(cmd)
         if exe is None:
-            raise ImageError(f"the kernel image is {fmt}-compressed: Python's standard "
-                             f"library cannot decompress {fmt} and the '{cmd}' command is "
-                             f"not installed (apt-get install {package})", path=self.path)
+            raise ImageError(
+                f"the kernel image is {fmt}-compressed: Python's standard "
+                f"library cannot decompress {fmt} and the '{cmd}' command is "
+                f"not installed (apt-get install {package})",
+                path=self.path,
+            )
         fd, self._tmp = tempfile.mkstemp(prefix="klpkit-vmlinuz-", suffix=f".{fmt}")
         with os.fdopen(fd, "wb") as f:
             f.write(self._input)
         self._input = b""
         self._cmd = cmd
-        self._proc = subprocess.Popen([exe, "-d", "-c", "-q", self._tmp],
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE)
+        self._proc = subprocess.Popen(
+            [exe, "-d", "-c", "-q", self._tmp],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
     def _tool_ended(self) -> None:
         rc = self._proc.wait()
@@ -289,8 +312,10 @@ class Inflater:
         self.done = True
         if rc != 0:
             lines = [line.strip() for line in err.splitlines() if line.strip()]
-            self._fail(f"the {self.format} payload is damaged: {self._cmd} says "
-                       f"{lines[-1] if lines else f'exit status {rc}'}")
+            self._fail(
+                f"the {self.format} payload is damaged: {self._cmd} says "
+                f"{lines[-1] if lines else f'exit status {rc}'}"
+            )
 
 
 def _stdlib_zstd():
@@ -315,8 +340,8 @@ class ElfLayout:
     little_endian: bool
     type: int
     machine: int
-    loads: list[tuple[int, int, int]]     # PT_LOAD: (vaddr, file offset, file size)
-    notes: list[tuple[int, int]]          # PT_NOTE: (file offset, size)
+    loads: list[tuple[int, int, int]]  # PT_LOAD: (vaddr, file offset, file size)
+    notes: list[tuple[int, int]]  # PT_NOTE: (file offset, size)
 
     @property
     def ptr(self) -> int:
@@ -344,25 +369,27 @@ class ElfLayout:
 
 def elf_layout(inf: Inflater) -> ElfLayout:
     fail = ImageError("the decompressed payload is not an ELF vmlinux", path=inf.path)
-    if not inf.ensure(64) or inf.buf[:4] != ELFMAG or inf.buf[4] not in (1, 2) \
-            or inf.buf[5] not in (1, 2):
+    if (
+        not inf.ensure(64)
+        or inf.buf[:4] != ELFMAG
+        or inf.buf[4] not in (1, 2)
+        or inf.buf[5] not in (1, 2)
+    ):
         raise fail
     elf64, le = inf.buf[4] == 2, inf.buf[5] == 1
     e = "<" if le else ">"
     if elf64:
         etype, machine = struct.unpack_from(e + "HH", inf.buf, 16)
-        phoff, = struct.unpack_from(e + "Q", inf.buf, 32)
+        (phoff,) = struct.unpack_from(e + "Q", inf.buf, 32)
         phentsize, phnum = struct.unpack_from(e + "HH", inf.buf, 54)
         fmt, need = e + "IIQQQQ", 56
     else:
         etype, machine = struct.unpack_from(e + "HH", inf.buf, 16)
-        phoff, = struct.unpack_from(e + "I", inf.buf, 28)
+        (phoff,) = struct.unpack_from(e + "I", inf.buf, 28)
         phentsize, phnum = struct.unpack_from(e + "HH", inf.buf, 42)
         fmt, need = e + "IIIIII", 32
-    if phentsize < need or phnum == 0 or phnum > 4096 or \
-            not inf.ensure(phoff + phentsize * phnum):
-        raise ImageError("the vmlinux in the image has no readable program headers",
-                         path=inf.path)
+    if phentsize < need or phnum == 0 or phnum > 4096 or not inf.ensure(phoff + phentsize * phnum):
+        raise ImageError("the vmlinux in the image has no readable program headers", path=inf.path)
     loads, notes = [], []
     for i in range(phnum):
         f = struct.unpack_from(fmt, inf.buf, phoff + i * phentsize)
@@ -382,13 +409,13 @@ def gnu_build_id(notes: bytes, little_endian: bool = True) -> str:
     le = "little" if little_endian else "big"
     off = 0
     while off + 12 <= len(notes):
-        namesz = int.from_bytes(notes[off:off + 4], le)
-        descsz = int.from_bytes(notes[off + 4:off + 8], le)
-        ntype = int.from_bytes(notes[off + 8:off + 12], le)
+        namesz = int.from_bytes(notes[off : off + 4], le)
+        descsz = int.from_bytes(notes[off + 4 : off + 8], le)
+        ntype = int.from_bytes(notes[off + 8 : off + 12], le)
         name_end = off + 12 + namesz
         desc = name_end + (-namesz % 4)
-        if notes[off + 12:name_end].rstrip(b"\0") == b"GNU" and ntype == 3:
-            return bytes(notes[desc:desc + descsz]).hex()
+        if notes[off + 12 : name_end].rstrip(b"\0") == b"GNU" and ntype == 3:
+            return bytes(notes[desc : desc + descsz]).hex()
         off = desc + descsz + (-descsz % 4)
     return ""
 
@@ -398,10 +425,10 @@ def gnu_build_id(notes: bytes, little_endian: bool = True) -> str:
 class Kallsyms:
     """vmlinux's kallsyms table in kernel order (the table's own order)."""
 
-    entries: list[str]           # expanded entries: type letter + name
+    entries: list[str]  # expanded entries: type letter + name
     addresses: list[int] | None  # None when no address layout validated
-    seqs_raw: bytes | None = None   # kallsyms_seqs_of_names (v6.2, backported), 3 bytes each
-    found: dict[str, int] = field(default_factory=dict)   # table -> file offset in vmlinux
+    seqs_raw: bytes | None = None  # kallsyms_seqs_of_names (v6.2, backported), 3 bytes each
+    found: dict[str, int] = field(default_factory=dict)  # table -> file offset in vmlinux
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -467,9 +494,9 @@ def _token_table_at(buf: bytearray, hit: int, ptr: int, e: str):
     then, aligned to a pointer (``ALGN``), the index: 256 u16 offsets of the tokens in the
     table (``kallsyms_expand_symbol()`` reads ``token_table[token_index[byte]]``)."""
     p = hit
-    for _ in range(0x100 - _ANCHOR_TOKEN):       # to the end of token 0xff
+    for _ in range(0x100 - _ANCHOR_TOKEN):  # to the end of token 0xff
         q = buf.find(b"\0", p, p + 0x10000)
-        if q <= p:                               # not found, or an empty token
+        if q <= p:  # not found, or an empty token
             return None
         p = q + 1
     index_at = _align(p, ptr)
@@ -479,7 +506,7 @@ def _token_table_at(buf: bytearray, hit: int, ptr: int, e: str):
     start = hit - index[_ANCHOR_TOKEN]
     if index[0] != 0 or start < 0 or start % ptr:
         return None
-    tokens = bytes(buf[start:p - 1]).split(b"\0")
+    tokens = bytes(buf[start : p - 1]).split(b"\0")
     if len(tokens) != 256 or not all(tokens):
         return None
     if list(accumulate((len(t) + 1 for t in tokens[:-1]), initial=0)) != list(index):
@@ -496,10 +523,13 @@ def _find_token_table(inf: Inflater, ptr: int, e: str):
         if hit < 0:
             searched = max(0, len(inf.buf) - len(_TOKEN_ANCHOR) + 1)
             if not inf.more():
-                raise ImageError("no kallsyms token table in the kernel image (was it "
-                                 "built without CONFIG_KALLSYMS?)", path=inf.path)
+                raise ImageError(
+                    "no kallsyms token table in the kernel image (was it "
+                    "built without CONFIG_KALLSYMS?)",
+                    path=inf.path,
+                )
             continue
-        inf.ensure(hit + 0x10000 * 2)        # the rest of the table and its index
+        inf.ensure(hit + 0x10000 * 2)  # the rest of the table and its index
         found = _token_table_at(inf.buf, hit, ptr, e)
         if found is not None:
             return found
@@ -545,7 +575,7 @@ def _names_walk(buf, start: int, count: int, limit: int, letter: bytes, charmap:
             pos += 1
             if not n or not letter[buf[pos]]:
                 return None, len(entries)
-            put(decode(buf[pos:pos + n], "strict", charmap)[0])
+            put(decode(buf[pos : pos + n], "strict", charmap)[0])
             pos += n
     if pos > limit:
         return None, count
@@ -593,8 +623,11 @@ def _find_names(inf: Inflater, lay: ElfLayout, table_at: int, tokens: list[bytes
             walked, steps = _names_walk(buf, names_at, count, table_at, letter, charmap)
             budget -= steps
             if budget < 0:
-                raise ImageError("no kallsyms_names stream found before the token table "
-                                 "(search budget spent: damaged image?)", path=inf.path)
+                raise ImageError(
+                    "no kallsyms_names stream found before the token table "
+                    "(search budget spent: damaged image?)",
+                    path=inf.path,
+                )
             if walked is None:
                 continue
             entries, marks, end = walked
@@ -603,13 +636,17 @@ def _find_names(inf: Inflater, lay: ElfLayout, table_at: int, tokens: list[bytes
                 if not all(map(bytes.isascii, tokens)):
                     # names are UTF-8 and a token may hold part of a character: decoded
                     # byte-wise above, re-read as UTF-8 here
-                    entries = [n if n.isascii() else
-                               n.encode("latin-1").decode("utf-8", "surrogateescape")
-                               for n in entries]
+                    entries = [
+                        n if n.isascii() else n.encode("latin-1").decode("utf-8", "surrogateescape")
+                        for n in entries
+                    ]
                 return at, names_at, entries, markers_at
         hi = lo
-    raise ImageError("the kernel image has a kallsyms token table but no kallsyms_names "
-                     "stream that fits it (damaged image?)", path=inf.path)
+    raise ImageError(
+        "the kernel image has a kallsyms token table but no kallsyms_names "
+        "stream that fits it (damaged image?)",
+        path=inf.path,
+    )
 
 
 def _addresses(inf: Inflater, lay: ElfLayout, num_at: int, count: int, index_at: int):
@@ -643,7 +680,7 @@ def _addresses(inf: Inflater, lay: ElfLayout, num_at: int, count: int, index_at:
             if _sorted(addrs):
                 return addrs, {"kallsyms_addresses": at}, at + size
             continue
-        base, = struct.unpack_from(e + pfmt, buf, base_at)
+        (base,) = struct.unpack_from(e + pfmt, buf, base_at)
         offs = struct.unpack_from(f"{e}{count}i", buf, at)
         if not offs:
             continue
@@ -673,8 +710,14 @@ def _sorted(values: list[int]) -> bool:
     return values == sorted(values) and len(set(values)) * 4 > len(values)
 
 
-def _seqs(inf: Inflater, lay: ElfLayout, count: int, markers_end: int, table_at: int,
-          addresses_end: int | None) -> tuple[bytes | None, int | None]:
+def _seqs(
+    inf: Inflater,
+    lay: ElfLayout,
+    count: int,
+    markers_end: int,
+    table_at: int,
+    addresses_end: int | None,
+) -> tuple[bytes | None, int | None]:
     """kallsyms_seqs_of_names (v6.2 "kallsyms: Improve the performance of
     kallsyms_lookup_name()", backported to Debian's 6.1): 3 bytes per symbol, between the
     markers and the token table (v6.2..v6.3) or after the address tables (v6.4+).
@@ -692,7 +735,7 @@ def _seqs(inf: Inflater, lay: ElfLayout, count: int, markers_end: int, table_at:
         if not inf.ensure(end):
             continue
         raw = bytes(inf.buf[at:end])
-        if fits:      # exactly fills the gap up to the token table: v6.2..v6.3's layout
+        if fits:  # exactly fills the gap up to the token table: v6.2..v6.3's layout
             return raw, at
         seqs = set(_decode_seqs(raw))
         if len(seqs) == count and max(seqs, default=-1) == count - 1:
@@ -707,14 +750,21 @@ def find_kallsyms(inf: Inflater, lay: ElfLayout) -> Kallsyms:
     count = len(entries)
     # (the walk checked each entry's first token starts with a letter)
     if entries and min(map(len, entries)) < 2:
-        raise ImageError("a kallsyms entry has a type letter but no name (damaged "
-                         "kallsyms_names?)", path=inf.path)
+        raise ImageError(
+            "a kallsyms entry has a type letter but no name (damaged kallsyms_names?)",
+            path=inf.path,
+        )
     addrs, where, addresses_end = _addresses(inf, lay, num_at, count, index_at)
     markers_end = markers_at + 4 * ((count + 255) // 256)
     seqs, seqs_at = _seqs(inf, lay, count, markers_end, table_at, addresses_end)
-    found = {"kallsyms_num_syms": num_at, "kallsyms_names": names_at,
-             "kallsyms_markers": markers_at, "kallsyms_token_table": table_at,
-             "kallsyms_token_index": index_at, **where}
+    found = {
+        "kallsyms_num_syms": num_at,
+        "kallsyms_names": names_at,
+        "kallsyms_markers": markers_at,
+        "kallsyms_token_table": table_at,
+        "kallsyms_token_index": index_at,
+        **where,
+    }
     if seqs_at is not None:
         found["kallsyms_seqs_of_names"] = seqs_at
     ks = Kallsyms(entries, addrs, seqs, found)
@@ -731,8 +781,7 @@ def _check_name_order(ks: Kallsyms, path: str | None) -> None:
     seqs = ks.seqs_of_names
     count = len(ks.entries)
     if max(seqs, default=-1) >= count:
-        raise ImageError("kallsyms_seqs_of_names points past the table (damaged image?)",
-                         path=path)
+        raise ImageError("kallsyms_seqs_of_names points past the table (damaged image?)", path=path)
     names = ks.names
     ordered = list(map(names.__getitem__, seqs))
     if ".llvm." in "\0".join(ordered):
@@ -740,13 +789,18 @@ def _check_name_order(ks: Kallsyms, path: str | None) -> None:
     # (compare names as the kernel's strcmp() does: bytes; here one code point per byte,
     # or UTF-8, whose code point order is its byte order)
     if any(map(gt, ordered, islice(ordered, 1, None))):
-        raise ImageError("the kallsyms names are not in kallsyms_seqs_of_names' order "
-                         "(damaged token table or names?)", path=path)
+        raise ImageError(
+            "the kallsyms names are not in kallsyms_seqs_of_names' order "
+            "(damaged token table or names?)",
+            path=path,
+        )
 
 
 # --- the export table ---------------------------------------------------------------------
-_EXPORT_TYPES = (("__ksymtab", "__kcrctab", "EXPORT_SYMBOL"),
-                 ("__ksymtab_gpl", "__kcrctab_gpl", "EXPORT_SYMBOL_GPL"))
+_EXPORT_TYPES = (
+    ("__ksymtab", "__kcrctab", "EXPORT_SYMBOL"),
+    ("__ksymtab_gpl", "__kcrctab_gpl", "EXPORT_SYMBOL_GPL"),
+)
 
 
 def read_exports(inf: Inflater, lay: ElfLayout, ks: Kallsyms) -> list[Export]:
@@ -761,15 +815,19 @@ def read_exports(inf: Inflater, lay: ElfLayout, ks: Kallsyms) -> list[Export]:
     (``CONFIG_MODVERSIONS``).  A namespace is "" when there is none.  Each entry is
     cross-checked with the ``__ksymtab_<name>`` symbol kallsyms has at its address."""
     if ks.addresses is None:
-        raise ImageError("cannot read vmlinux's exports: the kallsyms addresses did not "
-                         "decode (pass --symvers Module.symvers)", path=inf.path)
+        raise ImageError(
+            "cannot read vmlinux's exports: the kallsyms addresses did not "
+            "decode (pass --symvers Module.symvers)",
+            path=inf.path,
+        )
     at = {}
-    marks = {"__start_" + s for t in _EXPORT_TYPES for s in t[:2]} | \
-            {"__stop_" + t[0] for t in _EXPORT_TYPES}
+    marks = {"__start_" + s for t in _EXPORT_TYPES for s in t[:2]} | {
+        "__stop_" + t[0] for t in _EXPORT_TYPES
+    }
     entry_names = {}
     entries, addresses = ks.entries, ks.addresses
     for i, entry in enumerate(entries):
-        if entry.startswith("__", 1):        # (a C-level filter first: 1 in 5 do)
+        if entry.startswith("__", 1):  # (a C-level filter first: 1 in 5 do)
             name = entry[1:]
             if name in marks:
                 at.setdefault(name, addresses[i])
@@ -786,21 +844,30 @@ def read_exports(inf: Inflater, lay: ElfLayout, ks: Kallsyms) -> list[Export]:
             continue
         span = stop - start
         if span % count or span // count not in (12, 3 * lay.ptr):
-            raise ImageError(f"cannot read vmlinux's export table {tab}: "
-                             f"{span} bytes for {count} exports", path=inf.path)
+            raise ImageError(
+                f"cannot read vmlinux's export table {tab}: {span} bytes for {count} exports",
+                path=inf.path,
+            )
         size = span // count
         prel = size == 12 and lay.elf64
         off = lay.offset_of(start, span)
         crc_at = at.get("__start_" + crctab)
         crc_off = lay.offset_of(crc_at, 4 * count) if crc_at is not None else None
-        if off is None or not inf.ensure(off + span) or \
-                crc_off is not None and not inf.ensure(crc_off + 4 * count):
-            raise ImageError(f"vmlinux's export table {tab} is not in the "
-                             f"image's loaded segments", path=inf.path)
-        fields = struct.unpack_from(f"{e}{3 * count}{'i' if prel else _ptr(lay)}",
-                                    inf.buf, off)
-        crcs = (struct.unpack_from(f"{e}{count}I", inf.buf, crc_off)
-                if crc_off is not None else [None] * count)
+        if (
+            off is None
+            or not inf.ensure(off + span)
+            or crc_off is not None
+            and not inf.ensure(crc_off + 4 * count)
+        ):
+            raise ImageError(
+                f"vmlinux's export table {tab} is not in the image's loaded segments", path=inf.path
+            )
+        fields = struct.unpack_from(f"{e}{3 * count}{'i' if prel else _ptr(lay)}", inf.buf, off)
+        crcs = (
+            struct.unpack_from(f"{e}{count}I", inf.buf, crc_off)
+            if crc_off is not None
+            else [None] * count
+        )
         starts = range(start, stop, size)
         if prel:
             name_addrs = [a + 4 + f for a, f in zip(starts, fields[1::3], strict=True)]
@@ -812,10 +879,14 @@ def read_exports(inf: Inflater, lay: ElfLayout, ks: Kallsyms) -> list[Export]:
         get = entry_names.get
         for i, (entry, name) in enumerate(zip(starts, names, strict=True)):
             if get(entry, name) != name:
-                raise ImageError(f"vmlinux's export table {tab} disagrees with kallsyms at "
-                                 f"entry {i} ({name!r})", path=inf.path)
-        out += [Export(name, "vmlinux", etype, ns or None, crc)
-                for name, ns, crc in zip(names, namespaces, crcs, strict=True)]
+                raise ImageError(
+                    f"vmlinux's export table {tab} disagrees with kallsyms at entry {i} ({name!r})",
+                    path=inf.path,
+                )
+        out += [
+            Export(name, "vmlinux", etype, ns or None, crc)
+            for name, ns, crc in zip(names, namespaces, crcs, strict=True)
+        ]
     return out
 
 
@@ -831,8 +902,11 @@ def _cstrings(inf: Inflater, lay: ElfLayout, addrs: list[int]) -> list[str]:
     lo, hi = min(addrs), max(addrs)
     base = lay.offset_of(lo, hi - lo + 1)
     if base is None:
-        raise ImageError(f"the export table's strings ({lo:#x}..{hi:#x}) are outside the "
-                         f"image's loaded segments", path=inf.path)
+        raise ImageError(
+            f"the export table's strings ({lo:#x}..{hi:#x}) are outside the "
+            f"image's loaded segments",
+            path=inf.path,
+        )
     inf.ensure(base + hi - lo + 1024)
     buf = inf.buf
     find = buf.find
@@ -841,8 +915,7 @@ def _cstrings(inf: Inflater, lay: ElfLayout, addrs: list[int]) -> list[str]:
     if min(ends) < 0:
         bad = addrs[ends.index(-1)]
         raise ImageError(f"an export's name at {bad:#x} is not terminated", path=inf.path)
-    return [buf[o:t].decode("utf-8", "surrogateescape")
-            for o, t in zip(offsets, ends, strict=True)]
+    return [buf[o:t].decode("utf-8", "surrogateescape") for o, t in zip(offsets, ends, strict=True)]
 
 
 # --- all together --------------------------------------------------------------------------
@@ -852,14 +925,14 @@ class KernelImage:
 
     path: str
     compression: str
-    version: str                 # the bzImage header's kernel_version ("" for an ELF)
-    release: str | None          # from linux_banner, else the header's version string
+    version: str  # the bzImage header's kernel_version ("" for an ELF)
+    release: str | None  # from linux_banner, else the header's version string
     build_id: str
     machine: int
     kallsyms: Kallsyms
     exports: list[Export] | None
-    decompressed: int            # bytes decompressed (reading stops after the tables)
-    declared: int | None         # the vmlinux size the image declares
+    decompressed: int  # bytes decompressed (reading stops after the tables)
+    declared: int | None  # the vmlinux size the image declares
 
 
 _BANNER = re.compile(rb"Linux version (\S+)")
@@ -867,8 +940,9 @@ _BANNER = re.compile(rb"Linux version (\S+)")
 _DATA_LETTERS = re.compile("[bBdDrRgGsSvV]")
 
 
-def read_image(path: str | os.PathLike, *, exports: bool = True,
-               data: bytes | None = None) -> KernelImage:
+def read_image(
+    path: str | os.PathLike, *, exports: bool = True, data: bytes | None = None
+) -> KernelImage:
     """vmlinux's kallsyms table (and, with ``exports``, its export table) from a bzImage
     or an ELF vmlinux, decompressing only as far as they reach.  ``data``: the file's
     contents when already in memory (``path`` then only names it in errors)."""
@@ -881,23 +955,36 @@ def read_image(path: str | os.PathLike, *, exports: bool = True,
             lay = elf_layout(inf)
             ks = find_kallsyms(inf, lay)
             if not _DATA_LETTERS.search(ks.types):
-                raise ImageError("the image's kallsyms holds code symbols only: the kernel "
-                                 "was built without CONFIG_KALLSYMS_ALL (which "
-                                 "CONFIG_LIVEPATCH needs)", path=path)
+                raise ImageError(
+                    "the image's kallsyms holds code symbols only: the kernel "
+                    "was built without CONFIG_KALLSYMS_ALL (which "
+                    "CONFIG_LIVEPATCH needs)",
+                    path=path,
+                )
             build_id = ""
             for off, size in lay.notes:
                 if size < 1 << 20 and inf.ensure(off + size):
-                    build_id = gnu_build_id(inf.buf[off:off + size], lay.little_endian)
+                    build_id = gnu_build_id(inf.buf[off : off + size], lay.little_endian)
                     if build_id:
                         break
             release = _banner_release(inf, lay, ks)
             if release is None and payload.version:
                 release = payload.version.split()[0]
             exps = read_exports(inf, lay, ks) if exports else None
-        except (struct.error, IndexError, MemoryError) as e:   # a defect no check caught
+        except (struct.error, IndexError, MemoryError) as e:  # a defect no check caught
             raise ImageError(f"damaged kernel image ({_one_line(e)})", path=path) from None
-        return KernelImage(path, payload.compression, payload.version, release, build_id,
-                           lay.machine, ks, exps, len(inf.buf), payload.size)
+        return KernelImage(
+            path,
+            payload.compression,
+            payload.version,
+            release,
+            build_id,
+            lay.machine,
+            ks,
+            exps,
+            len(inf.buf),
+            payload.size,
+        )
 
 
 def _banner_release(inf: Inflater, lay: ElfLayout, ks: Kallsyms) -> str | None:
@@ -907,5 +994,5 @@ def _banner_release(inf: Inflater, lay: ElfLayout, ks: Kallsyms) -> str | None:
     off = lay.offset_of(addr, 64) if addr is not None else None
     if off is None or not inf.ensure(off + 256):
         return None
-    m = _BANNER.match(bytes(inf.buf[off:off + 256]))
+    m = _BANNER.match(bytes(inf.buf[off : off + 256]))
     return m.group(1).decode("ascii", "replace") if m else None

@@ -16,6 +16,15 @@ from klpkit.vm.run import VmError, modules_in, run_vm
 from klpkit.vm.spec import Step, VmSpec, parse_script, parse_step
 
 __all__ = [
-    "Failure", "Step", "StepResult", "VmError", "VmResult", "VmSpec",
-    "modules_in", "parse_console", "parse_script", "parse_step", "run_vm",
+    "Failure",
+    "Step",
+    "StepResult",
+    "VmError",
+    "VmResult",
+    "VmSpec",
+    "modules_in",
+    "parse_console",
+    "parse_script",
+    "parse_step",
+    "run_vm",
 ]

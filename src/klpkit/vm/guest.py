@@ -125,8 +125,9 @@ case "$0" in */lib.sh) "$@" ;; esac
 """
 
 
-def step_command(step: Step, guest_args: tuple[str, ...] | None = None,
-                 insmod: str = "insmod") -> list[str]:
+def step_command(
+    step: Step, guest_args: tuple[str, ...] | None = None, insmod: str = "insmod"
+) -> list[str]:
     """The guest command line for ``step`` (``guest_args`` replaces host paths for insmod;
     ``insmod`` is the loader to run, see :mod:`klpkit.vm.loader`)."""
     args = guest_args if guest_args is not None else step.args

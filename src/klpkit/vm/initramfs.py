@@ -41,12 +41,15 @@ def newc_archive(entries: list[Entry]) -> bytes:
         fields = (
             ino if entry.name != TRAILER else 0,
             entry.mode,
-            0, 0,  # uid, gid: root
+            0,
+            0,  # uid, gid: root
             2 if stat.S_ISDIR(entry.mode) else 1,
             0,  # mtime: fixed for reproducibility
             len(entry.data),
-            0, 0,  # device of the archive file system (unused)
-            entry.rdev[0], entry.rdev[1],
+            0,
+            0,  # device of the archive file system (unused)
+            entry.rdev[0],
+            entry.rdev[1],
             len(name),
             0,  # checksum (newc has none)
         )
@@ -61,14 +64,14 @@ def read_newc(archive: bytes) -> dict[str, Entry]:
     entries: dict[str, Entry] = {}
     pos = 0
     while True:
-        if archive[pos:pos + 6] != NEWC_MAGIC:
+        if archive[pos : pos + 6] != NEWC_MAGIC:
             raise InputError(f"not a newc cpio archive at offset {pos}")
-        fields = [int(archive[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
+        fields = [int(archive[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
         mode, size, rmaj, rmin, namesize = fields[1], fields[6], fields[9], fields[10], fields[11]
         pos += 110
-        name = archive[pos:pos + namesize - 1].decode()
+        name = archive[pos : pos + namesize - 1].decode()
         pos += namesize + (-(110 + namesize) % 4)
-        data = archive[pos:pos + size]
+        data = archive[pos : pos + size]
         pos += size + (-size % 4)
         if name == TRAILER:
             return entries
@@ -87,13 +90,13 @@ def is_static_elf(data: bytes) -> bool:
     is64, little = data[4] == 2, data[5] == 1
     end = "<" if little else ">"
     if is64:
-        phoff, = struct.unpack_from(end + "Q", data, 0x20)
+        (phoff,) = struct.unpack_from(end + "Q", data, 0x20)
         phentsize, phnum = struct.unpack_from(end + "HH", data, 0x36)
     else:
-        phoff, = struct.unpack_from(end + "I", data, 0x1C)
+        (phoff,) = struct.unpack_from(end + "I", data, 0x1C)
         phentsize, phnum = struct.unpack_from(end + "HH", data, 0x2A)
     for i in range(phnum):
-        p_type, = struct.unpack_from(end + "I", data, phoff + i * phentsize)
+        (p_type,) = struct.unpack_from(end + "I", data, phoff + i * phentsize)
         if p_type == 3:  # PT_INTERP
             return False
     return True
@@ -133,7 +136,9 @@ def build_initramfs(
     entries = [Entry(d, stat.S_IFDIR | 0o755) for d in BASE_DIRS]
     entries.append(Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
     entries.append(Entry("bin/busybox", stat.S_IFREG | 0o755, bb))
-    entries += [Entry(f"bin/{a}", stat.S_IFLNK | 0o777, b"busybox") for a in busybox_applets(busybox)]
+    entries += [
+        Entry(f"bin/{a}", stat.S_IFLNK | 0o777, b"busybox") for a in busybox_applets(busybox)
+    ]
     entries.append(Entry("init", stat.S_IFREG | 0o755, init.encode()))
     known_dirs = set(BASE_DIRS)
     for guest_path in sorted(files):

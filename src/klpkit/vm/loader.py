@@ -105,9 +105,10 @@ def guest_loader() -> Path | None:
     with tempfile.TemporaryDirectory(prefix="klp-insmod-", dir=target.parent) as tmp:
         src, out = Path(tmp) / "insmod.c", Path(tmp) / "insmod"
         src.write_text(SOURCE)
-        r = subprocess.run([cc, "-static", "-O2", "-o", str(out), str(src)],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [cc, "-static", "-O2", "-o", str(out), str(src)], capture_output=True, text=True
+        )
         if r.returncode or not out.is_file():
             return None
-        out.replace(target)       # atomic: a concurrent build finds a whole binary
+        out.replace(target)  # atomic: a concurrent build finds a whole binary
     return target

@@ -243,22 +243,26 @@ def crash_block(lines: list[str], limit: int = 120) -> list[str]:
     start = next((i for i, line in enumerate(kernel) if OOPS_START.search(line)), None)
     if start is None:
         return []
-    rest = kernel[start:start + limit]
+    rest = kernel[start : start + limit]
     for end_marker in ("---[ end Kernel panic", "---[ end trace"):
         end = next((i for i, line in enumerate(rest) if end_marker in line), None)
         if end is not None:
-            return rest[:end + 1]
+            return rest[: end + 1]
     return rest
 
 
-def parse_console(lines: list[str], steps: list[Step], commands: list[list[str]] | None = None) -> VmResult:
+def parse_console(
+    lines: list[str], steps: list[Step], commands: list[list[str]] | None = None
+) -> VmResult:
     """Build a :class:`VmResult` from console lines (protocol: see :mod:`klpkit.vm.guest`).
 
     The failure is not classified here for host-side events (timeouts, qemu
     errors); :func:`classify` does that with the extra facts.
     """
     commands = commands or [[] for _ in steps]
-    result = VmResult(steps=[StepResult(i, s, c) for i, (s, c) in enumerate(zip(steps, commands, strict=True))])
+    result = VmResult(
+        steps=[StepResult(i, s, c) for i, (s, c) in enumerate(zip(steps, commands, strict=True))]
+    )
     for raw in lines:
         line = raw.rstrip("\r\n")
         result.console.append(line)
@@ -288,8 +292,13 @@ def in_flight(result: VmResult) -> StepResult | None:
     return next((s for s in result.steps if s.status == "incomplete"), None)
 
 
-def classify(result: VmResult, *, timed_out: str | None = None, qemu_rc: int | None = None,
-             qemu_stderr: str = "") -> Failure | None:
+def classify(
+    result: VmResult,
+    *,
+    timed_out: str | None = None,
+    qemu_rc: int | None = None,
+    qemu_stderr: str = "",
+) -> Failure | None:
     """The first reason the run is not ok, or None.
 
     Order matters: a crash explains everything after it, a host timeout explains
@@ -309,19 +318,35 @@ def classify(result: VmResult, *, timed_out: str | None = None, qemu_rc: int | N
         if not result.booted:
             err = [line for line in qemu_stderr.splitlines() if line.strip()]
             if qemu_rc not in (0, None) and err:
-                return Failure("qemu-error", f"qemu exited with status {qemu_rc}: {err[-1]}", None, err[-TAIL_LINES:])
+                return Failure(
+                    "qemu-error",
+                    f"qemu exited with status {qemu_rc}: {err[-1]}",
+                    None,
+                    err[-TAIL_LINES:],
+                )
             return Failure("no-boot", "the guest never reached /init", None, result.console_tail())
-        return Failure("qemu-error", f"the guest stopped before powering off{where} (qemu status {qemu_rc})",
-                       at, result.console_tail())
+        return Failure(
+            "qemu-error",
+            f"the guest stopped before powering off{where} (qemu status {qemu_rc})",
+            at,
+            result.console_tail(),
+        )
     for sr in result.steps:
         if sr.passed or sr.status == "skipped":
             continue
         desc = sr.step.describe()
         if sr.exit_status == 0 and sr.step.expect == "fail":
-            return Failure("unexpected-success", f"step {sr.index} ({desc}) succeeded but was expected to fail",
-                           sr.index, sr.output)
-        kind = {"rejected": "module-rejected", "stuck": "transition-stuck",
-                "timeout": "step-timeout"}.get(sr.status, "step-failed")
+            return Failure(
+                "unexpected-success",
+                f"step {sr.index} ({desc}) succeeded but was expected to fail",
+                sr.index,
+                sr.output,
+            )
+        kind = {
+            "rejected": "module-rejected",
+            "stuck": "transition-stuck",
+            "timeout": "step-timeout",
+        }.get(sr.status, "step-failed")
         first = sr.output[0] if sr.output else f"exit status {sr.exit_status}"
         return Failure(kind, f"step {sr.index} ({desc}): {first}", sr.index, sr.diagnosis)
     return None

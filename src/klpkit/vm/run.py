@@ -52,8 +52,9 @@ class Plan:
             self.files[GUEST_PATH] = loader
             self.executables.add(GUEST_PATH)
             insmod = GUEST_PATH
-        self.commands = [guest.step_command(s, self._guest_args(s), insmod=insmod)
-                         for s in spec.steps]
+        self.commands = [
+            guest.step_command(s, self._guest_args(s), insmod=insmod) for s in spec.steps
+        ]
         self.files[guest.LIB_PATH] = guest.LIB_SH.encode()
         self.init = guest.init_script(spec.steps, self.commands, spec.keep_going)
 
@@ -73,7 +74,9 @@ class Plan:
         except OSError as e:
             raise InputError(f"cannot read program: {e.strerror}", path=host) from None
         if not static:
-            raise InputError("test program is not a static executable (build it with gcc -static)", path=host)
+            raise InputError(
+                "test program is not a static executable (build it with gcc -static)", path=host
+            )
         gpath = f"/test/{host.name}"
         self.files[gpath] = host
         self.executables.add(gpath)
@@ -128,8 +131,21 @@ def qemu_command(spec: VmSpec, kernel: Path, initrd: Path) -> list[str]:
     accel = ["-accel", "kvm", "-cpu", "host"] if spec.kvm else ["-accel", "tcg"]
     append = f"{CMDLINE} {spec.append}".strip()
     return [
-        QEMU, *accel, "-smp", "1", "-m", spec.memory, "-nographic", "-no-reboot",
-        "-kernel", str(kernel), "-initrd", str(initrd), "-append", append, *spec.qemu_args,
+        QEMU,
+        *accel,
+        "-smp",
+        "1",
+        "-m",
+        spec.memory,
+        "-nographic",
+        "-no-reboot",
+        "-kernel",
+        str(kernel),
+        "-initrd",
+        str(initrd),
+        "-append",
+        append,
+        *spec.qemu_args,
     ]
 
 
@@ -179,7 +195,9 @@ def _drive(cmd: list[str], spec: VmSpec, log=None) -> tuple[list[str], str | Non
     with tempfile.TemporaryFile() as err:
         start = time.monotonic()
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
+            )
         except OSError as e:
             raise VmError(f"cannot start {cmd[0]}: {e.strerror}") from None
         lines: queue.Queue = queue.Queue()

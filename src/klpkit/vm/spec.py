@@ -48,7 +48,9 @@ class Step:
             want = f"{lo}" if lo == hi else f"{lo}..{hi if hi is not None else 'n'}"
             raise InputError(f"step {kind!r} takes {want} argument(s), got {len(args)}")
         if expect not in EXPECTS:
-            raise InputError(f"step expectation must be one of {', '.join(EXPECTS)}, got {expect!r}")
+            raise InputError(
+                f"step expectation must be one of {', '.join(EXPECTS)}, got {expect!r}"
+            )
         if timeout is not None and timeout <= 0:
             raise InputError(f"step timeout must be positive, got {timeout}")
         self.kind = kind
@@ -97,7 +99,7 @@ def parse_step(line: str, where: str = "step") -> Step:
         except ValueError as e:
             raise InputError(f"{where}: {e}") from None
         if args and args[-1].startswith("timeout="):
-            timeout = _parse_timeout(args.pop()[len("timeout="):], where)
+            timeout = _parse_timeout(args.pop()[len("timeout=") :], where)
     try:
         return Step(kind, *args, expect=expect, timeout=timeout)
     except InputError as e:
