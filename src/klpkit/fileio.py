@@ -49,12 +49,48 @@ def read_regular(path: str | os.PathLike, limit: int, what: str = "file") -> byt
     return data
 
 
+def temp_prefix(target: Path) -> str:
+    """Name prefix of the temp files written next to ``target``: the writer's pid is in
+    it, so a later run can tell the leftovers of a killed run from a live writer's."""
+    return f".{target.name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temps(target: str | os.PathLike) -> None:
+    """Remove temp files of ``target`` left by a run that was killed (SIGKILL leaves no
+    chance to clean up): ``.NAME.PID.*.tmp`` whose PID is no longer running."""
+    target = Path(target)
+    directory = target.parent if str(target.parent) else Path(".")
+    head = f".{target.name}."
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(head) and name.endswith(".tmp")):
+            continue
+        pid = name[len(head) :].split(".", 1)[0]
+        if pid.isascii() and pid.isdigit() and len(pid) < 10 and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(directory / name)
+
+
 def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` via a temp file + rename (atomic on POSIX)."""
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
+    remove_stale_temps(target)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=directory)
     except FileNotFoundError:
         raise InputError("output directory does not exist", path=directory) from None
     except OSError as e:
@@ -72,3 +108,27 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Non
         if isinstance(e, OSError):
             raise InputError(f"cannot write: {e.strerror}", path=path) from None
         raise
+
+
+def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` names (symlinks followed), None if nothing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def refuse_output_over_input(
+    output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]
+) -> None:
+    """An output that is one of the command's inputs (the module, the database, a map
+    file) would destroy it: compared by identity (device and inode, through symlinks and
+    hard links), not by name.  ``inputs`` maps what each input is ("--symbols") to its
+    path; an output that does not exist yet is always fine."""
+    out = _identity(output)
+    if out is None:
+        return
+    for what, path in inputs.items():
+        if path is not None and _identity(path) == out:
+            raise InputError(f"output is the same file as the {what} input", path=output)
