@@ -26,7 +26,8 @@ def test_width_from_columns(monkeypatch):
     monkeypatch.setenv("COLUMNS", "100")
     assert table_width() == 100
     monkeypatch.delenv("COLUMNS")
-    assert table_width(open(os.devnull, "w")) is None
+    with open(os.devnull, "w") as devnull:
+        assert table_width(devnull) is None
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from klpkit.build.objdiff import ObjectDiff, Refusal, is_fresh_copy
-from klpkit.build.objview import ObjectView, Place, is_writable
+from klpkit.build.objview import ObjectView, Place, home, is_writable
 from klpkit.elf import ElfFile, Relocation, RelocationSection, Section, Symbol, SymbolTable
 from klpkit.elf import constants as C
 from klpkit.errors import ElfError
@@ -55,8 +55,11 @@ class _OutSection:
     section: Section
     data: bytearray = field(default_factory=bytearray)
     size: int = 0  # NOBITS: bytes reserved
-    relocs: list[tuple[int, int, object, int]] = field(default_factory=list)
-    symbol: Symbol | None = None  # its STT_SECTION symbol
+    relocs: list[tuple[int, int, Symbol | None, int]] = field(default_factory=list)
+    symbol: Symbol = field(init=False)  # its STT_SECTION symbol
+
+    def __post_init__(self) -> None:
+        self.symbol = Symbol("", 0, 0, C.STB_LOCAL, C.STT_SECTION, 0, self.section)
 
 
 @dataclass
@@ -103,7 +106,6 @@ class _Extractor:
                 entsize=src.entsize,
             )
             out = self.outs[name] = _OutSection(sec)
-            out.symbol = Symbol("", 0, 0, C.STB_LOCAL, C.STT_SECTION, 0, sec)
         else:
             out.section.addralign = max(out.section.addralign, src.addralign)
         return out
@@ -124,7 +126,7 @@ class _Extractor:
         got = self.carried.get(id(sym))
         if got is not None:
             return got
-        src = sym.section
+        src = home(sym)
         out = self._out(src)
         at = self._append(out, src, sym.value, sym.value + sym.size, src.addralign)
         new = Symbol(sym.name, at, sym.size, C.STB_LOCAL, sym.type, sym.other, out.section)
@@ -165,12 +167,12 @@ class _Extractor:
         if is_fresh_copy(t) or self.diff.orig_of(t) is None:
             return True  # per-call-site state, or new (the differ refused new globals)
         # read-only data the patch changed: functions using it carry a copy
-        return not is_writable(t.section) and t.name in self.diff.changed_rodata
+        return not is_writable(home(t)) and t.name in self.diff.changed_rodata
 
-    def target(self, place: Place, rel: Relocation) -> tuple[Symbol, int]:
+    def target(self, place: Place, rel: Relocation) -> tuple[Symbol | None, int]:
         """(output symbol, addend) for what ``rel`` pointed at."""
         sym = place.symbol
-        if place.external:
+        if place.external and sym is not None:
             return self._undefined(
                 self.outside.name(sym, None), "undefined in the object"
             ), place.offset
@@ -225,7 +227,7 @@ class _Extractor:
                 out = self._out(src)
                 at = self._append(out, src, start, start + table.size, 1)
                 self.pending.append((src, start, start + table.size, out, at))
-                if par_src is not None:
+                if par_src is not None and table.parallel:
                     psize = table.parallel[1]
                     pout = self._out(par_src)
                     self._append(pout, par_src, i * psize, (i + 1) * psize, 1)

@@ -36,6 +36,7 @@ from klpkit.build.objview import (
     Place,
     base_name,
     cold_parent,
+    home,
     is_string_section,
     is_writable,
     string_at,
@@ -63,6 +64,13 @@ class FunctionChange:
     reasons: list[str] = field(default_factory=list)
     size: int = 0
     orig_size: int = 0
+
+    @property
+    def original(self) -> str:
+        """The original function a changed function replaces (every changed one has one)."""
+        if self.orig_name is None:
+            raise ValueError(f"{self.name}: a new function replaces nothing")
+        return self.orig_name
 
     def to_json(self) -> dict:
         return {
@@ -143,7 +151,7 @@ def _owners(view: ObjectView) -> dict[int, str]:
     """id(symbol) -> name of the first function that refers to it."""
     owners: dict[int, str] = {}
     for fn in view.functions():
-        for r in view.relocs_in(fn.section, fn.value, fn.value + fn.size):
+        for r in view.relocs_in(home(fn), fn.value, fn.value + fn.size):
             t = view.place(r).symbol
             if t is not None and t.type != C.STT_FUNC:
                 owners.setdefault(id(t), fn.name)
@@ -156,7 +164,8 @@ def correlate(orig: ObjectView, patched: ObjectView) -> dict[int, Symbol]:
     o_owner, p_owner = _owners(orig), _owners(patched)
 
     def groups(view, owners):
-        exact, numbered = {}, {}
+        exact: dict[tuple[str, int], list[Symbol]] = {}
+        numbered: dict[tuple[str, int, str | None], list[Symbol]] = {}
         for s in view.defined():
             base = base_name(s.name)
             if base == s.name:
@@ -243,7 +252,7 @@ class _Fingerprints:
             return ("sec", sec.name, bytes(sec.data[at : at + size]))
         if place.external:
             return ("ext", sym.name, place.offset)
-        if sym.type == C.STT_OBJECT and (is_fresh_copy(sym) or not is_writable(sym.section)):
+        if sym.type == C.STT_OBJECT and (is_fresh_copy(sym) or not is_writable(home(sym))):
             return (
                 "data",
                 base_name(sym.name) if is_fresh_copy(sym) else self.canon(sym),
@@ -259,14 +268,14 @@ class _Fingerprints:
         if got is not None:
             return got
         self._content[id(sym)] = ("cycle", base_name(sym.name))
-        sec = sym.section
+        sec = home(sym)
         data, rels = self.view.masked_bytes(sec, sym.value, sym.value + sym.size)
         keys = tuple((r.offset - sym.value, r.type, self.key(r)) for r in rels)
         got = self._content[id(sym)] = (data, keys)
         return got
 
     def function(self, sym: Symbol) -> tuple:
-        data, rels = self.view.masked_bytes(sym.section, sym.value, sym.value + sym.size)
+        data, rels = self.view.masked_bytes(home(sym), sym.value, sym.value + sym.size)
         keys = tuple((r.offset - sym.value, r.type, self.key(r)) for r in rels)
         return data, keys, tuple(self._entries.get(id(sym), ()))
 
@@ -336,7 +345,7 @@ def diff_objects(orig_elf: ElfFile, patched_elf: ElfFile, source: str = "") -> O
     status: dict[str, FunctionChange] = {}
     unchanged = 0
     for fn in patched.functions():
-        if _ignored_section(fn.section.name):
+        if _ignored_section(home(fn).name):
             continue
         o = corr.get(id(fn))
         if o is None:
@@ -357,7 +366,7 @@ def diff_objects(orig_elf: ElfFile, patched_elf: ElfFile, source: str = "") -> O
                 Refusal(
                     fc.name,
                     "init",
-                    f"{fc.name}: changed {sym.section.name} code runs only while the kernel or "
+                    f"{fc.name}: changed {home(sym).name} code runs only while the kernel or "
                     "a module initialises or unloads, which a livepatch cannot redo; patch a "
                     "function that runs later",
                 )
@@ -375,9 +384,7 @@ def diff_objects(orig_elf: ElfFile, patched_elf: ElfFile, source: str = "") -> O
     result.changed_rodata = {
         s.name
         for s in patched.objects()
-        if not is_writable(s.section)
-        and id(s) in corr
-        and ofp.content(corr[id(s)]) != pfp.content(s)
+        if not is_writable(home(s)) and id(s) in corr and ofp.content(corr[id(s)]) != pfp.content(s)
     }
     result.functions = sorted(
         status.values(), key=lambda f: ({"changed": 0, "part": 1, "new": 2}[f.status], f.name)
@@ -419,7 +426,7 @@ def _fold_cold_parts(patched: ObjectView, corr, status: dict[str, FunctionChange
 
 
 def _has_fentry(view: ObjectView, fn: Symbol) -> bool:
-    for r in view.relocs_in(fn.section, fn.value, fn.value + max(FENTRY_RELOC_OFFSETS) + 4):
+    for r in view.relocs_in(home(fn), fn.value, fn.value + max(FENTRY_RELOC_OFFSETS) + 4):
         if (
             r.offset - fn.value in FENTRY_RELOC_OFFSETS
             and r.symbol is not None

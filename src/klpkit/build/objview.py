@@ -69,6 +69,14 @@ class Place:
     bias: int = 0  # add to ``offset`` for the byte the reference means (PC-relative: 4)
 
 
+def home(sym: Symbol) -> Section:
+    """The section a defined symbol lives in: every symbol the differ and the extractor
+    handle comes from :meth:`ObjectView.defined`, which guarantees one."""
+    if sym.section is None:
+        raise ValueError(f"{sym.name}: not defined in a section")
+    return sym.section
+
+
 class ObjectView:
     """Symbols and relocations of one relocatable object, by section and offset."""
 
@@ -87,10 +95,15 @@ class ObjectView:
         if symtab is None:
             raise ElfError("no symbol table", path=elf.path)
         self.symbols: list[Symbol] = symtab.symbols[1:]
+        self._index_relocations()
+        self._index_symbols()
+
+    def _index_relocations(self) -> None:
+        """Relocations by the section they apply to, sorted by offset for range lookups."""
         self._relocs: dict[int, list[Relocation]] = {}
         self._offsets: dict[int, list[int]] = {}
         self._in_code: set[int] = set()  # id() of relocations applied to code
-        for rs in elf.relocation_sections():
+        for rs in self.elf.relocation_sections():
             if rs.target is None or not rs.is_rela:
                 continue
             self._relocs.setdefault(id(rs.target), []).extend(rs.relocations)
@@ -99,6 +112,9 @@ class ObjectView:
         for key, rels in self._relocs.items():
             rels.sort(key=lambda r: r.offset)
             self._offsets[key] = [r.offset for r in rels]
+
+    def _index_symbols(self) -> None:
+        """Symbols by section (sorted by address, for :meth:`covering`) and by name."""
         self._by_section: dict[int, list[Symbol]] = {}
         self._starts: dict[int, list[int]] = {}
         self.section_symbol: dict[int, Symbol] = {}

@@ -129,44 +129,49 @@ _IGNORED_PREFIXES = ("Documentation/", "tools/", "samples/", "LICENSES/", "scrip
 _IGNORED_NAMES = ("MAINTAINERS", "CREDITS", "README")
 
 
+def _refusal(fp: FilePatch, extra_sources: list[str]) -> str | None:
+    """Why the file ``fp`` changes cannot be livepatched from source (None: it can)."""
+    path = fp.path
+    if fp.created or fp.deleted:
+        return (
+            f"{path}: the patch {'creates' if fp.created else 'deletes'} it; "
+            "a livepatch can only change code of existing objects"
+        )
+    if path.startswith("init/"):
+        return f"{path}: init/ code runs once at boot and is freed; a livepatch cannot re-run it"
+    if path.endswith((".S", ".s")):
+        return (
+            f"{path}: assembly: klpkit builds livepatches from C functions "
+            "(ftrace redirects C functions with an __fentry__ call)"
+        )
+    if path.endswith(".h"):
+        if extra_sources:
+            return None
+        return (
+            f"{path}: a header: name the .c files that use the change "
+            "with --source FILE.c (klpkit cannot tell which of the "
+            "kernel's objects include it)"
+        )
+    if path.endswith(".c"):
+        return None
+    if os.path.basename(path) in ("Makefile", "Kbuild") or "Kconfig" in path:
+        return f"{path}: build configuration: the running kernel's config and objects cannot change"
+    return f"{path}: not a C source file"
+
+
 def scope_of(files: list[FilePatch], extra_sources: list[str]) -> tuple[list[str], list[str]]:
     """(the .c files to rebuild, the files ignored); refuses what cannot be livepatched
     from source with a reason each."""
-    sources, ignored, refused = [], [], []
+    sources: list[str] = []
+    ignored: list[str] = []
+    refused: list[str] = []
     for fp in files:
-        path = fp.path
-        if path.startswith(_IGNORED_PREFIXES) or path in _IGNORED_NAMES:
-            ignored.append(path)
-        elif fp.created or fp.deleted:
-            refused.append(
-                f"{path}: the patch {'creates' if fp.created else 'deletes'} it; "
-                "a livepatch can only change code of existing objects"
-            )
-        elif path.startswith("init/"):
-            refused.append(
-                f"{path}: init/ code runs once at boot and is freed; a livepatch cannot re-run it"
-            )
-        elif path.endswith((".S", ".s")):
-            refused.append(
-                f"{path}: assembly: klpkit builds livepatches from C functions "
-                "(ftrace redirects C functions with an __fentry__ call)"
-            )
-        elif path.endswith(".h"):
-            if not extra_sources:
-                refused.append(
-                    f"{path}: a header: name the .c files that use the change "
-                    "with --source FILE.c (klpkit cannot tell which of the "
-                    "kernel's objects include it)"
-                )
-        elif path.endswith(".c"):
-            sources.append(path)
-        elif os.path.basename(path) in ("Makefile", "Kbuild") or "Kconfig" in path:
-            refused.append(
-                f"{path}: build configuration: the running kernel's config and "
-                "objects cannot change"
-            )
-        else:
-            refused.append(f"{path}: not a C source file")
+        if fp.path.startswith(_IGNORED_PREFIXES) or fp.path in _IGNORED_NAMES:
+            ignored.append(fp.path)
+        elif (why := _refusal(fp, extra_sources)) is not None:
+            refused.append(why)
+        elif fp.path.endswith(".c"):
+            sources.append(fp.path)
     if refused:
         raise BuildRefused(
             refused[0]
@@ -180,6 +185,12 @@ def scope_of(files: list[FilePatch], extra_sources: list[str]) -> tuple[list[str
         if extra not in sources:
             sources.append(extra)
     return sources, ignored
+
+
+def _alias_maker(tag: str) -> Callable[[str], str]:
+    """The global alias of each replaced function of object ``tag``: the generated
+    klp_func tables name the new code by it, unique across the livepatch's objects."""
+    return lambda fn: f"__klpkit_new_{tag}_{c_identifier(fn)}"
 
 
 def module_names(output: str, name: str | None) -> tuple[str, str]:
@@ -263,10 +274,10 @@ class Builder:
                     f"{src} is not in the {o.release} source "
                     f"({tree.version}): is the patch for another kernel?"
                 )
-            fp = by_path.get(src)
             original = tree.read_original(src)
+            change = by_path.get(src)
             patched_texts[src] = (
-                apply_file_patch(fp, original, source=src).text if fp is not None else original
+                apply_file_patch(change, original, source=src).text if change else original
             )
         db = self._open_db()
         self._stage("source", t)
@@ -367,11 +378,7 @@ class Builder:
             orig_view, patched_view = views[obj.source]
             names = KernelNames(db, obj.kernel_object, orig_view, obj.source)
             tag = c_identifier(f"{i}_{obj.kernel_object}")
-            outside = Outside(
-                names.outside,
-                lambda fn, tag=tag: f"__klpkit_new_{tag}_{c_identifier(fn)}",
-                names.is_module_symbol,
-            )
+            outside = Outside(names.outside, _alias_maker(tag), names.is_module_symbol)
             self._refuse_if(
                 [
                     Refusal(
@@ -382,14 +389,14 @@ class Builder:
                         "patch the override",
                     )
                     for fc in obj.diff.replaced
-                    if names.weak_overridden(orig_view.by_name[fc.orig_name][0])
+                    if names.weak_overridden(orig_view.by_name[fc.original][0])
                 ]
             )
             x = obj.extracted = extract(patched_view, obj.diff, outside)
             self._refuse_if(x.refusals)
             for fc in obj.diff.replaced:
                 objects.setdefault(obj.kernel_object, []).append(
-                    ReplacedFunction(fc.orig_name, names.sympos(fc.orig_name), x.aliases[fc.name])
+                    ReplacedFunction(fc.original, names.sympos(fc.original), x.aliases[fc.name])
                 )
             path = module_dir / f"klpkit_patch_{i}.o"
             x.elf.write(path)

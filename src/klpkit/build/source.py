@@ -490,17 +490,23 @@ def _unpack_source(deb: Path, dest: Path) -> None:
         xz = subprocess.Popen(
             ["xz", "-dc", "-T0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors
         )
+        assert deb_proc.stdout and xz.stdin and xz.stdout  # PIPEs, by the calls above
+        xz_in = xz.stdin
         tar = subprocess.Popen(["tar", "-x", "-C", str(dest)], stdin=xz.stdout, stderr=errors)
         xz.stdout.close()
         found = False
+        codes: tuple[int | str, ...]
         try:
             with tarfile.open(fileobj=deb_proc.stdout, mode="r|") as outer:
                 for info in outer:
-                    if re.fullmatch(r"(\./)?usr/src/linux-source-[\d.]+\.tar\.xz", info.name):
-                        shutil.copyfileobj(outer.extractfile(info), xz.stdin, 1 << 20)
+                    if not re.fullmatch(r"(\./)?usr/src/linux-source-[\d.]+\.tar\.xz", info.name):
+                        continue
+                    member = outer.extractfile(info)
+                    if member is not None:
+                        shutil.copyfileobj(member, xz_in, 1 << 20)
                         found = True
                         break
-            xz.stdin.close()
+            xz_in.close()
             codes = (tar.wait(), xz.wait())
         except (OSError, tarfile.TarError) as e:
             codes = (f"{e}",)
@@ -509,7 +515,8 @@ def _unpack_source(deb: Path, dest: Path) -> None:
                 proc.kill()
                 proc.wait()
             with contextlib.suppress(OSError):  # a dead xz makes the flush fail
-                xz.stdin.close()
+                xz_in.close()
+            deb_proc.stdout.close()
         errors.seek(0)
         text = errors.read().decode(errors="replace")
     if not found:

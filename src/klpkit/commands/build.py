@@ -9,6 +9,7 @@ input (a patch that does not apply, a missing file...).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from klpkit.build.pipeline import Builder, BuildOptions, BuildRefused
 from klpkit.debian import DEFAULT_RELEASE
@@ -168,7 +169,7 @@ def run(args) -> int:
             }
         )
         with SymbolDB.open(default_db_path(args.release, args.symbols)) as db:
-            verification = verify(rep.output, rep.module, targets, db, args.release)
+            verification = verify(Path(str(rep.output)), rep.module, targets, db, args.release)
     if args.json:
         doc = rep.to_json()
         doc["verify"] = verification.to_json() if verification else None
