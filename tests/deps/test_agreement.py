@@ -8,7 +8,9 @@ Agreement, per module, computed from each command's own output:
   the worst finding ``check_module`` makes on that symbol (for that gate) or on a
   section gated there that holds it -- what happens later (a target's reload) aside;
 * the undefined symbols deps says the loader cannot resolve are those check refuses
-  with 'Unknown symbol'.
+  with 'Unknown symbol';
+* check's pins and dependency cycles (``deps.pin``, ``deps.recursion``, computed in
+  check for the lone module) are deps' pins and cycles, in the same order.
 """
 
 from __future__ import annotations
@@ -81,6 +83,19 @@ def assert_agree(label: str, path, db, findings=None) -> None:
         if f.rule in UNKNOWN_SYMBOL and f.severity is Severity.ERROR
     }
     assert deps_unknown == check_unknown, label
+    assert_same_pins(label, report, findings)
+
+
+def assert_same_pins(label: str, report, findings) -> None:
+    pins = [f for f in findings if f.rule == "deps.pin"]
+    assert len(pins) == len(report.pins), (label, report.pins, [f.message for f in pins])
+    for pin, f in zip(report.pins, pins, strict=True):
+        assert f"{pin['livepatch']} pins {pin['module']} (via {', '.join(pin['via'])})" in (
+            f.message
+        ), (label, pin, f.message)
+        assert (f.place.symbol or "") == ", ".join(pin["symbols"]), (label, pin, f.place)
+    cycles = [f.message for f in findings if f.rule == "deps.recursion"]
+    assert cycles == [f"{c['reason']}: " + "; ".join(c["steps"]) for c in report.cycles], label
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +143,21 @@ def test_deps_and_check_agree_on_each_breakage(
         debian_symdb,
         check_bytes(path.read_bytes(), debian_symdb, "6.1", path=str(path)),
     )
+
+
+def test_a_module_needing_itself_is_a_cycle_for_both(deps_modules, debian_symdb, tmp_path):
+    """A depends= naming the module itself: the loader can load it only after itself."""
+    from klpkit.kernel.modinfo import Modinfo
+
+    elf = ElfFile.read(deps_modules["lp_cdrom"])
+    sec = elf.section(".modinfo")
+    modinfo = Modinfo.parse(sec.data)
+    modinfo.depends = [*modinfo.depends, "lp_cdrom"]
+    sec.data = modinfo.to_bytes()
+    path = tmp_path / "lp_cdrom.ko"
+    elf.write(path)
+    findings = check_module(path, debian_symdb, "6.1")
+    report = analyze([path], debian_symdb)
+    assert [c["path"] for c in report.cycles] == [["lp_cdrom", "lp_cdrom"]]
+    assert [p["module"] for p in report.pins] == ["cdrom"]
+    assert_same_pins("lp_cdrom depending on itself", report, findings)

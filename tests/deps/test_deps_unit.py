@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 from klpkit.cli import main
+from klpkit.commands.deps import parse_object_map
 from klpkit.deps import (
     Edge,
     ModuleInfo,
     Report,
-    _Analysis,
-    _cycles,
-    parse_object_map,
+    decide_per_object,
+    find_cycles,
     to_dot,
     write_graph,
 )
@@ -41,12 +41,12 @@ def test_per_object_flags_parse():
 
 def _per_object(specs, flag=None):
     """{name: per_object} for modules given as (name, livepatch, objects)."""
-    run = _Analysis(None, None, flag)
-    run.modules = [
+    modules = [
         ModuleInfo(n, f"{n}.ko", lp, objs, "klp_object", False, [], []) for n, lp, objs in specs
     ]
-    run._decide_per_object()
-    return {m.name: m.per_object for m in run.modules}
+    decided = decide_per_object(modules, flag)
+    assert all(reason for _flag, reason in decided)
+    return {m.name: po for m, (po, _reason) in zip(modules, decided, strict=True)}
 
 
 def test_per_object_decision():
@@ -80,11 +80,11 @@ def test_cycles_start_at_the_livepatch():
         Edge("lp_x", "vmlinux", "needs", "A"),
         Edge("lp_y", "lp_x", "needs", "D"),
     ]
-    cycles = _cycles(edges)
+    cycles = find_cycles(edges)
     assert [c["path"] for c in cycles] == [["lp_x", "x", "lp_x"]]
     assert "recursion" in cycles[0]["reason"]
     # a plain dependency cycle between livepatch modules
-    cycles = _cycles([Edge("a", "b", "needs", "D"), Edge("b", "a", "needs", "D")])
+    cycles = find_cycles([Edge("a", "b", "needs", "D"), Edge("b", "a", "needs", "D")])
     assert [c["path"] for c in cycles] == [["a", "b", "a"]]
     assert "dependency cycle" in cycles[0]["reason"]
 

@@ -5,8 +5,21 @@ graph.  Exit 0: no error verdict; 1: an error verdict (a build gate); 2: bad inp
 import argparse
 import contextlib
 import sys
+from collections.abc import Iterable
 
-from klpkit.deps import ERROR, analyze, parse_object_map, write_graph
+from klpkit.deps import (
+    CAT_A,
+    CAT_KLP_OK,
+    ERROR,
+    NEEDS,
+    OK,
+    ModuleInfo,
+    Report,
+    analyze,
+    write_graph,
+)
+from klpkit.errors import InputError
+from klpkit.kernel.modinfo import module_name
 from klpkit.output import print_json, print_table
 
 
@@ -73,7 +86,22 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def parse_object_map(items: Iterable[str]) -> dict[str, list[str]]:
+    """``--object MOD=OBJ[,OBJ]`` strings -> {MOD: [OBJ...]} (MOD: module name or file
+    name, as the kernel names the module)."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        mod, sep, objs = item.partition("=")
+        names = [o.strip() for o in objs.split(",") if o.strip()]
+        if not sep or not mod.strip() or not names:
+            raise InputError(f"--object {item!r}: expected MOD=OBJ[,OBJ]")
+        key = module_name(mod.strip())
+        out.setdefault(key, [])
+        out[key].extend(n for n in names if n not in out[key])
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
     from klpkit.symbols.source import open_symbols
 
     objects = parse_object_map(args.object)
@@ -93,10 +121,10 @@ def run(args) -> int:
     return 1 if report.verdict == ERROR else 0
 
 
-def _print(report, show_all: bool) -> None:
+def _print(report: Report, show_all: bool) -> None:
     for m in report.modules:
         _print_module(m, show_all)
-    needs = [e for e in report.edges if e.kind == "needs"]
+    needs = [e for e in report.edges if e.kind == NEEDS]
     if needs:
         print_table(
             ["From", "To", "Category", "Via", "Verdict", "Symbols"],
@@ -115,7 +143,7 @@ def _print(report, show_all: bool) -> None:
     print(f"verdict: {report.verdict} ({counts['error']} error(s), {counts['warn']} warning(s))")
 
 
-def _print_module(m, show_all: bool) -> None:
+def _print_module(m: ModuleInfo, show_all: bool) -> None:
     objs = ", ".join(m.objects) or "none"
     kind = "livepatch" if m.livepatch else "module"
     print(
@@ -132,7 +160,7 @@ def _print_module(m, show_all: bool) -> None:
     refs = [
         r
         for r in m.references
-        if show_all or r.verdict != "ok" or r.category not in ("A", "klp-ok")
+        if show_all or r.verdict != OK or r.category not in (CAT_A, CAT_KLP_OK)
     ]
     if refs:
         print_table(
@@ -147,7 +175,7 @@ def _print_module(m, show_all: bool) -> None:
         print(f"  ({hidden} ok reference(s) of category A / klp-ok not shown; --all)")
     fixes: dict[str, list[str]] = {}
     for r in refs:
-        if r.fix and r.verdict != "ok" and r.category not in fixes.setdefault(r.fix, []):
+        if r.fix and r.verdict != OK and r.category not in fixes.setdefault(r.fix, []):
             fixes[r.fix].append(r.category)
     for fix, cats in fixes.items():
         print(f"  fix ({', '.join(cats)}): {fix}")
