@@ -9,10 +9,14 @@ taking the parsed arguments and returning an exit code.  Errors raised as
 
 import argparse
 import importlib
+import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from klpkit import __version__
 from klpkit.errors import KlpkitError
+from klpkit.output import escaping
 
 # Subcommand modules, in the order they appear in --help.
 COMMANDS = ["build", "inspect", "convert", "symbols", "vm", "setup", "deps", "check"]
@@ -30,9 +34,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(func, args) -> int:
+def run(func: Callable[[Any], object], args: object) -> int:
+    """Run a command: its errors become one line and an exit code, and nothing it prints
+    can fail to encode (names and paths are bytes that need not be UTF-8)."""
+    _open_closed_streams()
+    with escaping(sys.stdout, sys.stderr):
+        return _run(func, args)
+
+
+def _open_closed_streams() -> None:
+    """A process started with stdout or stderr closed (``>&-``) has None there; what a
+    command prints then goes nowhere, as print() would let it, instead of failing."""
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")
+
+
+def _run(func: Callable[[Any], object], args: object) -> int:
     try:
-        return int(func(args) or 0)
+        status = func(args)
+        return int(status) if isinstance(status, int) else 0
     except KlpkitError as e:
         print(f"klpkit: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -301,6 +301,9 @@ def _extract_members(deb: Path, members: list[str], dest: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     if wanted:
         raise DebianError(f"package lacks {', '.join(sorted(wanted))}", path=deb)
 

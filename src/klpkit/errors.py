@@ -6,13 +6,15 @@ The CLI turns it into that line on stderr and an exit code; nothing below the
 CLI prints.
 """
 
+import os
+
 
 class KlpkitError(Exception):
     """A user-facing failure: one line of text, an exit code."""
 
     exit_code = 2
 
-    def __init__(self, message: str, *, path: str | None = None):
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None):
         self.path = str(path) if path is not None else None
         self.message = message
         super().__init__(f"{self.path}: {message}" if self.path else message)

@@ -16,7 +16,7 @@ from klpkit.errors import InputError
 
 
 @contextlib.contextmanager
-def _reading(path: str | os.PathLike) -> Iterator[None]:
+def _reading(path: str | os.PathLike[str]) -> Iterator[None]:
     """OS errors while reading ``path`` as one-line input errors."""
     try:
         yield
@@ -28,25 +28,46 @@ def _reading(path: str | os.PathLike) -> Iterator[None]:
         raise InputError(f"cannot read: {e.strerror}", path=path) from None
 
 
-def read_input(path: str | os.PathLike) -> bytes:
-    """Read a whole input file, turning OS errors into one-line errors."""
-    with _reading(path), open(path, "rb") as f:
-        return f.read()
+#: The largest input :func:`read_input` reads: no kernel module, not even one with its
+#: debug info, comes near it; a runaway file would.
+MAX_INPUT = 1 << 30
 
 
-def read_regular(path: str | os.PathLike, limit: int, what: str = "file") -> bytes:
-    """Read a text input that must be a regular file of at most ``limit`` bytes: a FIFO
-    would hang, ``/dev/zero`` would grow memory without bound."""
+def _sized(n: int) -> str:
+    return f"{n >> 30} GiB" if n >= 1 << 30 and not n % (1 << 30) else f"{n >> 20} MiB"
+
+
+def _a(what: str) -> str:
+    return ("an " if what[:1] in ("a", "e", "i", "o", "u") else "a ") + what
+
+
+def read_regular(path: str | os.PathLike[str], limit: int, what: str = "file") -> bytes:
+    """Read an input that must be a regular file of at most ``limit`` bytes: a FIFO
+    would hang, ``/dev/zero`` would grow memory without bound.
+
+    ``/proc`` files are regular with a size of 0: the size is therefore checked by
+    reading at most ``limit + 1`` bytes, and the stated size only refuses early."""
+    too_large = f"larger than {_sized(limit)}: not {_a(what)}"
     with _reading(path):
         # O_NONBLOCK: opening a FIFO must not wait for a writer (no effect on files)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         with open(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise InputError(f"not a regular file (a {what} must be one)", path=path)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError(f"not a regular file ({_a(what)} must be one)", path=path)
+            if st.st_size > limit:
+                raise InputError(too_large, path=path)
             data = f.read(limit + 1)
     if len(data) > limit:
-        raise InputError(f"larger than {limit >> 20} MiB: not a {what}", path=path)
+        raise InputError(too_large, path=path)
     return data
+
+
+def read_input(path: str | os.PathLike[str], limit: int = MAX_INPUT, what: str = "input") -> bytes:
+    """Read a whole input file (a module, an object, a symbol list), turning OS errors
+    into one-line errors: a regular file of at most ``limit`` bytes (see
+    :func:`read_regular`)."""
+    return read_regular(path, limit, what)
 
 
 def temp_prefix(target: Path) -> str:
@@ -65,7 +86,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(target: str | os.PathLike) -> None:
+def remove_stale_temps(target: str | os.PathLike[str]) -> None:
     """Remove temp files of ``target`` left by a run that was killed (SIGKILL leaves no
     chance to clean up): ``.NAME.PID.*.tmp`` whose PID is no longer running."""
     target = Path(target)
@@ -84,7 +105,7 @@ def remove_stale_temps(target: str | os.PathLike) -> None:
                 os.unlink(directory / name)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` via a temp file + rename (atomic on POSIX)."""
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
@@ -110,7 +131,7 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Non
         raise
 
 
-def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
+def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     """(device, inode) of what ``path`` names (symlinks followed), None if nothing."""
     try:
         st = os.stat(path)
@@ -120,7 +141,7 @@ def _identity(path: str | os.PathLike) -> tuple[int, int] | None:
 
 
 def refuse_output_over_input(
-    output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]
+    output: str | os.PathLike[str], inputs: dict[str, str | os.PathLike[str] | None]
 ) -> None:
     """An output that is one of the command's inputs (the module, the database, a map
     file) would destroy it: compared by identity (device and inode, through symlinks and

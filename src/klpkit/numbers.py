@@ -38,9 +38,10 @@ def parse_decimal(text: str, what: str, *, where: str | None = None, limit: int 
     """
     if not text or not _DEC.issuperset(text):
         raise _fail(text, what, "not a decimal number (ASCII digits only)", where)
-    if len(text.lstrip("0")) > len(str(limit)) or int(text) > limit:
+    significant = text.lstrip("0") or "0"  # int() refuses more than 4,300 digits
+    if len(significant) > len(str(limit)) or int(significant) > limit:
         raise _fail(text, what, f"larger than {limit}", where)
-    return int(text)
+    return int(significant)
 
 
 def parse_hex(text: str, what: str, *, where: str | None = None, limit: int = U64_MAX) -> int:
@@ -48,6 +49,7 @@ def parse_hex(text: str, what: str, *, where: str | None = None, limit: int = U6
     digits = text[2:] if text[:2] in ("0x", "0X") else text
     if not digits or not _HEX.issuperset(digits):
         raise _fail(text, what, "not a hexadecimal number", where)
-    if len(digits.lstrip("0")) > (limit.bit_length() + 3) // 4 or int(digits, 16) > limit:
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > (limit.bit_length() + 3) // 4 or int(significant, 16) > limit:
         raise _fail(text, what, f"larger than {limit:#x}", where)
-    return int(digits, 16)
+    return int(significant, 16)

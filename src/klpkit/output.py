@@ -1,30 +1,127 @@
 """Output conventions shared by every command: tables for people, JSON for machines,
-and a progress indicator that only appears on a terminal (quiet in CI and pipes)."""
+and a progress indicator that only appears on a terminal (quiet in CI and pipes).
 
+Names come from the files as bytes and are decoded UTF-8 with ``surrogateescape``: a
+byte that is not UTF-8 becomes a lone surrogate, which no strict encoder (a UTF-8
+locale's stdout, ``PYTHONIOENCODING=utf-8``, a JSON consumer) accepts.  Everything
+printed therefore passes :func:`printable`, which shows such a byte as ``\\xNN``: in
+tables and JSON alike, and (through :data:`ESCAPE`, the error handler the CLI gives
+stdout and stderr) in every other line a command prints.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import io
 import json
 import os
 import sys
 import textwrap
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TypeVar
+from typing import IO, TypeVar
+
+from klpkit.errors import InputError
+from klpkit.numbers import parse_decimal
 
 T = TypeVar("T")
 
+#: The codec error handler that writes what an encoding cannot hold as an escape: a
+#: byte kept by ``surrogateescape`` as ``\\xNN`` (the byte the file had), any other
+#: character as ``backslashreplace`` writes it.
+ESCAPE = "klpkit-escape"
 
-def print_json(value, stream=None) -> None:
+
+def _escape(err: UnicodeError) -> tuple[str, int]:
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    out = []
+    for ch in err.object[err.start : err.end]:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out), err.end
+
+
+codecs.register_error(ESCAPE, _escape)
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8 for any output: each byte of a name that was not UTF-8
+    (a lone surrogate of ``surrogateescape``) written ``\\xNN``."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", ESCAPE).decode("utf-8")
+
+
+def printable_json(value: object) -> object:
+    """``value`` with every string (keys included) made :func:`printable`: what
+    :func:`print_json` writes."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {
+            printable(k) if isinstance(k, str) else k: printable_json(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [printable_json(v) for v in value]
+    return value
+
+
+def _json_default(value: object) -> str:
+    return printable(str(value))
+
+
+def print_json(value: object, stream: IO[str] | None = None) -> None:
     """Print ``value`` as indented JSON followed by a newline."""
     stream = stream or sys.stdout
-    json.dump(value, stream, indent=2, sort_keys=False, default=str)
+    json.dump(printable_json(value), stream, indent=2, sort_keys=False, default=_json_default)
     stream.write("\n")
 
 
-def table_width(stream=None) -> int | None:
+@contextlib.contextmanager
+def escaping(*streams: IO[str]) -> Iterator[None]:
+    """While the block runs, give each text stream the :data:`ESCAPE` error handler, so
+    that no line a command prints (a path from the command line, a name in a message)
+    fails to encode; the streams' own handlers are restored afterwards.  A stream that
+    cannot be reconfigured (a ``StringIO``) holds any text anyway."""
+    restore = []
+    for stream in streams:
+        old = getattr(stream, "errors", None)
+        if isinstance(stream, io.TextIOWrapper) and old != ESCAPE:
+            with contextlib.suppress(ValueError, OSError):  # closed: nothing is printed
+                stream.reconfigure(errors=ESCAPE)
+                restore.append((stream, old))
+    try:
+        yield
+    finally:
+        for stream, old in restore:
+            with contextlib.suppress(ValueError, OSError):  # closed, or its pipe gone
+                stream.reconfigure(errors=old)
+
+
+def _columns_from_env() -> int | None:
+    env = os.environ.get("COLUMNS", "")
+    try:
+        columns = parse_decimal(env, "$COLUMNS", limit=1 << 20)
+    except InputError:
+        return None
+    return columns or None
+
+
+def table_width(stream: IO[str] | None = None) -> int | None:
     """How wide a table may be: ``$COLUMNS`` when set, else the terminal's width when
     ``stream`` is a terminal, else unlimited (a pipe or a log file keeps whole lines)."""
-    env = os.environ.get("COLUMNS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+    columns = _columns_from_env()
+    if columns is not None:
+        return columns
     stream = stream or sys.stdout
     try:
         if stream.isatty():
@@ -71,16 +168,17 @@ def format_table(
     With ``width``, the widest columns are narrowed to fit and their cells wrap onto
     continuation lines: no line is longer than ``width`` (``--json`` keeps every cell
     whole)."""
-    rows = [["" if c is None else str(c) for c in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in rows:
+    heads = [printable(h) for h in headers]
+    cells = [["" if c is None else printable(str(c)) for c in row] for row in rows]
+    widths = [len(h) for h in heads]
+    for row in cells:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
     if width is not None:
         widths = _fit(widths, width)
     lines = []
     if title:
-        lines.append(title)
+        lines.append(printable(title))
 
     def emit(cells: Sequence[str]) -> None:
         wrapped = [_wrap(c, w) for c, w in zip(cells, widths, strict=True)]
@@ -91,14 +189,19 @@ def format_table(
             ]
             lines.append("  ".join(parts).rstrip())
 
-    emit(list(headers))
+    emit(heads)
     lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
+    for row in cells:
         emit(row)
     return "\n".join(lines)
 
 
-def print_table(headers, rows, title=None, stream=None) -> None:
+def print_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    title: str | None = None,
+    stream: IO[str] | None = None,
+) -> None:
     stream = stream or sys.stdout
     stream.write(format_table(headers, rows, title, width=table_width(stream)) + "\n")
 

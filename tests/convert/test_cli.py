@@ -193,7 +193,7 @@ def test_bad_inputs_exit_2(capsys, mod, dbpath, tmp_path):
     rc, _o, err = run_cli(capsys, "convert", mod, "-o", mod, "--symbols", dbpath)
     assert (rc, err.strip()) == (
         2,
-        f"klpkit: error: {mod}: the output would overwrite the input; choose another -o path",
+        f"klpkit: error: {mod}: output is the same file as the module input",
     )
     assert digest(mod) == before
     rc, _o, err = run_cli(

@@ -328,7 +328,7 @@ def test_map_to_unpatched_module_static_is_gated_on_the_patched_module(cc, small
         ("foo", "--map: 'foo' is not NAME=OBJ[,POS]"),
         ("foo=", "--map: 'foo=' is not NAME=OBJ[,POS]"),
         ("foo=a.b", "--map: 'a.b' is not a valid object name (1-55 characters, no '.')"),
-        ("foo=vmlinux,x", "--map: position 'x' is not a non-negative integer"),
+        ("foo=vmlinux,x", "--map: position 'x': not a decimal number (ASCII digits only)"),
         (
             "foo=" + "m" * 56,
             "--map: '" + "m" * 56 + "' is not a valid object name (1-55 characters, no '.')",

@@ -7,18 +7,31 @@ with --dry-run), 1 the plan has errors (nothing written), 2 bad input.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
+from typing import IO
 
-from klpkit.convert import PlanOptions, convert_file, parse_map_entry, parse_map_text
+from klpkit.convert import (
+    ApplyResult,
+    Choice,
+    Plan,
+    PlanOptions,
+    convert_file,
+    parse_map_entry,
+    parse_map_text,
+)
 from klpkit.convert.symbol_stream import open_for_module
 from klpkit.elf import ElfFile
 from klpkit.errors import InputError
-from klpkit.fileio import read_input
+from klpkit.fileio import read_regular, refuse_output_over_input
 from klpkit.output import print_json, print_table
 
+#: A map file holds a few lines per symbol the livepatch names: far below this.
+MAP_FILE_MAX = 16 << 20
 
-def register(sub) -> None:
+
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
         help="turn a livepatch module's foreign references into livepatch "
@@ -74,14 +87,20 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def choices_from_args(maps, map_file):
-    choices, errors = [], []
+def choices_from_args(maps: list[str], map_file: str | None) -> list[Choice]:
+    """The ``--map`` entries and the ``--map-file`` lines (a regular file of at most
+    :data:`MAP_FILE_MAX` bytes) as choices; every malformed one in one error."""
+    choices: list[Choice] = []
+    errors: list[str] = []
     for text in maps:
         got = parse_map_entry(text, "--map")
-        (errors if isinstance(got, str) else choices).append(got)
+        if isinstance(got, str):
+            errors.append(got)
+        else:
+            choices.append(got)
     if map_file:
-        text = read_input(map_file).decode("utf-8", "surrogateescape")
-        c, e = parse_map_text(text, map_file)
+        data = read_regular(map_file, MAP_FILE_MAX, "map file")
+        c, e = parse_map_text(data.decode("utf-8", "surrogateescape"), map_file)
         choices.extend(c)
         errors.extend(e)
     if errors:
@@ -89,7 +108,7 @@ def choices_from_args(maps, map_file):
     return choices
 
 
-def _print_plan(plan, show_all: bool, out=None) -> None:
+def _print_plan(plan: Plan, show_all: bool, out: IO[str] | None = None) -> None:
     out = out or sys.stdout
     objs = ", ".join(plan.objects) or "nothing found"
     out.write(
@@ -111,34 +130,24 @@ def _print_plan(plan, show_all: bool, out=None) -> None:
     out.write(f"{len(plan.relocations)} relocations: {summary}\n")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     if not args.dry_run and not args.output:
         raise InputError("-o OUT.ko is required (or --dry-run)")
+    inputs = {"module": args.input, "--symbols": args.symbols, "--map-file": args.map_file}
+    if not args.dry_run:
+        refuse_output_over_input(args.output, inputs)
     choices = choices_from_args(args.map, args.map_file)
     options = PlanOptions(
         objects=args.object, choices=choices, keep_exports=args.keep_exports, force=args.force
     )
     with contextlib.ExitStack() as stack:
-        read_input(args.input)  # one-line error for a missing input before the DB
-        elf = ElfFile.read(args.input)
+        elf = ElfFile.read(args.input)  # before the database: its errors name the module
         db = open_for_module(args.symbols, elf, stack)
         plan, result, elf = convert_file(
-            args.input, args.output, db, options, dry_run=args.dry_run, elf=elf
+            args.input, args.output, db, options, dry_run=args.dry_run, elf=elf, inputs=inputs
         )
-    written = result is not None
     if args.json:
-        doc = plan.to_json()
-        doc.update(
-            {
-                "output": args.output if written else None,
-                "written": written,
-                "signature_dropped": bool(written and elf.trailer_dropped),
-            }
-        )
-        if written:
-            doc["klp_sections"] = result.klp_sections
-            doc["removed_sections"] = result.removed_sections
-        print_json(doc)
+        print_json(_json(plan, result, elf, args.output))
     else:
         _print_plan(plan, args.all)
     for w in plan.warnings:
@@ -148,17 +157,36 @@ def run(args) -> int:
     if not plan.ok:
         print(f"klpkit: {len(plan.errors)} error(s): nothing written", file=sys.stderr)
         return 1
-    if written and not args.json:
-        notes = []
-        if result.dropped_versions:
-            notes.append(f"__versions: dropped {', '.join(result.dropped_versions)}")
-        if result.dropped_depends:
-            notes.append(f"depends: removed {', '.join(result.dropped_depends)}")
-        if elf.trailer_dropped:
-            notes.append("module signature dropped (it signed the old contents; re-sign)")
-        print(
-            f"wrote {args.output}: {len(result.klp_sections)} livepatch relocation "
-            f"section(s), {result.moved} relocation(s) converted"
-            + ("; " + "; ".join(notes) if notes else "")
-        )
+    if result is not None and not args.json:
+        print(_written(result, elf, args.output))
     return 0
+
+
+def _json(plan: Plan, result: ApplyResult | None, elf: ElfFile, output: str | None) -> dict:
+    doc = plan.to_json()
+    doc.update(
+        {
+            "output": output if result is not None else None,
+            "written": result is not None,
+            "signature_dropped": bool(result is not None and elf.trailer_dropped),
+        }
+    )
+    if result is not None:
+        doc["klp_sections"] = result.klp_sections
+        doc["removed_sections"] = result.removed_sections
+    return doc
+
+
+def _written(result: ApplyResult, elf: ElfFile, output: str) -> str:
+    notes = []
+    if result.dropped_versions:
+        notes.append(f"__versions: dropped {', '.join(result.dropped_versions)}")
+    if result.dropped_depends:
+        notes.append(f"depends: removed {', '.join(result.dropped_depends)}")
+    if elf.trailer_dropped:
+        notes.append("module signature dropped (it signed the old contents; re-sign)")
+    return (
+        f"wrote {output}: {len(result.klp_sections)} livepatch relocation "
+        f"section(s), {result.moved} relocation(s) converted"
+        + ("; " + "; ".join(notes) if notes else "")
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterable
 
 from klpkit.convert import PlanOptions, convert_file
 from klpkit.elf import ElfFile
@@ -24,26 +25,29 @@ from klpkit.errors import KlpkitError
 USAGE = "Usage: klp-convert <symbols.klp> <input.ko> <output.ko>"
 
 
-def main(argv) -> int:
+def main(argv: Iterable[str]) -> int:
     argv = list(argv)
     if len(argv) not in (2, 3) or any(a in ("-h", "--help") for a in argv):
         print(f"klp-convert: {USAGE}", file=sys.stderr)
         return 2
     try:
         with contextlib.ExitStack() as stack:
-            symbols, src, dst = argv if len(argv) == 3 else (None, *argv)
+            symbols = argv[0] if len(argv) == 3 else None
+            src, dst = argv[-2:]
             elf = ElfFile.read(src)
             db = None
             if symbols is not None:
                 from klpkit.convert.symbol_stream import open_for_module
 
                 db = open_for_module(symbols, elf, stack)
-            plan, _result, _elf = convert_file(src, dst, db, PlanOptions(), elf=elf)
+            plan, _result, _elf = convert_file(
+                src, dst, db, PlanOptions(), elf=elf, inputs={"symbol list": symbols}
+            )
     except KlpkitError as e:
         print(f"klp-convert: {e}", file=sys.stderr)
         return 2
-    for w in plan.warnings:
-        print(f"klp-convert: warning: {w}", file=sys.stderr)
-    for e in plan.errors:
-        print(f"klp-convert: {e}", file=sys.stderr)
+    for warning in plan.warnings:
+        print(f"klp-convert: warning: {warning}", file=sys.stderr)
+    for error in plan.errors:
+        print(f"klp-convert: {error}", file=sys.stderr)
     return 0 if plan.ok else 1

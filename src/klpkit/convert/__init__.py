@@ -12,6 +12,7 @@ livepatch relocations (``.klp.rela.<obj>.<sec>`` / ``.klp.sym.<obj>.<sym>,<pos>`
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from klpkit.convert.annotations import Choice, parse_map_entry, parse_map_text
 from klpkit.convert.apply import ApplyResult, ConvertError, apply_plan
@@ -27,7 +28,7 @@ from klpkit.convert.plan import (
     make_plan,
 )
 from klpkit.elf import ElfFile
-from klpkit.errors import InputError
+from klpkit.fileio import refuse_output_over_input
 
 __all__ = [
     "Action",
@@ -49,31 +50,34 @@ __all__ = [
 ]
 
 
-def _same_file(a, b) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
 def convert_file(
-    src,
-    dst,
-    db,
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None,
+    db: object,
     options: PlanOptions | None = None,
     *,
     dry_run: bool = False,
     elf: ElfFile | None = None,
+    inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
 ) -> tuple[Plan, ApplyResult | None, ElfFile]:
     """Plan, and unless ``dry_run`` or the plan has errors, apply and write ``dst``
-    atomically.  The input file is never written.  ``elf``: ``src`` already read."""
-    if dst is not None and not dry_run and _same_file(src, dst):
-        raise InputError("the output would overwrite the input; choose another -o path", path=dst)
+    atomically.  ``elf``: ``src`` already read.
+
+    No input is ever written: ``dst`` is refused when it is the same file (by identity)
+    as ``src``, the symbol database ``db`` reads, or any of ``inputs`` (what each is ->
+    its path: a map file, the ``--symbols`` the user named)."""
+    if dst is not None and not dry_run:
+        refuse_output_over_input(
+            dst,
+            {"module": src, **(inputs or {}), "symbol database": getattr(db, "path", None)},
+        )
     if elf is None:
         elf = ElfFile.read(src)
     plan = make_plan(elf, db, options)
     if dry_run or not plan.ok:
         return plan, None, elf
+    if dst is None:
+        raise ValueError("convert_file: an output path is needed unless dry_run")
     result = apply_plan(elf, plan)
     elf.write(dst)
     return plan, result, elf

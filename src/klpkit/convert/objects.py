@@ -35,7 +35,9 @@ Pure: reads the model, never edits it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from klpkit.convert.annotations import (
     MODULE_RELOCS_PREFIX,
@@ -167,12 +169,14 @@ class _Pointers:
     def addend(self, rs: RelocationSection, r: Relocation) -> int:
         if r.addend is not None:
             return r.addend
-        # SHT_REL: the addend is the word in place.
+        # SHT_REL: the addend is the word in place (none when sh_info names no section).
         target = rs.target
+        if target is None or target.type == C.SHT_NOBITS:
+            return 0
         data = target.data[r.offset : r.offset + self.ptr]
         if len(data) < self.ptr:
             return 0
-        return int.from_bytes(data, "little" if self.elf.little_endian else "big", signed=True)
+        return int.from_bytes(data, _byteorder(self.elf), signed=True)
 
     def points_to(self, entry) -> tuple[Section, int] | None:
         """(section, offset) a pointer relocation designates, for a defined symbol."""
@@ -220,6 +224,10 @@ class _Pointers:
                 ):
                     self._starts.setdefault(id(sym.shndx), []).append((sym.value, sym.size))
         return any(lo < v <= hi for v, _s in self._starts.get(id(sec), []))
+
+
+def _byteorder(elf: ElfFile) -> Literal["little", "big"]:
+    return "little" if elf.little_endian else "big"
 
 
 def _string_at(sec: Section, off: int) -> str | None:
@@ -313,7 +321,7 @@ def _states(ptrs: _Pointers, where: tuple[Section, int] | None) -> tuple[KlpStat
     sec, off = where
     if sec.type == C.SHT_NOBITS:
         return ()
-    order = "little" if ptrs.elf.little_endian else "big"
+    order = _byteorder(ptrs.elf)
     data, word, out = sec.data, ptrs.ptr, []
     while off + 3 * word <= len(data):
         ident = int.from_bytes(data[off : off + word], order)
@@ -416,20 +424,25 @@ def _entries(ptrs: _Pointers) -> tuple[list[_Entry], str, list[KlpPatch]]:
     for _p, objs in found:
         if objs is None:
             continue
-        for entry in _array_entries(ptrs, *objs):
-            sec = objs[0]
-            out.append(
-                _Entry(
-                    _object_name(ptrs, sec, entry), sec, entry, ptrs.data_at(sec, entry + ptrs.ptr)
-                )
-            )
+        sec = objs[0]
+        out.extend(_entry_list(ptrs, sec, _array_entries(ptrs, *objs)))
     if out:
         return out, FROM_PATCH, patches
     for sec, entry in _entries_with_funcs(ptrs):
-        out.append(
-            _Entry(_object_name(ptrs, sec, entry), sec, entry, ptrs.data_at(sec, entry + ptrs.ptr))
-        )
+        out.extend(_entry_list(ptrs, sec, [entry]))
     return out, (FROM_ENTRIES if out else FROM_NONE), patches
+
+
+def _entry_list(ptrs: _Pointers, sec: Section, offsets: Iterable[int]) -> list[_Entry]:
+    """The klp_object entries at ``offsets`` of ``sec`` that have a name and a ``funcs``
+    pointer (the finders only return such entries)."""
+    out = []
+    for entry in offsets:
+        name = _object_name(ptrs, sec, entry)
+        funcs = ptrs.data_at(sec, entry + ptrs.ptr)
+        if name is not None and funcs is not None:
+            out.append(_Entry(name, sec, entry, funcs))
+    return out
 
 
 def _functions(ptrs: _Pointers, entries: list[_Entry]) -> list[list[int]]:
@@ -498,18 +511,20 @@ def find_patched_functions(elf: ElfFile) -> list[PatchedFunction]:
     order the kernel walks them (objects in array order, then their functions)."""
     ptrs = _Pointers(elf)
     entries, _source, _patches = _entries(ptrs)
-    order = "little" if elf.little_endian else "big"
+    order = _byteorder(elf)
     out: list[PatchedFunction] = []
     for e, funcs in zip(entries, _functions(ptrs, entries), strict=True):
         fsec = e.funcs[0]
         data = fsec.data if fsec.type != C.SHT_NOBITS else b""
         for i, entry in enumerate(funcs):
-            nsec, noff = ptrs.points_to(ptrs.at(fsec, entry))
-            old_name = _string_at(nsec, noff)
-            if old_name is None:
-                continue
+            name_at = ptrs.points_to(ptrs.at(fsec, entry))
+            old_name = _string_at(*name_at) if name_at is not None else None
             code = ptrs.at(fsec, entry + ptrs.ptr)
-            csec, coff = ptrs.points_to(code)
+            code_at = ptrs.points_to(code)
+            if old_name is None or name_at is None or code is None or code_at is None:
+                continue  # not a klp_func entry (the finder returns only those)
+            nsec, noff = name_at
+            csec, coff = code_at
             pos_at = entry + 2 * ptrs.ptr
             raw = data[pos_at : pos_at + ptrs.ptr]
             sympos = int.from_bytes(raw, order) if len(raw) == ptrs.ptr else 0

@@ -70,10 +70,12 @@ from klpkit.convert.annotations import (
     read_module_relocs,
     valid_object_name,
 )
+from klpkit.convert.categories import Category
 from klpkit.convert.objects import FROM_NONE, read_patched_objects
 from klpkit.elf import ElfFile
 from klpkit.elf import constants as C
 from klpkit.elf.reloc_types import machine_name, reloc_type_name
+from klpkit.errors import KlpkitError
 from klpkit.kernel import klp
 from klpkit.kernel.kver import DEFAULT_KERNEL_VERSION, format_version, kernel_version
 from klpkit.kernel.livepatch import (
@@ -84,18 +86,7 @@ from klpkit.kernel.livepatch import (
     meant_as_klp_rela,
     module_name_from_path,
 )
-
-
-class Category(enum.StrEnum):
-    A = "A"
-    B = "B"
-    LOCAL = "local"
-    CD = "C-D"
-    ERROR = "error"
-    INTERNAL = "internal"
-    KLP = "klp"
-    ANNOTATION = "annotation"
-    UNCHECKED = "unchecked"
+from klpkit.symbols.db import SymbolEntry
 
 
 class Action(enum.StrEnum):
@@ -136,6 +127,17 @@ class Candidate:
         }
 
 
+@dataclass(frozen=True)
+class Conversion:
+    """A converted symbol: ``.klp.sym.<object>.<symbol>,<sympos>``, its relocations in
+    ``.klp.rela.<gate>.<section>``."""
+
+    object: str
+    symbol: str
+    sympos: int
+    gate: str
+
+
 @dataclass
 class SymbolDecision:
     """What happens to one undefined symbol of the livepatch (and all its relocations)."""
@@ -154,10 +156,19 @@ class SymbolDecision:
     candidates: list[Candidate] = field(default_factory=list)
 
     @property
-    def klp_symbol(self) -> str | None:
+    def conversion(self) -> Conversion | None:
+        """Where a converted symbol's relocations go; None unless the action is CONVERT
+        (which always sets object, symbol, sympos and gate)."""
         if self.action is not Action.CONVERT:
             return None
-        return klp_symbol_name(self.object, self.symbol, self.sympos)
+        if self.object is None or self.symbol is None or self.sympos is None or self.gate is None:
+            return None
+        return Conversion(self.object, self.symbol, self.sympos, self.gate)
+
+    @property
+    def klp_symbol(self) -> str | None:
+        c = self.conversion
+        return klp_symbol_name(c.object, c.symbol, c.sympos) if c is not None else None
 
     def as_dict(self) -> dict:
         return {
@@ -350,9 +361,10 @@ class Classifier:
 
     # -- helpers ------------------------------------------------------------
     def _depends(self, module: str) -> list[str]:
+        """The modules ``module`` depends on; none when the database does not know it."""
         try:
             return list(self.db.module_depends(module))
-        except Exception:
+        except KlpkitError:
             return []
 
     def _gate(self, obj: str) -> tuple[str | None, str | None]:
@@ -477,7 +489,14 @@ class Classifier:
             sympos,
         )
 
-    def _pick(self, name, entries, obj, sympos, source) -> tuple[object, int] | str:
+    def _pick(
+        self,
+        name: str,
+        entries: list[SymbolEntry],
+        obj: str,
+        sympos: int | None,
+        source: str,
+    ) -> tuple[SymbolEntry, int] | str:
         """Validate an explicit (object, pos) against the database, as
         klp_find_object_symbol() will count (None: the user gave no position)."""
         mine = [e for e in entries if e.object == obj]
@@ -497,7 +516,7 @@ class Classifier:
                 f"{name}: {source} gives sympos 0, which needs a unique symbol, but "
                 f"'{obj}' has {res.count}: " + ", ".join(map(str, _cands(mine)))
             )
-        if res.found is klp.Found.POSITION:
+        if res.found is klp.Found.POSITION or res.entry is None:
             return (
                 f"{name}: {source} gives sympos {sympos}, but '{obj}' has only "
                 f"{res.count} symbol(s) named '{name}': " + ", ".join(map(str, _cands(mine)))
@@ -884,17 +903,18 @@ class _Planner:
         kver = self.kver
         kmax = ksym_name_max(kver)
         for d in self.symbols.values():
-            if d.action is not Action.CONVERT:
+            c = d.conversion
+            if c is None:
                 continue
-            if len(d.symbol) > kmax or "," in d.symbol:
+            if len(c.symbol) > kmax or "," in c.symbol:
                 self.errors.append(
-                    f"{d.name}: '{d.symbol}' cannot be a livepatch symbol name "
+                    f"{d.name}: '{c.symbol}' cannot be a livepatch symbol name "
                     f"on kernel {kver[0]}.{kver[1]} (at most {kmax} characters, "
                     "no ',')"
                 )
-            if not valid_object_name(d.object) or not valid_object_name(d.gate):
+            if not valid_object_name(c.object) or not valid_object_name(c.gate):
                 self.errors.append(
-                    f"{d.name}: object '{d.object}' / '{d.gate}' is not a valid "
+                    f"{d.name}: object '{c.object}' / '{c.gate}' is not a valid "
                     "livepatch object name (1-55 characters, no '.')"
                 )
 
@@ -904,18 +924,19 @@ class _Planner:
         (klp.gate_problem)."""
         apps: dict[str, klp.Application] = {}
         for d in self.symbols.values():
-            if d.action is not Action.CONVERT:
+            c = d.conversion
+            if c is None:
                 continue
-            app = apps.get(d.gate)
+            app = apps.get(c.gate)
             if app is None:
-                app = apps[d.gate] = klp.when_applied(d.gate, self.objects, self.kver)
+                app = apps[c.gate] = klp.when_applied(c.gate, self.objects, self.kver)
             if app.when is klp.When.NEVER:
                 self.errors.append(
-                    f"{d.name}: {d.klp_symbol} would be gated on {d.gate}, "
+                    f"{d.name}: {d.klp_symbol} would be gated on {c.gate}, "
                     f"which the kernel never applies: {app.reason}"
                 )
                 continue
-            problem = klp.gate_problem(d.gate, d.object, d.symbol, self.kver)
+            problem = klp.gate_problem(c.gate, c.object, c.symbol, self.kver)
             if problem is not None and problem.gravity is klp.Gravity.RISK:
                 self.warnings.append(f"{d.name}: {problem.reason}")
 
@@ -977,11 +998,12 @@ class _Planner:
         if d is None:
             return self._fate_of_defined(sym, target, tname, r)
         self.used_names.add(d.name)
-        if d.action is not Action.CONVERT:
+        c = d.conversion
+        if c is None:
             return _Fate(d.category, d.action, d.reason)
-        key = (id(rs), d.gate)
+        key = (id(rs), c.gate)
         if key not in self.site_problems:
-            self.site_problems[key] = _site_problem(rs, target, d.gate, self.kver)
+            self.site_problems[key] = _site_problem(rs, target, c.gate, self.kver)
         problem = self.site_problems[key]
         if problem is not None:
             return self._error(
@@ -989,7 +1011,7 @@ class _Planner:
                 f"cannot be converted: {problem}"
             )
         return _Fate(
-            d.category, Action.CONVERT, d.reason, d.klp_symbol, klp_rela_section_name(d.gate, tname)
+            d.category, Action.CONVERT, d.reason, d.klp_symbol, klp_rela_section_name(c.gate, tname)
         )
 
     def _fate_of_defined(self, sym, target, tname: str, r) -> _Fate:
@@ -1033,7 +1055,7 @@ class _Planner:
                 for v in parse_versions(vsec.data, self.elf.elfclass, self.elf.little_endian)
                 if v.name in converted
             ]
-        except Exception as e:
+        except KlpkitError as e:
             self.errors.append(f"__versions: {e}")
             return []
 

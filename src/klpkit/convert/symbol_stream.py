@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_right
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import compress, count
 from operator import itemgetter, methodcaller
+from typing import BinaryIO
 
 from klpkit.errors import InputError, KlpkitError
+from klpkit.numbers import parse_decimal, parse_hex
 from klpkit.symbols.db import NONCORE, SymbolEntry, _entries
 from klpkit.symbols.symbols_list import HEADER, META_OBJECT, _decode_codes, is_symbols_list
 
 BLOCK = 1 << 20  # bytes read at a time: ~40,000 lines
+LINE_MAX = 16 * BLOCK  # no line of a symbol list (a name, a klpkit record) is this long
 _FEW = 8  # names found in a block, located one by one up to this
 _FEW_EXPORTS = 32  # export records searched name by name up to this
 KSYMTAB = b"__ksymtab_"
@@ -48,8 +52,10 @@ class _Scan:
     lines: int = 0  # lines in the file (without a final empty one)
 
 
-def _blocks(f):
-    """The file in blocks of whole lines (the last one may lack its newline)."""
+def _blocks(f: BinaryIO, path: str) -> Iterator[bytes]:
+    """The file in blocks of whole lines (the last one may lack its newline); a line
+    longer than :data:`LINE_MAX` (a file of NULs, not a symbol list) is an error rather
+    than a buffer without bound."""
     rest = b""
     while True:
         block = f.read(BLOCK)
@@ -60,6 +66,10 @@ def _blocks(f):
         cut = block.rfind(b"\n") + 1
         if not cut:
             rest += block
+            if len(rest) > LINE_MAX:
+                raise InputError(
+                    f"a line longer than {LINE_MAX >> 20} MiB: not a symbol list", path=path
+                )
             continue
         yield rest + block[:cut]
         rest = block[cut:]
@@ -110,13 +120,13 @@ def _hits(lines: list[bytes], base: int, wanted: set[bytes], out: dict[bytes, li
             pass
 
 
-def _scan(path, wanted: set[bytes]) -> _Scan:
+def _scan(path: str, wanted: set[bytes]) -> _Scan:
     """One pass: headers, the lines of ``wanted`` names, the klpkit section."""
     scan = _Scan()
     base = 0
     meta_parts: list[bytes] = []
     with open(path, "rb") as f:
-        for chunk in _blocks(f):
+        for chunk in _blocks(f, path):
             if meta_parts:
                 meta_parts.append(chunk)
                 continue
@@ -139,10 +149,8 @@ def _scan(path, wanted: set[bytes]) -> _Scan:
                 scan.meta_line = base
     scan.lines = base
     if meta_parts:
-        scan.meta = b"".join(meta_parts)
-        scan.lines = (
-            scan.meta_line + scan.meta.count(b"\n") + (0 if scan.meta.endswith(b"\n") else 1)
-        )
+        meta = scan.meta = b"".join(meta_parts)
+        scan.lines = base + meta.count(b"\n") + (0 if meta.endswith(b"\n") else 1)
     return scan
 
 
@@ -206,14 +214,14 @@ class StreamedSymbols:
         self._exports: dict[str, dict[str, tuple]] = {}
         self._segments: dict[str, list[tuple[int, int]]] = {}  # object -> its runs
         self._by_line: list[tuple[int, str]] = []  # (header line, object)
-        self._records: dict[str, bytes] | None = None  # object -> klpkit record
+        self._records: dict[str, tuple[int, int]] | None = None  # object -> its record's span
         self._objects: dict[str, _Object] = {}
         self._meta: bytes | None = None
         self._load(names, release)
 
     # -- reading ----------------------------------------------------------------------
-    def _want(self, names) -> set[bytes]:
-        out = set()
+    def _want(self, names: Iterable[str]) -> set[bytes]:
+        out: set[bytes] = set()
         for n in names:
             raw = n.encode("utf-8", "surrogateescape")
             out.update((raw, KSYMTAB + raw))
@@ -238,7 +246,7 @@ class StreamedSymbols:
 
     def _check_header(self) -> None:
         with open(self.path, "rb") as f:
-            first = f.readline()
+            first = f.readline(len(HEADER) + 2)  # a file without newlines is not read whole
         if not first.startswith(HEADER.encode()):
             raise InputError(
                 f"Symbol list is in unknown format (first line is not '{HEADER}')", path=self.path
@@ -290,18 +298,26 @@ class StreamedSymbols:
             raise InputError(f"object '{missing}' has no klpkit record", path=self.path)
 
     def _meta_value(self, kind: bytes, rest: bytes) -> None:
+        try:
+            value = rest.decode("ascii")
+        except UnicodeDecodeError:
+            raise InputError(
+                f"klpkit {kind.decode()} record {rest[:60]!r} is not ASCII", path=self.path
+            ) from None
         if kind == b"release":
-            self.meta["release"] = rest.decode()
+            self.meta["release"] = value
         elif kind == b"build_id":
-            self.meta["build_id"] = rest.decode()
+            self.meta["build_id"] = value
         else:
-            self.meta["source"] = f"symbols-list({rest.decode()})" if rest else "symbols-list"
+            self.meta["source"] = f"symbols-list({value})" if value else "symbols-list"
 
     def _read_exports(self, wanted: set[bytes]) -> None:
         """The export records of the wanted names: found by name (a C-level search of the
         section per name) for a few names, else by filtering all ~25,000 records."""
         names = [w for w in wanted if not w.startswith(KSYMTAB)]
         meta = self._meta
+        if meta is None:
+            return
         if len(names) <= _FEW_EXPORTS:
             recs = []
             for name in names:
@@ -319,7 +335,7 @@ class StreamedSymbols:
         for f in compress(fields, map(set(names).__contains__, map(_NAME, fields))):
             try:
                 _kind, obj, name, etype, ns, crc = f
-                value = (etype.decode(), ns.decode() or None, int(crc, 16) if crc else None)
+                value = (etype.decode(), ns.decode() or None, self._crc(crc))
             except ValueError:
                 raise InputError(
                     f"klpkit export record {b'/'.join(f)[:60]!r} is malformed", path=self.path
@@ -327,6 +343,13 @@ class StreamedSymbols:
             self._exports.setdefault(name.decode("utf-8", "surrogateescape"), {})[obj.decode()] = (
                 value
             )
+
+    def _crc(self, text: bytes) -> int | None:
+        """An export's CRC: 32-bit hex (``__crc_<sym>``; empty without CONFIG_MODVERSIONS)."""
+        if not text:
+            return None
+        crc = text.decode("utf-8", "surrogateescape")
+        return parse_hex(crc, "export CRC", where=self.path, limit=0xFFFFFFFF)
 
     def _check_release(self, release: str | None) -> None:
         mine = self.meta["release"]
@@ -350,7 +373,7 @@ class StreamedSymbols:
             self._segments[name],
             "vmlinux" if name == "vmlinux" else "module",
         )
-        if self._records is not None:
+        if self._records is not None and self._meta is not None:
             start, end = self._records[name]
             self._parse_record(obj, self._meta[start:end])
         self._objects[name] = obj
@@ -361,7 +384,10 @@ class StreamedSymbols:
             _kind, _name, okind, opath, depends, nrows, codes = rec.split(b"\t")
             obj.kind, obj.path = okind.decode(), opath.decode() or None
             obj.depends = [d for d in depends.decode().split(",") if d]
-            obj.nrows, obj.codes = int(nrows), codes
+            obj.nrows = parse_decimal(
+                nrows.decode("utf-8", "surrogateescape"), "symbol count", where=self.path
+            )
+            obj.codes = codes
         except ValueError:
             raise InputError(
                 f"klpkit record of '*{META_OBJECT}' is malformed: {rec[:60]!r}", path=self.path
@@ -408,7 +434,9 @@ class StreamedSymbols:
         out = []
         for line in self._hits.get(raw, ()):
             obj = self._object_at(line)
-            pos = obj.position(line) if obj is not None else None
+            if obj is None:
+                continue
+            pos = obj.position(line)
             if pos is not None and (obj.nrows is None or pos < obj.nrows):
                 out.append((obj, pos))
         return out

@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 VMLINUX = "vmlinux"
 
@@ -52,6 +53,13 @@ CLEAR_RELOCATE_ADD = (6, 3)
 #: ftrace site with ftrace_location() ("failed to find location for function");
 #: before, ftrace_set_filter_ip() refused an address without one (-EINVAL).
 FTRACE_LOCATION = (5, 18)
+
+#: "x86: Add prefix symbols for function padding" (v6.2, CONFIG_CALL_PADDING): the
+#: padding before each function is a symbol of its own, ``__pfx_<name>`` (type 't' in
+#: kallsyms, counted apart from ``<name>`` by klp_find_object_symbol()); it holds no
+#: __fentry__ call, so a klp_func naming it fails in klp_patch_func().
+PREFIX_SYMBOLS = (6, 2)
+PREFIX = "__pfx_"
 
 #: The symbols through which a module registers a livepatch: klp_enable_patch() (the
 #: only one since 5.1, and the one that enables it since 4.0); klp_register_patch()
@@ -309,18 +317,22 @@ class Found(enum.StrEnum):
     POSITION = "position"  # "symbol position %lu for symbol '%s' in object '%s' not found"
 
 
+#: a symbol database's entry (klpkit.symbols.SymbolEntry): kernel/ only counts them
+E = TypeVar("E")
+
+
 @dataclass(frozen=True)
-class Resolution:
+class Resolution(Generic[E]):
     found: Found
     count: int
-    entry: object = None  # the SymbolEntry resolved to
+    entry: E | None = None  # the entry resolved to
 
     @property
     def ok(self) -> bool:
         return self.found is Found.RESOLVED
 
 
-def find_object_symbol(entries: Sequence, sympos: int) -> Resolution:
+def find_object_symbol(entries: Sequence[E], sympos: int) -> Resolution[E]:
     """klp_find_object_symbol(): ``entries`` are the object's symbols of that name in
     kallsyms order (what the kernel's callback counts); sympos 0 needs exactly one,
     sympos N needs at least N and takes the N-th."""

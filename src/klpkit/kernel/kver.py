@@ -14,23 +14,28 @@ from __future__ import annotations
 import re
 
 from klpkit.errors import InputError
+from klpkit.numbers import parse_decimal, shown
 
 #: The kernel klpkit is tested against (Debian 12's 6.1): the answer when nothing says.
 DEFAULT_KERNEL_VERSION: tuple[int, int] = (6, 1)
 
-_VERSION = re.compile(r"\s*(\d+)\.(\d+)")
+_VERSION = re.compile(r"\s*([0-9]+)\.([0-9]+)")
+#: KERNEL_VERSION(a, b, c) packs each part into 8 bits (16 for the major)
+_PART_MAX = 0xFFFF
 
 
-def parse_kernel_version(text) -> tuple[int, int]:
+def parse_kernel_version(text: str | tuple[int, ...]) -> tuple[int, int]:
     """``"6.1"``, ``"6.1.0-47-amd64"``, ``"6.10-rc1"``, ``(6, 1)`` -> ``(6, 1)``.
 
     Raises :class:`InputError` for text that does not start with ``MAJOR.MINOR``."""
     if isinstance(text, tuple):
-        return tuple(text[:2])
+        return text[0], text[1]
     m = _VERSION.match(str(text))
     if not m:
-        raise InputError(f"kernel version '{text}' is not MAJOR.MINOR (e.g. 6.1)")
-    return int(m.group(1)), int(m.group(2))
+        raise InputError(f"kernel version {shown(str(text))} is not MAJOR.MINOR (e.g. 6.1)")
+    major = parse_decimal(m.group(1), "kernel version major", limit=_PART_MAX)
+    minor = parse_decimal(m.group(2), "kernel version minor", limit=_PART_MAX)
+    return major, minor
 
 
 def version_of_release(release: str | None) -> tuple[int, int] | None:

@@ -14,7 +14,9 @@ import re
 from dataclasses import dataclass
 
 from klpkit.elf import constants as C
+from klpkit.errors import InputError
 from klpkit.kernel.kver import DEFAULT_KERNEL_VERSION
+from klpkit.numbers import U64_MAX, parse_decimal
 
 KLP_SYM_PREFIX = ".klp.sym."
 KLP_RELA_PREFIX = ".klp.rela."
@@ -44,14 +46,18 @@ def klp_rela_section_name(obj: str, target_section: str) -> str:
     return f"{KLP_RELA_PREFIX}{obj}.{target_section}"
 
 
-_SYM_RE = re.compile(r"\.klp\.sym\.([^.]+)\.([^,]+),(\d+)$")
+_SYM_RE = re.compile(r"\.klp\.sym\.([^.]+)\.([^,]+),([0-9]+)$")
 
 
-def parse_klp_symbol_name(name: str, kernel_version=DEFAULT_KERNEL_VERSION) -> KlpSymbolName | None:
+def parse_klp_symbol_name(
+    name: str, kernel_version: tuple[int, int] = DEFAULT_KERNEL_VERSION
+) -> KlpSymbolName | None:
     """Parse as the kernel does; None when the kernel would say 'incorrectly formatted'.
 
     The kernel's sscanf stops at the field widths (55 / 127 or 511); a longer field
-    makes the next literal fail to match, so it is rejected here too.
+    makes the next literal fail to match, so it is rejected here too.  Its ``%lu``
+    takes ASCII digits only; a position wider than ``unsigned long`` wraps there (the
+    name never resolves to the symbol meant), so it is refused here as malformed.
     """
     m = _SYM_RE.match(name)
     if not m:
@@ -59,7 +65,11 @@ def parse_klp_symbol_name(name: str, kernel_version=DEFAULT_KERNEL_VERSION) -> K
     obj, sym, pos = m.groups()
     if len(obj) > MODULE_NAME_MAX or len(sym) > ksym_name_max(kernel_version):
         return None
-    return KlpSymbolName(obj, sym, int(pos))
+    try:
+        sympos = parse_decimal(pos, "position", limit=U64_MAX)
+    except InputError:
+        return None
+    return KlpSymbolName(obj, sym, sympos)
 
 
 def parse_klp_rela_object(section_name: str) -> str | None:
