@@ -40,7 +40,7 @@ from klpkit.fileio import write_atomic
 
 DEFAULT_RELEASE = "6.1.0-47-amd64"
 DEFAULT_VERSION = "6.1.170-3"
-#: The newest bookworm kernel of the 6.12 line (issue 13): xz-compressed modules, zstd
+#: The newest bookworm kernel of the 6.12 line: xz-compressed modules, zstd
 #: vmlinuz, CONFIG_CALL_PADDING (``__pfx_`` symbols), CONFIG_X86_KERNEL_IBT.
 RELEASE_612 = "6.12.117+deb12-amd64"
 #: The kernels klpkit is proven against, oldest line first.

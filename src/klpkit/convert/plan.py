@@ -18,7 +18,7 @@ same API instead of re-deriving the policy:
     plan.symbols       # {undefined symbol name: SymbolDecision}
     plan.to_json()
 
-Policy (issue 4; categories after Petr Mladek's A-D, spec §4):
+Policy (the categories A-D Petr Mladek named in the klp-convert review):
 
 ========  ==========================================================  ===========
 category  symbol                                                       action
@@ -266,9 +266,6 @@ class Plan:
             for r in self.relocations
             if r.action is not Action.KEEP or r.category in (Category.CD, Category.B)
         ]
-
-    def converted_symbols(self) -> list[SymbolDecision]:
-        return [d for d in self.symbols.values() if d.action is Action.CONVERT]
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

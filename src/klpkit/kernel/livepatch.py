@@ -5,7 +5,8 @@ klp_resolve_symbols / klp_apply_section_relocs), including its sscanf limits:
 ``.klp.sym.%55[^.].%127[^,],%lu`` before v6.1 and ``%511[^,]`` from v6.1
 (KSYM_NAME_LEN 128 -> 512), ``.klp.rela.%55[^.]`` for sections. Formatting
 always inserts the separator dot after the object name (``.klp.rela.cdrom..text``)
-so names of sections without a leading dot still parse (spec P5).
+so names of sections without a leading dot still parse (``%55[^.]`` stops at the first
+dot: ``.klp.rela.cdromtext`` would read as object ``cdromtext``).
 """
 
 from __future__ import annotations
