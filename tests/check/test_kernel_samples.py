@@ -132,3 +132,82 @@ def test_loaded_set_states_and_atomic_replace(samples, capsys):
     assert "refused: klp.state.incompatible" in capsys.readouterr().out
     assert main(["check", str(state), "--symbols", str(db.path), "--loaded", str(state)]) == 1
     assert "refused: loaded.duplicate" in capsys.readouterr().out
+
+
+def _sysfs(root, patches: dict, modules: list[str] | None = None):
+    """A copy of a running system's /sys/kernel/livepatch (and /proc/modules, newest
+    first): {patch: (enabled, transition, {object: [function,sympos ...]})}."""
+    base = root / "sys" / "kernel" / "livepatch"
+    base.mkdir(parents=True)
+    for name, (enabled, transition, objects) in patches.items():
+        d = base / name
+        d.mkdir()
+        (d / "enabled").write_text(f"{enabled}\n")
+        (d / "transition").write_text(f"{transition}\n")
+        for obj, funcs in objects.items():
+            (d / obj).mkdir()
+            (d / obj / "patched").write_text("1\n")
+            for f in funcs:
+                (d / obj / f).mkdir()
+    if modules is not None:
+        (root / "proc").mkdir()
+        (root / "proc" / "modules").write_text(
+            "".join(f"{m} 16384 0 - Live 0x0000000000000000 (OEK)\n" for m in modules)
+        )
+    return root
+
+
+def test_loaded_from_sysfs(samples, tmp_path, capsys):
+    """check --loaded-from-sysfs: the set is the running kernel's (sysfs), its states and
+    replace flags from the module files found by name (- and _ alike), the load order
+    from /proc/modules; a transition in progress refuses the next livepatch (-EBUSY)."""
+    from klpkit.check.loaded_rules import read_sysfs
+    from klpkit.cli import main
+    from klpkit.errors import InputError
+
+    mods, db = samples
+    build = mods["test_klp_state"].parent
+    root = _sysfs(
+        tmp_path / "a",
+        {
+            "test_klp_state2": (1, 0, {"vmlinux": []}),
+            "livepatch_sample": (1, 0, {"vmlinux": ["cmdline_proc_show,1"]}),
+        },
+        modules=["livepatch_sample", "test_klp_state2", "ext4"],
+    )
+    running = read_sysfs(root, build)
+    assert [p.name for p in running.patches] == ["test_klp_state2", "livepatch_sample"]
+    assert running.patches[1].module == str(mods["livepatch-sample"])
+    assert running.modules == {"livepatch_sample", "test_klp_state2", "ext4"}
+    err = first_error(check_module(mods["test_klp_state"], db, "6.1", running=running))
+    assert err.rule == "klp.state.incompatible"
+    findings = check_module(mods["test_klp_livepatch"], db, "6.1", running=running)
+    assert first_error(findings) is None
+    assert {f.rule for f in findings} >= {"klp.stack.top", "loaded.set"}
+    args = ["check", str(mods["test_klp_state"]), "--symbols", str(db.path)]
+    assert main([*args, "--loaded-from-sysfs", str(root), "--modules-dir", str(build)]) == 1
+    assert "refused: klp.state.incompatible" in capsys.readouterr().out
+    # a module of the same name is loaded (not a livepatch: /proc/modules says so)
+    root = _sysfs(tmp_path / "dup", {}, modules=["test_klp_livepatch"])
+    err = first_error(
+        check_module(mods["test_klp_livepatch"], db, "6.1", running=read_sysfs(root, build))
+    )
+    assert err.rule == "loaded.duplicate"
+    # unpatching in progress: still in klp_patches, and -EBUSY
+    root = _sysfs(tmp_path / "b", {"livepatch_sample": (0, 1, {"vmlinux": []})})
+    err = first_error(
+        check_module(mods["test_klp_livepatch"], db, "6.1", running=read_sysfs(root, build))
+    )
+    assert err.rule == "loaded.transition" and "(unpatching)" in err.message
+    # bad inputs: one line each, exit 2
+    with pytest.raises(InputError, match="its module file is not under"):
+        read_sysfs(_sysfs(tmp_path / "c", {"lp_gone": (1, 0, {})}), build)
+    with pytest.raises(InputError, match="loaded livepatch test_klp_callbacks_mod is not a"):
+        read_sysfs(_sysfs(tmp_path / "e", {"test_klp_callbacks_mod": (1, 0, {})}), build)
+    with pytest.raises(InputError, match="no sys/kernel/livepatch directory"):
+        read_sysfs(tmp_path / "c" / "sys", build)
+    bad = _sysfs(tmp_path / "d", {"livepatch_sample": (1, 0, {})})
+    (bad / "sys/kernel/livepatch/livepatch_sample/enabled").write_text("２\n")
+    assert main([*args, "--loaded-from-sysfs", str(bad), "--modules-dir", str(build)]) == 2
+    assert "enabled" in capsys.readouterr().err
+    assert main([*args, "--modules-dir", str(build)]) == 2

@@ -1,4 +1,4 @@
-"""Debian's 6.12 line (6.12.117+deb12-amd64) in the real kernel under qemu (issue 13).
+"""Debian's 6.12 line (6.12.117+deb12-amd64) in the real kernel under qemu.
 
 One boot (session-scoped, its own ``xdist_group``), the kernel's own behaviour asserted:
 
@@ -15,14 +15,13 @@ One boot (session-scoped, its own ``xdist_group``), the kernel's own behaviour a
   /proc/kallsyms lines of cdrom equal what the 6.12 symbol database read offline from
   the .ko.xz.
 
-The kernel's time is printed as ``[vm] 6.12: boot-to-poweroff ...`` and in the session's
-summary of boots.
+The kernel's time is printed as ``[vm] 6.12: cmdline livepatch, cdrom.ko.xz:
+boot-to-poweroff ...`` and in the session's summary of boots.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -31,8 +30,8 @@ from klpkit import debian
 from klpkit.elf import ElfFile
 from klpkit.elf import constants as C
 from klpkit.vm import Step, VmSpec
-from tests.conftest import require, require_tools
-from tests.e2e.conftest import BOOTS
+from tests.conftest import require_tools
+from tests.e2e.conftest import _require_qemu, _runner
 from tests.symbols.db612 import RELEASE, headers_612, image_612, open_db_612
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.xdist_group("vm-612")]
@@ -100,16 +99,8 @@ def lp_612(db_612, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def boot_612(lp_612, pytestconfig):
     """The one 6.12 boot: steps by label, and the result."""
-    from klpkit.vm import run_vm
-    from klpkit.vm.initramfs import is_static_elf
-
     image_612()
-    require(
-        shutil.which("qemu-system-x86_64"),
-        "qemu-system-x86_64 not installed (klpkit setup --install)",
-    )
-    bb = Path("/bin/busybox")
-    require(bb.is_file() and is_static_elf(bb.read_bytes()), "static /bin/busybox (busybox-static)")
+    _require_qemu()
     labels, steps = {}, []
 
     def add(label, kind, *args, expect="ok"):
@@ -138,17 +129,8 @@ def boot_612(lp_612, pytestconfig):
         "busybox insmod /lib/modules/cdrom.ko.xz && grep -c '^cdrom ' /proc/modules",
     )
     add("rmmod cdrom again", "rmmod", "cdrom")
-    result = run_vm(VmSpec(steps=steps, release=RELEASE))
-    BOOTS.append(("6.12", result.boot_seconds, result.ok))
-    capman = pytestconfig.pluginmanager.getplugin("capturemanager")
-    line = (
-        f"\n[vm] 6.12: boot-to-poweroff {result.boot_seconds} s, ok={result.ok}, "
-        f"failure={result.failure.kind if result.failure else None}"
-    )
-    if capman is not None:
-        with capman.global_and_fixture_disabled():
-            print(line, flush=True)
-    return labels, result
+    spec = VmSpec(steps=steps, release=RELEASE)
+    return labels, _runner(pytestconfig)("6.12: cmdline livepatch, cdrom.ko.xz", spec)
 
 
 def _step(boot, label):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from klpkit import cli
+from klpkit import cli, debian
 from klpkit.vm import Step, VmSpec, run_vm
 from klpkit.vm.initramfs import is_static_elf
-from tests.conftest import require
+from tests.conftest import _ensure, require
 from tests.kbuild import build_module_dir
 
 pytestmark = pytest.mark.vm
@@ -126,19 +126,26 @@ def test_boot_timeout_is_reported_with_console_tail(vm_ready, report):
     assert result.boot_seconds < 30
 
 
-def test_cli_script_json(vm_ready, lp_cmdline, tmp_path, capsys):
+@pytest.mark.parametrize("release", [debian.DEFAULT_RELEASE, debian.RELEASE_612])
+def test_cli_script_json(vm_ready, release, tmp_path, capsys):
+    """``klpkit vm --release R --script``: the module built against R's headers, R's
+    kernel booted (6.12: its modules are .ko.xz, its vmlinuz zstd)."""
+    _ensure(lambda: debian.ensure_image(release), f"Debian kernel image {release}")
+    _ensure(lambda: debian.ensure_headers(release), f"Debian kernel headers {release}")
+    lp = build_module_dir(MODULES / "lp_cmdline", tmp_path / "build", release)
     script = tmp_path / "steps.txt"
-    shutil.copy(lp_cmdline, tmp_path / "lp.ko")
+    shutil.copy(lp, tmp_path / "lp.ko")
     script.write_text(
         "# relative paths are relative to the script\n"
         "insmod lp.ko\nwait-transition\nrun cat /proc/cmdline\n"
         "! rmmod lp_cmdline\ndisable lp_cmdline\nrmmod lp_cmdline\n"
     )
-    rc = cli.main(["vm", "--script", str(script), "--json"])
+    rc = cli.main(["vm", "--release", release, "--script", str(script), "--json"])
     doc = json.loads(capsys.readouterr().out)
     with capsys.disabled():
-        print(f"\n[vm] test_cli_script_json: boot-to-poweroff {doc['boot_seconds']} s")
+        print(f"\n[vm] test_cli_script_json[{release}]: boot-to-poweroff {doc['boot_seconds']} s")
     assert rc == 0, doc["failure"]
+    assert doc["kernel"]["release"] == release
     steps = doc["steps"]
     assert steps[2]["output"] == [MARKER]
     # a loaded, enabled livepatch cannot be removed: rmmod fails as expected

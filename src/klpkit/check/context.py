@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from klpkit.check.findings import Finding, Place, Severity
 from klpkit.check.rules import RULES
+from klpkit.elf import ElfFile
 
 
 @dataclass
 class Context:
     path: str
     data: bytes
-    db: object  # klpkit.symbols.SymbolDB (or anything with its API)
+    db: Any  # klpkit.symbols.SymbolDB (or anything with its API)
     kver: tuple[int, int]
-    elf: object = None  # klpkit.elf.ElfFile once it parses
-    modinfo: object = None  # klpkit.kernel.modinfo.Modinfo
+    elf: Any = None  # klpkit.elf.ElfFile once it parses
+    modinfo: Any = None  # klpkit.kernel.modinfo.Modinfo
     name: str = "livepatch"  # in-kernel module name (mod->name)
     versions: dict[str, int] | None = None  # __versions (None: no section)
     findings: list[Finding] = field(default_factory=list)
@@ -23,6 +25,7 @@ class Context:
     patched: object = None  # klpkit.convert.objects.PatchedObjects, read once
     given: tuple | None = None  # (objects, registers) a caller states instead (deps)
     loaded: list = field(default_factory=list)  # livepatches already loaded, in order
+    running: object = None  # loaded_rules.RunningSystem: a running system's livepatches
     _order: int = 0
 
     def add(
@@ -53,6 +56,16 @@ class Context:
         self.findings.append(f)
         return f
 
+    # --- the module as the ELF model reads it -------------------------------------------
+    def open_elf(self) -> ElfFile:
+        """Read the module with the ELF model, every table decoded
+        (:meth:`klpkit.elf.ElfFile.validate`), into :attr:`elf`. A file the reader
+        refuses is refused by check too: the ElfError propagates (exit 2), since no
+        finding about a file that ``inspect`` and ``convert`` cannot read could be
+        trusted."""
+        self.elf = ElfFile.from_bytes(self.data, path=self.path).validate()
+        return self.elf
+
     # --- the module as a livepatch -----------------------------------------------------
     def livepatch(self):
         """What the module patches and whether it registers a livepatch, read once
@@ -81,9 +94,6 @@ class Context:
 
     # --- shared lookups --------------------------------------------------------------
     def object_exists(self, obj: str) -> bool:
-        if obj == "vmlinux":
+        if obj == "vmlinux" or self.db is None:
             return True
-        try:
-            return self.db.object_info(obj) is not None
-        except Exception:
-            return True
+        return self.db.object_info(obj) is not None

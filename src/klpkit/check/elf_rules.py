@@ -11,11 +11,9 @@ from __future__ import annotations
 from klpkit.check.context import Context
 from klpkit.check.findings import Place, Stage
 from klpkit.check.rules import X86_64_RELOC_SIZES, nonzero_message
-from klpkit.elf import ElfFile
 from klpkit.elf import constants as C
 from klpkit.elf.reloc_types import reloc_type_name
 from klpkit.elf.structs import layout_for
-from klpkit.errors import ElfError
 from klpkit.kernel import klp
 from klpkit.kernel.livepatch import is_klp_rela, parse_klp_rela_object
 
@@ -23,6 +21,25 @@ ELFMAG = b"\x7fELF"
 
 
 def _raw(ctx: Context) -> bool:
+    header = _raw_header(ctx)
+    if header is None:
+        return False
+    lay, ok, shoff, shnum, shstrndx = header
+    data = ctx.data
+    shdrs = [lay.shdr.unpack_from(data, shoff + i * lay.shdr.size) for i in range(shnum)]
+    if not _raw_shstrtab(ctx, shdrs, shstrndx) or not _raw_sections(ctx, shdrs, shstrndx):
+        return False
+    if not any(h[1] == C.SHT_SYMTAB for h in shdrs):
+        ctx.add(
+            "elf.symtab", None, "no symbol table", f"{ctx.name}: module has no symbols (stripped?)"
+        )
+        return False
+    return ok
+
+
+def _raw_header(ctx: Context):
+    """The ELF header as elf_validity_check() reads it: (layout, type and machine ok,
+    e_shoff, e_shnum, e_shstrndx), or None when nothing past it can be read."""
     data = ctx.data
     n = len(data)
     if n < 52 or data[:4] != ELFMAG:
@@ -35,14 +52,14 @@ def _raw(ctx: Context) -> bool:
             )
         else:
             ctx.add("elf.header", None, "no ELF magic", "Invalid ELF header magic: != \x7fELF")
-        return False
+        return None
     if data[4] not in (1, 2) or data[5] not in (1, 2):
         ctx.add("elf.header", None, f"unknown ELF class {data[4]} / data encoding {data[5]}")
-        return False
+        return None
     lay = layout_for(32 if data[4] == 1 else 64, data[5] == 1)
     if n < lay.ehdr.size:
         ctx.add("elf.header", None, "truncated ELF header", f"Invalid ELF header len {n}")
-        return False
+        return None
     (_i, etype, machine, _v, _e, _ph, shoff, _f, _eh, _phe, _phn, shentsize, shnum, shstrndx) = (
         lay.ehdr.unpack_from(data, 0)
     )
@@ -71,7 +88,7 @@ def _raw(ctx: Context) -> bool:
             f"e_shentsize {shentsize} != {lay.shdr.size}",
             "Invalid ELF section header size",
         )
-        return False
+        return None
     if shoff >= n or shnum * lay.shdr.size > n - shoff:
         ctx.add(
             "elf.header",
@@ -79,8 +96,13 @@ def _raw(ctx: Context) -> bool:
             "section header table extends past the end of the file",
             "Invalid ELF section header overflow",
         )
-        return False
-    shdrs = [lay.shdr.unpack_from(data, shoff + i * lay.shdr.size) for i in range(shnum)]
+        return None
+    return lay, ok, shoff, shnum, shstrndx
+
+
+def _raw_shstrtab(ctx: Context, shdrs: list, shstrndx: int) -> bool:
+    """The section name table: a real section, inside the file, NUL-terminated."""
+    data, n, shnum = ctx.data, len(ctx.data), len(shdrs)
     if shstrndx == C.SHN_UNDEF or shstrndx >= shnum:
         ctx.add(
             "elf.shstrtab",
@@ -110,6 +132,13 @@ def _raw(ctx: Context) -> bool:
             "ELF Spec violation: section name table isn't null terminated",
         )
         return False
+    return True
+
+
+def _raw_sections(ctx: Context, shdrs: list, shstrndx: int) -> bool:
+    """Section 0, each section's contents and symbol table link, allocated sections'
+    names."""
+    n, shnum, names_size = len(ctx.data), len(shdrs), shdrs[shstrndx][5]
     if shdrs[0][1] != C.SHT_NULL or shdrs[0][5] != 0 or shdrs[0][3] != 0:
         ctx.add(
             "elf.section",
@@ -139,7 +168,7 @@ def _raw(ctx: Context) -> bool:
                 f"Invalid ELF section in module (section {i} type {stype})",
             )
             return False
-        if flags & C.SHF_ALLOC and name >= st[5]:
+        if flags & C.SHF_ALLOC and name >= names_size:
             ctx.add(
                 "elf.section",
                 Place(f"[{i}]"),
@@ -147,12 +176,7 @@ def _raw(ctx: Context) -> bool:
                 f"Invalid ELF section name in module (section {i} type {stype})",
             )
             return False
-    if not any(h[1] == C.SHT_SYMTAB for h in shdrs):
-        ctx.add(
-            "elf.symtab", None, "no symbol table", f"{ctx.name}: module has no symbols (stripped?)"
-        )
-        return False
-    return ok
+    return True
 
 
 def _symbols_and_sections(ctx: Context) -> None:
@@ -186,14 +210,11 @@ def _relocations(ctx: Context) -> None:
     elf = ctx.elf
     lay = elf.layout
     data = ctx.data
-    symtab = elf.symtab
-    nsyms = symtab.size // lay.sym.size
+    nsyms = elf.symtab.size // lay.sym.size
     for rs in elf.relocation_sections():
         target = rs.target
-        tname = target.name if target is not None else f"[{rs.info}]"
         if target is None or not target.is_alloc:
             continue  # apply_relocations() skips non-allocated targets
-        is_klp = is_klp_rela(rs)
         raw = data[rs.orig_offset : rs.orig_offset + rs.size] if rs.orig_offset else rs.data
         if rs.type == C.SHT_REL:
             ctx.add(
@@ -203,59 +224,78 @@ def _relocations(ctx: Context) -> None:
                 f"module {ctx.name}: REL relocation unsupported",
             )
             continue
-        rec = lay.rela
-        if len(raw) % rec.size:
+        if len(raw) % lay.rela.size:
             continue  # reported by klp.rela.link / the model
-        tdata = target.data if target.type != C.SHT_NOBITS else None
-        tsize = target.size
-        reported_types: set[int] = set()
-        for i, (off, info, _add) in enumerate(rec.iter_unpack(raw)):
-            symidx, rtype = lay.r_sym(info), lay.r_type(info)
-            place = Place(tname, off)
-            if symidx >= nsyms:
-                ctx.add(
-                    "elf.reloc-symbol",
-                    Place(rs.name, i * rec.size),
-                    f"relocation {i} uses symbol index {symidx}, the symbol table has "
-                    f"{nsyms}: the kernel reads past the table",
-                )
-                continue
-            if elf.machine != C.EM_X86_64:
-                continue
-            size = X86_64_RELOC_SIZES.get(rtype)
-            if size is None:
-                if rtype not in reported_types:
-                    reported_types.add(rtype)
-                    ctx.add(
-                        "elf.reloc-type",
-                        place,
-                        f"relocation type {reloc_type_name(elf.machine, rtype)} is not "
-                        "handled by x86_64 apply_relocate_add",
-                        f"{ctx.name}: Unknown rela relocation: {rtype}",
-                    )
-                continue
-            if size == 0:
-                continue
-            if off + size > tsize:
-                ctx.add(
-                    "elf.reloc-offset",
-                    place,
-                    f"relocation {i} writes {size} bytes at "
-                    f"{off:#x}, past the end of {tname} ({tsize} bytes)",
-                )
-                continue
-            if tdata is not None and any(tdata[off : off + size]):
-                f = ctx.add(
-                    "elf.reloc-nonzero",
-                    place,
-                    f"{'livepatch ' if is_klp else ''}relocation "
-                    f"{reloc_type_name(elf.machine, rtype)} in {rs.name}: the "
-                    f"{size} target bytes are {tdata[off : off + size].hex()}, the x86 "
-                    "loader refuses to overwrite a nonzero value",
-                    nonzero_message(ctx.kver).replace("type %d", f"type {rtype}", 1),
-                )
-                if f is not None and is_klp and not _applied_at_load(ctx, rs):
-                    f.stage = Stage.OBJECT
+        _section_relocations(ctx, rs, raw, nsyms)
+
+
+def _section_relocations(ctx: Context, rs, raw: bytes, nsyms: int) -> None:
+    """Each Elf_Rela of one section against its (allocated) target, as
+    __apply_relocate_add() meets it."""
+    elf, lay = ctx.elf, ctx.elf.layout
+    target = rs.target
+    tname = target.name
+    rec = lay.rela
+    tdata = target.data if target.type != C.SHT_NOBITS else None
+    tsize = target.size
+    reported_types: set[int] = set()
+    for i, (off, info, _add) in enumerate(rec.iter_unpack(raw)):
+        symidx, rtype = lay.r_sym(info), lay.r_type(info)
+        place = Place(tname, off)
+        if symidx >= nsyms:
+            ctx.add(
+                "elf.reloc-symbol",
+                Place(rs.name, i * rec.size),
+                f"relocation {i} uses symbol index {symidx}, the symbol table has "
+                f"{nsyms}: the kernel reads past the table",
+            )
+            continue
+        if elf.machine != C.EM_X86_64:
+            continue
+        size = _reloc_size(ctx, rtype, place, reported_types)
+        if not size:
+            continue
+        if off + size > tsize:
+            ctx.add(
+                "elf.reloc-offset",
+                place,
+                f"relocation {i} writes {size} bytes at "
+                f"{off:#x}, past the end of {tname} ({tsize} bytes)",
+            )
+            continue
+        if tdata is not None and any(tdata[off : off + size]):
+            _nonzero(ctx, rs, place, rtype, tdata[off : off + size])
+
+
+def _reloc_size(ctx: Context, rtype: int, place: Place, reported: set[int]) -> int | None:
+    """The bytes an x86_64 relocation type writes (0: none); an unknown type is reported
+    once per section and None."""
+    size = X86_64_RELOC_SIZES.get(rtype)
+    if size is None and rtype not in reported:
+        reported.add(rtype)
+        ctx.add(
+            "elf.reloc-type",
+            place,
+            f"relocation type {reloc_type_name(ctx.elf.machine, rtype)} is not "
+            "handled by x86_64 apply_relocate_add",
+            f"{ctx.name}: Unknown rela relocation: {rtype}",
+        )
+    return size
+
+
+def _nonzero(ctx: Context, rs, place: Place, rtype: int, target_bytes: bytes) -> None:
+    is_klp = is_klp_rela(rs)
+    f = ctx.add(
+        "elf.reloc-nonzero",
+        place,
+        f"{'livepatch ' if is_klp else ''}relocation "
+        f"{reloc_type_name(ctx.elf.machine, rtype)} in {rs.name}: the "
+        f"{len(target_bytes)} target bytes are {target_bytes.hex()}, the x86 "
+        "loader refuses to overwrite a nonzero value",
+        nonzero_message(ctx.kver).replace("type %d", f"type {rtype}", 1),
+    )
+    if f is not None and is_klp and not _applied_at_load(ctx, rs):
+        f.stage = Stage.OBJECT
 
 
 def _applied_at_load(ctx: Context, rs) -> bool:
@@ -268,14 +308,7 @@ def _applied_at_load(ctx: Context, rs) -> bool:
 def run(ctx: Context):
     if not _raw(ctx):
         return False
-    try:
-        ctx.elf = ElfFile.from_bytes(ctx.data, path=ctx.path)
-        symtab = ctx.elf.symtab
-        if symtab is not None:
-            symtab.symbols  # noqa: B018 - decode now so a defect is reported here
-    except ElfError as e:
-        ctx.add("elf.parse", None, f"the ELF model refuses the file: {e.message}")
-        return False
+    ctx.open_elf()  # ElfError: refused like inspect and convert refuse it (exit 2)
     from klpkit.kernel.modinfo import Modinfo, module_name
 
     sec = ctx.elf.section(".modinfo")

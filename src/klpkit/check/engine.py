@@ -36,9 +36,11 @@ def check_bytes(
     path: str = "module.ko",
     name: str | None = None,
     loaded=(),
+    running=None,
 ) -> list[Finding]:
     kver = _kernel_version(kernel_version, getattr(db, "release", None))
     ctx = Context(path=path, data=data, db=db, kver=kver, loaded=[os.fspath(p) for p in loaded])
+    ctx.running = running  # check --loaded-from-sysfs: loaded_rules.read_sysfs()
     if name:
         ctx.name = name
     for family in FAMILIES:
@@ -47,6 +49,8 @@ def check_bytes(
         try:
             cont = family.run(ctx)
         except KlpkitError as e:  # a malformed part the model refuses: report, go on
+            if ctx.elf is None:
+                raise  # the reader refuses the module itself: so does check
             ctx.add("elf.parse", Place(), f"{family.__name__.rsplit('.', 1)[-1]}: {e}")
             cont = False
         if cont is False:
@@ -54,14 +58,24 @@ def check_bytes(
     return sort_findings(ctx.findings)
 
 
-def check_module(path: str | os.PathLike, db, kernel_version=None, *, loaded=()) -> list[Finding]:
+def check_module(
+    path: str | os.PathLike, db, kernel_version=None, *, loaded=(), running=None
+) -> list[Finding]:
     """Every finding for the module at ``path`` against ``db`` (a SymbolDB) on kernel
     ``kernel_version`` (``"6.1"``, ``(6, 1)``; default: the database's release), loaded
-    after the livepatches ``loaded`` (paths, in their load order).
+    after the livepatches ``loaded`` (paths, in their load order) or into a running
+    system's (``running``: :func:`klpkit.check.loaded_rules.read_sysfs`).
 
     Findings come in the order the kernel meets them: the first error is the failure
     a real load would report (``first_error()``)."""
-    return check_bytes(read_input(path), db, kernel_version, path=os.fspath(path), loaded=loaded)
+    return check_bytes(
+        read_input(path),
+        db,
+        kernel_version,
+        path=os.fspath(path),
+        loaded=loaded,
+        running=running,
+    )
 
 
 _RANK = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.NOTE: 2}

@@ -18,10 +18,16 @@ The discovery of the entries is :func:`klpkit.convert.objects.find_patched_funct
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from klpkit.check.context import Context
 from klpkit.check.findings import Place, Severity, Stage
+from klpkit.check.sources import SOURCE_ERRORS
 from klpkit.kernel import klp
 from klpkit.kernel.livepatch import ksym_name_max
+
+if TYPE_CHECKING:
+    from klpkit.convert.objects import PatchedFunction
 
 #: The second word of a GCC clone's name (``foo.isra.0``, ``foo.constprop.0.isra.0``,
 #: ``foo.part.0``, ``foo.lto_priv.0``, ``foo.llvm.123``): the function was specialised,
@@ -41,7 +47,7 @@ def _names_with_prefix(db, prefix: str, obj: str) -> list[str]:
         return db.names_with_prefix(prefix, obj)
     try:
         return sorted({n for n, _f in db.symbols_of(obj) if n.startswith(prefix)})
-    except Exception:
+    except SOURCE_ERRORS:
         return []
 
 
@@ -102,6 +108,10 @@ def _not_function_message(ctx: Context, obj: str, name: str) -> tuple[str, str |
     return enable, late
 
 
+def _late_detail(late: str | None) -> dict[str, Any]:
+    return {"late_load_kernel_message": late} if late else {}
+
+
 def _add(
     ctx: Context,
     rule: str,
@@ -125,7 +135,7 @@ def _resolve(ctx: Context, func, place: Place, stage: Stage) -> None:
     vm = obj == klp.VMLINUX
     when = _when(ctx, obj)
     late = _late_lines(ctx, obj)
-    extra = {"late_load_kernel_message": late} if late else {}
+    extra = _late_detail(late)
     entries = ctx.db.lookup(name, object=obj)
     res = klp.find_object_symbol(entries, pos)
     kernel = klp.resolution_message(res, obj, name, pos)
@@ -184,6 +194,22 @@ def _resolve(ctx: Context, func, place: Place, stage: Stage) -> None:
         )
         return
     e = res.entry
+    assert e is not None  # Found.RESOLVED carries the entry
+    if name.startswith(klp.PREFIX) and ctx.kver >= klp.PREFIX_SYMBOLS:
+        kernel, late_nf = _not_function_message(ctx, obj, name)
+        target = name[len(klp.PREFIX) :]
+        _add(
+            ctx,
+            "klp.func.prefix",
+            place,
+            f"'{name}' (position {e.sympos} of {e.count}) in {obj} is the padding before "
+            f"'{target}' (CONFIG_CALL_PADDING): the livepatch core resolves it, ftrace finds "
+            f"no call site in it; name the function itself ('{target}'); {when}",
+            kernel,
+            stage,
+            **_late_detail(late_nf),
+        )
+        return
     if e.type in _DATA_TYPES or e.type == "notype":
         kernel, late_nf = _not_function_message(ctx, obj, name)
         certain = e.type in _DATA_TYPES
@@ -203,7 +229,7 @@ def _resolve(ctx: Context, func, place: Place, stage: Stage) -> None:
             stage,
             severity=None if certain else Severity.WARNING,
             type=e.type,
-            **({"late_load_kernel_message": late_nf} if late_nf else {}),
+            **_late_detail(late_nf),
         )
         return
     _add(
@@ -253,7 +279,7 @@ def run(ctx: Context):
         if not ctx.object_exists(obj):
             continue  # livepatch.object says so; the kernel never resolves these
         # klp_init_func(), for every function of the object, before any resolution
-        sysfs: dict[tuple[str, int], object] = {}
+        sysfs: dict[tuple[str, int], PatchedFunction] = {}
         bad: set[int] = set()
         for f in group:
             place = Place(f.section, f.offset, f.old_name)

@@ -16,16 +16,19 @@ klp_enable_patch() or when the patched module loads (Stage.OBJECT).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from klpkit.check.context import Context
 from klpkit.check.findings import Finding, Place, Severity, Stage
+from klpkit.check.sources import SOURCE_ERRORS
 from klpkit.elf import constants as C
 from klpkit.kernel import klp
 from klpkit.kernel.livepatch import (
     KLP_RELA_PREFIX,
     KLP_SYM_PREFIX,
     MODULE_NAME_MAX,
+    KlpSymbolName,
     is_klp_rela,
     ksym_name_max,
     meant_as_klp_rela,
@@ -101,6 +104,7 @@ def resolve(
         )
     else:
         e = res.entry
+        assert e is not None  # Found.RESOLVED carries the entry
         f = ctx.add(
             "klp.sym.resolved",
             place,
@@ -154,7 +158,7 @@ class _Run:
 
     ctx: Context
     references: dict[tuple[str, str], list[Finding]] = field(default_factory=dict)
-    parsed: dict[int, object] = field(default_factory=dict)  # id(symbol) -> parsed
+    parsed: dict[int, KlpSymbolName | None] = field(default_factory=dict)  # by id(symbol)
     of_symbol: dict[int, list[Finding]] = field(default_factory=dict)
     of_pair: dict[tuple, list[Finding]] = field(default_factory=dict)
     used: set[int] = field(default_factory=set)
@@ -347,7 +351,7 @@ def _pair(run: _Run, gate: str, sym, place: Place) -> list[Finding]:
 def _depends(ctx: Context, obj: str) -> list[str]:
     try:
         return list(ctx.db.module_depends(obj))
-    except Exception:
+    except SOURCE_ERRORS:
         return []
 
 
@@ -366,7 +370,7 @@ def _relocations(
         rplace = Place(tname or sec.name, r.offset, sym.name if sym is not None else "")
         ref = run.references.setdefault((gate or "", sym.name if sym is not None else ""), [])
         _extend(ref, sec_findings)
-        if not readable:
+        if not readable or gate is None:
             continue  # the kernel fails on (or ignores) the section: nothing more applies
         if sym is None or sym.shndx != C.SHN_LIVEPATCH:
             if id(sym) not in bad:
@@ -394,7 +398,7 @@ def _relocations(
         _extend(ref, _pair(run, gate, sym, rplace))
 
 
-def _extend(ref: list[Finding], found: list[Finding | None]) -> None:
+def _extend(ref: list[Finding], found: Sequence[Finding | None]) -> None:
     for f in found:
         if f is not None and not any(f is g for g in ref):
             ref.append(f)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from klpkit.check.context import Context
 from klpkit.check.findings import Place
+from klpkit.check.sources import SOURCE_ERRORS
 from klpkit.kernel.versions import parse_versions
 
 _FALLBACK_OBJECTS = ("cdrom", "ext4", "xfs", "scsi_mod", "libata", "loop")
@@ -22,20 +23,20 @@ def target_vermagic(db, prefer=()) -> str | None:
     names = [n for n in prefer if n != "vmlinux"] + list(_FALLBACK_OBJECTS)
     try:
         names += [n for n in db.objects()[:50] if n != "vmlinux"]
-    except Exception:
+    except SOURCE_ERRORS:
         pass
     found = ""
     for name in names:
         try:
             info = db.object_info(name)
-        except Exception:
+        except SOURCE_ERRORS:
             info = None
         path = info and info.get("path")
         if not path:
             continue
         try:
             sec = ElfFile.read(path).section(".modinfo")
-        except Exception:
+        except SOURCE_ERRORS:
             continue
         vm = Modinfo.parse(sec.data).vermagic if sec is not None else None
         if vm:
@@ -133,7 +134,7 @@ def _livepatch(ctx: Context) -> None:
     (klp.registers_patch: it calls klp_enable_patch())."""
     try:
         has_klp = ctx.db.export("klp_enable_patch") is not None
-    except Exception:
+    except SOURCE_ERRORS:
         has_klp = True
     place = Place(".modinfo", symbol="livepatch")
     if ctx.modinfo.is_livepatch:

@@ -346,6 +346,15 @@ _RULES = [
         "each livepatch given as loaded could load after the ones before it",
     ),
     Rule(
+        "loaded.transition",
+        "loaded",
+        E,
+        Stage.ENABLE,
+        (4, 12),
+        "no livepatch is in transition: __klp_enable_patch() refuses a new one with "
+        "-EBUSY while klp_transition_patch is set (check --loaded-from-sysfs)",
+    ),
+    Rule(
         "klp.state.incompatible",
         "loaded",
         E,
@@ -529,6 +538,19 @@ _RULES = [
         "livepatch: failed to find location for function '%s'\n"
         "livepatch: failed to patch object '%s'\nlivepatch: failed to enable patch '%s'",
         uncertain=True,
+    ),
+    Rule(
+        "klp.func.prefix",
+        "klp.func",
+        E,
+        Stage.ENABLE,
+        klp.PREFIX_SYMBOLS,
+        "old_name is a __pfx_ symbol (CONFIG_CALL_PADDING, 6.2+): the padding before the "
+        "function, a function symbol to kallsyms that klp_find_object_symbol() resolves, "
+        "with no __fentry__ site for klp_patch_func() (before 6.2 no such symbol: "
+        "klp.func.not-found)",
+        "livepatch: failed to find location for function '%s'\n"
+        "livepatch: failed to patch object '%s'\nlivepatch: failed to enable patch '%s'",
     ),
     Rule(
         "klp.func.format",

@@ -9,10 +9,12 @@ and what the kernel would print.  Exit status: 0 no error (warnings and notes al
 from __future__ import annotations
 
 import contextlib
+import os
 
 from klpkit.check import RULES, check_module, first_error
 from klpkit.check.engine import exit_code
 from klpkit.check.findings import Severity
+from klpkit.errors import InputError
 from klpkit.fileio import read_input
 from klpkit.output import print_json, print_table
 
@@ -41,7 +43,8 @@ def register(sub) -> None:
         metavar="X.Y",
         help="kernel version whose rules apply (default: the database's release)",
     )
-    p.add_argument(
+    loaded = p.add_mutually_exclusive_group()
+    loaded.add_argument(
         "--loaded",
         nargs="+",
         default=[],
@@ -49,6 +52,25 @@ def register(sub) -> None:
         help="the livepatches already loaded, in their load order: judge the "
         "module against the set it joins (klp_state compatibility, atomic "
         "replace, stacking)",
+    )
+    loaded.add_argument(
+        "--loaded-from-sysfs",
+        nargs="?",
+        const="/",
+        metavar="ROOT",
+        help="judge the module against the livepatches of a running system, read from "
+        "ROOT/sys/kernel/livepatch (default ROOT: /): which are enabled, in transition "
+        "(a new one is refused with -EBUSY), the functions they patch; load order from "
+        "ROOT/proc/modules when present.  Their states and replace flags come from "
+        "their module files, found by name under --modules-dir.  Without ROOT, "
+        "give MODULE.ko before the option",
+    )
+    p.add_argument(
+        "--modules-dir",
+        metavar="DIR",
+        help="where --loaded-from-sysfs finds the loaded livepatches' module files "
+        "(NAME.ko, .ko.xz, .ko.zst, .ko.gz; - and _ alike), searched recursively "
+        "(default: /lib/modules/$(uname -r))",
     )
     p.add_argument("--json", action="store_true", help="machine-readable findings")
     p.add_argument(
@@ -78,6 +100,18 @@ def _rules(args) -> int:
     return 0
 
 
+def _running(args):
+    """The running system's livepatches for --loaded-from-sysfs (None without it)."""
+    if args.loaded_from_sysfs is None:
+        if args.modules_dir is not None:
+            raise InputError("--modules-dir is only used with --loaded-from-sysfs")
+        return None
+    from klpkit.check.loaded_rules import read_sysfs
+
+    modules = args.modules_dir or os.path.join("/lib/modules", os.uname().release)
+    return read_sysfs(args.loaded_from_sysfs, modules)
+
+
 def run(args) -> int:
     if args.rules:
         return _rules(args)
@@ -85,9 +119,12 @@ def run(args) -> int:
 
     for path in (args.module, *args.loaded):
         read_input(path)
+    running = _running(args)
     with contextlib.ExitStack() as stack:
         db = open_symbols(args.symbols, args.module, stack)
-        findings = check_module(args.module, db, args.kernel_version, loaded=args.loaded)
+        findings = check_module(
+            args.module, db, args.kernel_version, loaded=args.loaded, running=running
+        )
         release = db.release
     code = exit_code(findings)
     first = first_error(findings)

@@ -181,8 +181,8 @@ def _relative_to(step: Step, base: Path) -> Step:
     )
 
 
-def _files(specs: list[str]) -> dict[str, Path]:
-    files = {}
+def _files(specs: list[str]) -> dict[str, Path | bytes]:
+    files: dict[str, Path | bytes] = {}
     for spec in specs:
         host, sep, gpath = spec.rpartition(":")
         if not sep or not host or not gpath.startswith("/"):
