@@ -26,9 +26,9 @@ def _where(shndx) -> str:
     return f"{shndx:#x}"
 
 
-def _section_row(i: int, sec: Section) -> dict:
-    link = sec.link.index if isinstance(sec.link, Section) else sec.link
-    info = sec.info.index if isinstance(sec.info, Section) else sec.info
+def _section_row(i: int, sec: Section, index: dict[int, int]) -> dict:
+    link = index[id(sec.link)] if isinstance(sec.link, Section) else sec.link
+    info = index[id(sec.info)] if isinstance(sec.info, Section) else sec.info
     return {
         "index": i,
         "name": sec.name,
@@ -119,6 +119,7 @@ def _modinfo(elf: ElfFile) -> list[dict]:
 
 def inspect(elf: ElfFile) -> dict:
     sig = ModuleSignature.from_trailer(elf.trailer)
+    index = {id(s): i for i, s in enumerate(elf.sections)}  # section -> its index
     return {
         "file": elf.path,
         "class": f"ELF{elf.elfclass}",
@@ -128,7 +129,7 @@ def inspect(elf: ElfFile) -> dict:
         "signature": None if sig is None else {"id_type": sig.id_type, "length": sig.total_length},
         "modinfo": _modinfo(elf),
         "livepatch": _livepatch(elf),
-        "sections": [_section_row(i, s) for i, s in enumerate(elf.sections)],
+        "sections": [_section_row(i, s, index) for i, s in enumerate(elf.sections)],
         "symbols": [
             _symbol_row(i, s) for i, s in enumerate(elf.symtab.symbols if elf.symtab else [])
         ],

@@ -22,7 +22,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    elf = ElfFile.read(args.file)  # a .ko.xz/.ko.zst/.ko.gz is decompressed in memory
+    # a .ko.xz/.ko.zst/.ko.gz is decompressed in memory; every table decoded: a defect
+    # anywhere is one error line (exit 2), as for check and convert
+    elf = ElfFile.read(args.file).validate()
     view = inspect(elf)
     view["compression"] = elf.compression
     if args.json:

@@ -1,6 +1,6 @@
 """Source annotations that choose a symbol's object and position.
 
-Two generations of the kernel's klp-convert proposals (spec §2.2, §2.3):
+Two generations of the kernel's klp-convert proposals (posted to the livepatching list):
 
 * **v7 full klp-convert**: ``KLP_MODULE_RELOC(obj) relocs[] = { KLP_SYMPOS(sym, pos) }``
   puts 12-byte ``struct klp_module_reloc { u64 sym (via a relocation); u32 sympos; }``
@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
-from klpkit.elf import ElfFile
+from klpkit.elf import ElfFile, Relocation, Section
+from klpkit.errors import InputError
 from klpkit.kernel.livepatch import MODULE_NAME_MAX
+from klpkit.numbers import SYMPOS_MAX, parse_decimal, shown
 
 MODULE_RELOCS_PREFIX = ".klp.module_relocs."
 MODULE_RELOC_SIZE = 12
@@ -62,62 +65,72 @@ class ModuleRelocs:
 
 def read_module_relocs(elf: ElfFile) -> ModuleRelocs:
     out = ModuleRelocs([], [], set(), set(), [])
-    byteorder = "little" if elf.little_endian else "big"
     for sec in elf.sections:
-        if not sec.name.startswith(MODULE_RELOCS_PREFIX):
-            continue
-        out.sections.append(sec.name)
-        obj = sec.name[len(MODULE_RELOCS_PREFIX) :]
-        if not valid_object_name(obj):
-            out.errors.append(
-                f"{sec.name}: '{obj}' is not a valid object name "
-                f"(1-{MODULE_NAME_MAX} characters, no '.')"
-            )
-            continue
-        data = sec.data
-        if len(data) % MODULE_RELOC_SIZE:
-            out.errors.append(
-                f"{sec.name}: size {len(data)} is not a multiple of "
-                f"{MODULE_RELOC_SIZE} (struct klp_module_reloc)"
-            )
-            continue
-        relocs = {}
-        for rs in elf.relocations_for(sec):
-            for r in rs.relocations:
-                if r.offset in relocs or r.offset % MODULE_RELOC_SIZE:
-                    out.errors.append(
-                        f"{sec.name}: relocation at {r.offset:#x} is not the "
-                        f"symbol field of a {MODULE_RELOC_SIZE}-byte record"
-                    )
-                    continue
-                relocs[r.offset] = r
-        nrec = len(data) // MODULE_RELOC_SIZE
-        if len(relocs) != nrec:
-            out.errors.append(f"{sec.name}: {nrec} records but {len(relocs)} relocations")
-            continue
-        for i in range(nrec):
-            r = relocs.get(i * MODULE_RELOC_SIZE)
-            if r is None or r.symbol is None or not r.symbol.name:
-                out.errors.append(f"{sec.name}: record {i} does not name a symbol")
-                continue
-            sympos = int.from_bytes(data[i * 12 + 8 : i * 12 + 12], byteorder)
-            if r.symbol.shndx != 0:
-                out.errors.append(
-                    f"{sec.name}: record {i} names '{r.symbol.name}', which the "
-                    "livepatch defines itself"
-                )
-                continue
-            out.referenced.add(r.symbol.name)
-            out.choices.append(
-                Choice(r.symbol.name, obj, sympos, f"KLP_MODULE_RELOC({obj}) record {i}")
-            )
+        if sec.name.startswith(MODULE_RELOCS_PREFIX):
+            out.sections.append(sec.name)
+            _read_records(elf, sec, out)
     if out.sections and elf.symtab is not None:
         names = set(out.sections)
         for sym in elf.symtab.symbols:
-            sec = sym.section
-            if sec is not None and sec.name in names and sym.type != 3:  # not STT_SECTION
+            home = sym.section
+            if home is not None and home.name in names and not sym.is_section_symbol:
                 out.symbol_names.add(sym.name)
     return out
+
+
+def _read_records(elf: ElfFile, sec: Section, out: ModuleRelocs) -> None:
+    """The choices of one ``.klp.module_relocs.<obj>`` section, or its errors."""
+    obj = sec.name[len(MODULE_RELOCS_PREFIX) :]
+    if not valid_object_name(obj):
+        out.errors.append(
+            f"{sec.name}: '{obj}' is not a valid object name "
+            f"(1-{MODULE_NAME_MAX} characters, no '.')"
+        )
+        return
+    data = sec.data
+    if len(data) % MODULE_RELOC_SIZE:
+        out.errors.append(
+            f"{sec.name}: size {len(data)} is not a multiple of "
+            f"{MODULE_RELOC_SIZE} (struct klp_module_reloc)"
+        )
+        return
+    relocs = _record_relocations(elf, sec, out)
+    nrec = len(data) // MODULE_RELOC_SIZE
+    if len(relocs) != nrec:
+        out.errors.append(f"{sec.name}: {nrec} records but {len(relocs)} relocations")
+        return
+    byteorder: Literal["little", "big"] = "little" if elf.little_endian else "big"
+    for i in range(nrec):
+        r = relocs.get(i * MODULE_RELOC_SIZE)
+        if r is None or r.symbol is None or not r.symbol.name:
+            out.errors.append(f"{sec.name}: record {i} does not name a symbol")
+            continue
+        sympos = int.from_bytes(data[i * 12 + 8 : i * 12 + 12], byteorder)
+        if not r.symbol.is_undefined:
+            out.errors.append(
+                f"{sec.name}: record {i} names '{r.symbol.name}', which the "
+                "livepatch defines itself"
+            )
+            continue
+        out.referenced.add(r.symbol.name)
+        out.choices.append(
+            Choice(r.symbol.name, obj, sympos, f"KLP_MODULE_RELOC({obj}) record {i}")
+        )
+
+
+def _record_relocations(elf: ElfFile, sec: Section, out: ModuleRelocs) -> dict[int, Relocation]:
+    """Offset -> the relocation of each record's symbol field."""
+    relocs: dict[int, Relocation] = {}
+    for rs in elf.relocations_for(sec):
+        for r in rs.relocations:
+            if r.offset in relocs or r.offset % MODULE_RELOC_SIZE:
+                out.errors.append(
+                    f"{sec.name}: relocation at {r.offset:#x} is not the "
+                    f"symbol field of a {MODULE_RELOC_SIZE}-byte record"
+                )
+                continue
+            relocs[r.offset] = r
+    return relocs
 
 
 @dataclass(frozen=True)
@@ -171,7 +184,11 @@ def parse_intermediate(name: str) -> Intermediate | str | None:
                 f"intermediate symbol '{name}': '{obj}' is not a valid object name "
                 f"(1-{MODULE_NAME_MAX} characters, no '.')"
             )
-    return Intermediate(lp_obj, sym_obj, sym, int(pos), form)
+    try:
+        sympos = parse_decimal(pos, "position", limit=SYMPOS_MAX)
+    except InputError as e:
+        return f"intermediate symbol {shown(name, 100)}: {e}"
+    return Intermediate(lp_obj, sym_obj, sym, sympos, form)
 
 
 def parse_map_entry(text: str, source: str) -> Choice | str:
@@ -187,18 +204,25 @@ def parse_map_entry(text: str, source: str) -> Choice | str:
         return (
             f"{source}: '{obj}' is not a valid object name (1-{MODULE_NAME_MAX} characters, no '.')"
         )
-    if pos and not pos.isdigit():
-        return f"{source}: position '{pos}' is not a non-negative integer"
-    return Choice(name, obj, int(pos) if pos else None, source)
+    if not pos:
+        return Choice(name, obj, None, source)
+    try:
+        return Choice(name, obj, parse_decimal(pos, "position", limit=SYMPOS_MAX), source)
+    except InputError as e:
+        return f"{source}: {e}"
 
 
 def parse_map_text(text: str, path: str) -> tuple[list[Choice], list[str]]:
     """A map file: one ``NAME=OBJ[,POS]`` a line; blank lines and ``#`` comments ignored."""
-    choices, errors = [], []
+    choices: list[Choice] = []
+    errors: list[str] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0]
         if not line.strip():
             continue
         got = parse_map_entry(line, f"{path}:{lineno}")
-        (errors if isinstance(got, str) else choices).append(got)
+        if isinstance(got, str):
+            errors.append(got)
+        else:
+            choices.append(got)
     return choices, errors

@@ -156,7 +156,7 @@ def _streams(data: bytes, new, error, fmt: str, path, limit: int) -> bytes:
 
 def _stdlib_zstd():
     try:
-        from compression import zstd  # the standard library from Python 3.14
+        from compression import zstd  # type: ignore[import-not-found]  # Python 3.14+
     except ImportError:
         return None
     return zstd
@@ -177,19 +177,21 @@ def _zstd(data: bytes, path, limit: int) -> bytes:
         proc = subprocess.Popen(
             [exe, "-d", "-c", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
         )
+        stdout = proc.stdout
+        assert stdout is not None  # (stdout=PIPE)
         feeder = threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True)
         feeder.start()
         out = bytearray()
         try:
             while len(out) <= limit:
-                chunk = proc.stdout.read(_CHUNK)
+                chunk = stdout.read(_CHUNK)
                 if not chunk:
                     break
                 out += chunk
         finally:
             if len(out) > limit:
                 proc.kill()
-            proc.stdout.close()
+            stdout.close()
             rc = proc.wait()
             feeder.join()
         if len(out) > limit:

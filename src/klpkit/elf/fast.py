@@ -15,14 +15,15 @@ a module, after everything else in the stream.
 Per file, the work is kept to what a symbol database needs: three reads in the usual
 layout (the ELF header; the section header table with the bytes just before it, where
 the section name table usually is; the symbol table with its string table right after
-it), and only the columns it uses are built when the file is opened. The others
-(``sh_addrs``, ``sh_links``, ``sh_infos``, ``sh_entsizes``; ``values``, ``sizes``,
-``others``) are built from the kept raw tables on first access, then stored like the
-rest.
+it), and only the columns it and the checks use are built when the file is opened. The
+others (``sh_addrs``, ``sh_infos``, ``sh_entsizes``; ``values``, ``sizes``, ``others``)
+are built from the kept raw tables on first access, then stored like the rest.
 
-This is the one fast reader of the project (the symbol database builds on it). It
-validates what it reads at least as strictly as the full reader (:mod:`klpkit.elf`)
-and every defect is one :class:`klpkit.errors.ElfError` naming the file.
+This is the one fast reader of the project (the symbol database builds on it). The ELF
+header and the section header table are parsed and checked by
+:mod:`klpkit.elf.headers`, as the full reader (:mod:`klpkit.elf`) does, so it refuses
+at least what the full reader refuses of what both read; every defect is one
+:class:`klpkit.errors.ElfError` naming the file.
 """
 
 from __future__ import annotations
@@ -32,11 +33,20 @@ import stat
 import struct
 import sys
 from array import array
+from typing import NoReturn
 
 from klpkit.elf import constants as C
 from klpkit.elf.compressed import MAX_INFLATED, format_named, format_of, inflate
-from klpkit.elf.strtab import string_at
-from klpkit.elf.structs import EI_NIDENT, layout_for
+from klpkit.elf.headers import (
+    check_sections,
+    check_string_table_link,
+    check_symtab_shape,
+    extended_index_error,
+    past_end,
+    read_header,
+    symbol_index_error,
+)
+from klpkit.elf.strtab import check_name_offsets, decode_names, names_at
 from klpkit.errors import ElfError, InputError
 
 _BYTES = (bytes, bytearray, memoryview)
@@ -82,12 +92,6 @@ _SHDR_FIELDS = {
 _SYM_FIELDS = {
     64: (("I", 0, 6), ("Q", 1, 3), ("Q", 2, 3), ("H", 3, 12), 4, 5, 24),
     32: (("I", 0, 4), ("I", 1, 4), ("I", 2, 4), ("H", 7, 8), 12, 13, 16),
-}
-# e_ident[EI_CLASS:EI_DATA + 1] -> layout
-_LAYOUTS = {
-    bytes((cls, data)): layout_for(bits, data == C.ELFDATA2LSB)
-    for cls, bits in ((C.ELFCLASS32, 32), (C.ELFCLASS64, 64))
-    for data in (C.ELFDATA2LSB, C.ELFDATA2MSB)
 }
 # The section indexes of all symbols are checked at once when there are at most 256
 # sections: each byte of st_shndx is mapped to flags, and a symbol needs a closer look
@@ -164,7 +168,9 @@ def _shdr_column(field: int):
 
 def _sym_column(field: int):
     def build(self) -> list[int]:
-        return _column(self._symraw, _SYM_FIELDS[self.elfclass][field], self._swap)
+        spec = _SYM_FIELDS[self.elfclass][field]
+        assert isinstance(spec, tuple)
+        return _column(self._symraw, spec, self._swap)
 
     return _Lazy(build)
 
@@ -200,8 +206,8 @@ class ElfScan:
     once, :meth:`name_at` one name; :attr:`symbols` zips rows.
     ``symtab_index`` is 0 when the file has no symbol table.
 
-    ``sh_addrs``, ``sh_links``, ``sh_infos``, ``sh_entsizes``, ``values``, ``sizes``
-    and ``others`` are built on first access (the symbol database does not use them).
+    ``sh_addrs``, ``sh_infos``, ``sh_entsizes``, ``values``, ``sizes`` and ``others``
+    are built on first access (the symbol database does not use them).
 
     Use as a context manager (or call :meth:`close`) when it was opened on a path:
     the file stays open for :meth:`section_data`.
@@ -239,17 +245,21 @@ class ElfScan:
         if isinstance(target, _BYTES):
             self.path = path
             self._fd = -1
-            self._data = target if isinstance(target, bytes) else bytes(target)
+            self._data: bytes | None = target if isinstance(target, bytes) else bytes(target)
             self.file_size = len(self._data)
         else:
             self.path = os.fspath(target) if path is None else path
             self._fd = -1
             self._data = None
             try:
-                self._fd = os.open(target, os.O_RDONLY)
+                # O_NONBLOCK: opening a FIFO must not wait for a writer
+                self._fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK)
                 st = os.fstat(self._fd)
                 if stat.S_ISDIR(st.st_mode):  # (opening a directory read-only succeeds)
                     raise IsADirectoryError
+                if not stat.S_ISREG(st.st_mode):  # a FIFO hangs, /dev/zero never ends
+                    self.close()
+                    raise InputError("not a regular file (an input must be one)", path=self.path)
                 self.file_size = st.st_size
             except FileNotFoundError:
                 raise InputError("no such file", path=self.path) from None
@@ -260,7 +270,10 @@ class ElfScan:
                 self.close()
                 raise InputError(f"cannot read: {e.strerror}", path=self.path) from None
         self.sh_names: list[str] = []
-        self.sh_types = self.sh_flags = self.sh_offsets = self.sh_sizes = []
+        self.sh_types: list[int] = []
+        self.sh_flags: list[int] = []
+        self.sh_offsets: list[int] = []
+        self.sh_sizes: list[int] = []
         self.st_names: list[int] = []
         self.shndxs: list[int] = []
 
@@ -276,16 +289,13 @@ class ElfScan:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _fail(self, reason: str):
+    def _fail(self, reason: str) -> NoReturn:
         raise ElfError(reason, path=self.path)
 
     def read(self, offset: int, length: int, what: str = "data") -> bytes:
         """``length`` bytes at ``offset``; ElfError when they are not all in the file."""
         if offset < 0 or length < 0 or offset + length > self.file_size:
-            self._fail(
-                f"{what} ({length} bytes at {offset:#x}) extends past the end of the "
-                f"file ({self.file_size} bytes)"
-            )
+            self._fail(past_end(what, length, offset, self.file_size))
         if self._data is not None:
             return self._data[offset : offset + length]
         if self._fd < 0:
@@ -343,7 +353,7 @@ class ElfScan:
             i = sec
             stype, offset, size = self.sh_types[i], self.sh_offsets[i], self.sh_sizes[i]
         else:
-            i = self.sections.index(sec) if sec in self.sections else "?"
+            i = self.sections.index(sec) if sec in self.sections else -1
             stype, offset, size = sec.type, sec.offset, sec.size
         if stype == C.SHT_NOBITS or size == 0 or i == 0:
             return b""
@@ -354,7 +364,8 @@ class ElfScan:
     def names(self) -> list[str]:
         """Every symbol's name (decoded once)."""
         if self._names is None:
-            self._names = _names(self.strtab, self.st_names, self.path, "symbol")
+            # (the offsets were checked when the file was opened)
+            self._names = decode_names(self.strtab, self.st_names)
         return self._names
 
     def name_at(self, offset: int) -> str:
@@ -364,10 +375,6 @@ class ElfScan:
             text = self._text = self.strtab.decode("latin-1")
         name = text[offset : text.find("\0", offset)]
         return name if name.isascii() else name.encode("latin-1").decode("utf-8", "surrogateescape")
-
-    @property
-    def strtab_ascii(self) -> bool:
-        return self.strtab.isascii()
 
     @property
     def symbols(self) -> list[tuple]:
@@ -405,41 +412,16 @@ class ElfScan:
             self._inflate()
             ident = self.read(0, min(self.file_size, 64), "ELF header")
         file_size = self.file_size
-        if len(ident) < EI_NIDENT or ident[:4] != C.ELFMAG:
-            self._fail("not an ELF file (bad magic)")
-        lay = _LAYOUTS.get(ident[4:6])
-        if lay is None:
-            self._fail(f"unsupported ELF class {ident[4]} or data encoding {ident[5]}")
-        if len(ident) < lay.ehdr.size:
-            self._fail(f"truncated ELF header ({len(ident)} bytes)")
-        self._lay = lay
+        header = read_header(ident, file_size, self.read, self.path)
+        lay = self._lay = header.layout
         elfclass = self.elfclass = lay.elfclass
         self.little_endian = lay.little_endian
         swap = self._swap = lay.byteorder != sys.byteorder
-        f = lay.ehdr.unpack_from(ident, 0)
-        self.type, self.machine = f[1], f[2]
-        shoff, shentsize, shnum, shstrndx = f[6], f[11], f[12], f[13]
-        if shoff == 0:
-            if shnum:
-                self._fail(f"e_shnum is {shnum} but e_shoff is 0")
+        self.type, self.machine = header.fields[1], header.fields[2]
+        shoff, count, shstrndx = header.shoff, header.shnum, header.shstrndx
+        if not count:
             return
         entsize = lay.shdr.size
-        if shentsize != entsize:
-            self._fail(f"e_shentsize is {shentsize}, expected {entsize}")
-        if shnum and shstrndx != C.SHN_XINDEX:
-            count = shnum  # section header 0 is not needed apart from the table
-        else:
-            first = lay.shdr.unpack(self.read(shoff, entsize, "section header 0"))
-            count = shnum or first[5]
-            if count == 0:
-                self._fail("e_shnum is 0 and section header 0 gives no count")
-            if shstrndx == C.SHN_XINDEX:
-                shstrndx = first[6]
-        if count > (file_size - shoff) // entsize:
-            self._fail(
-                f"section header table ({count} entries at {shoff:#x}) extends past "
-                f"the end of the file ({file_size} bytes)"
-            )
         # The table, and the bytes just before it (the section name table, usually).
         behind = min(shoff, _LOOKBEHIND)
         start = shoff - behind
@@ -450,6 +432,7 @@ class ElfScan:
             w, q = mv.cast("I"), mv.cast("Q")
             name_offs, types = w[0::16].tolist(), w[1::16].tolist()
             self.sh_flags, offsets, sizes = q[1::8].tolist(), q[3::8].tolist(), q[4::8].tolist()
+            self.sh_links = w[10::16].tolist()
         else:
             fields = _SHDR_FIELDS[elfclass]
             name_offs, types, self.sh_flags, offsets, sizes = (
@@ -457,20 +440,26 @@ class ElfScan:
                 for k in (_SH_NAME, _SH_TYPE, _SH_FLAGS, _SH_OFFSET, _SH_SIZE)
             )
         self.sh_types, self.sh_offsets, self.sh_sizes = types, offsets, sizes
+        check_sections(
+            header,
+            file_size,
+            types,
+            self.sh_flags,
+            offsets,
+            sizes,
+            self.sh_links,
+            self.path,
+        )
         self.shstrndx = shstrndx
         if shstrndx == C.SHN_UNDEF:
             self.sh_names = [""] * count
         else:
-            if shstrndx >= count or types[shstrndx] != C.SHT_STRTAB:
-                self._fail(f"e_shstrndx {shstrndx} does not name a string table section")
             off, size = offsets[shstrndx], sizes[shstrndx]
-            if not size:
-                table = b""
-            elif start <= off and off + size <= shoff:
+            if start <= off and off + size <= shoff:
                 table = buf[off - start : off - start + size]
             else:
                 table = self.read(off, size, f"section {shstrndx} contents")
-            self.sh_names = _names(table, name_offs, self.path, "section")
+            self.sh_names = names_at(table, name_offs, self.path, "section")
         if symbols:
             try:
                 i = types.index(C.SHT_SYMTAB)
@@ -484,18 +473,13 @@ class ElfScan:
         entsize, link = row[_SH_ENTSIZE], row[_SH_LINK]
         types, offsets, sizes = self.sh_types, self.sh_offsets, self.sh_sizes
         off, size = offsets[i], sizes[i]
-        symsize = lay.sym.size
-        if entsize != symsize or size % symsize:
-            self._fail(f"section {i}: symbol table entry size {entsize} or size {size} is invalid")
+        check_symtab_shape(i, entsize, size, lay, self.path)
+        check_string_table_link(i, link, types[link], self.path)
         nsec = len(types)
-        if not 0 < link < nsec:
-            self._fail(f"section {i}: string table link {link} is out of range")
         self.symtab_index = i
         # The symbol table, then its string table (section_data's rules), in one read
         # when they are close together (ld puts .strtab right after .symtab).
-        soff, ssize = offsets[link], sizes[link]
-        if types[link] == C.SHT_NOBITS:
-            ssize = 0
+        soff, ssize = offsets[link], sizes[link]  # (sh_link names a SHT_STRTAB)
         end, send = off + size, soff + ssize
         lo = off if off < soff else soff
         hi = end if end > send else send
@@ -518,12 +502,7 @@ class ElfScan:
             self.infos = raw[fields[4] :: fields[6]]
         self.st_names = offs
         if offs:
-            top = max(offs)
-            if top >= len(strtab):
-                k = next(k for k, o in enumerate(offs) if o >= len(strtab))
-                self._fail(f"symbol {k}: name offset {offs[k]:#x} is outside its string table")
-            if strtab[-1] != 0:
-                self._fail("the symbol string table is not NUL-terminated")
+            check_name_offsets(strtab, offs, self.path, "symbol")
         self.strtab = strtab
         if _indexes_fine(raw, lay, nsec):
             self.shndxs = shndxs
@@ -532,16 +511,14 @@ class ElfScan:
         bad = [x for x in used if nsec <= x < C.SHN_LORESERVE]
         if bad:
             k = shndxs.index(min(bad))
-            self._fail(f"symbol {k} ({self.names[k]}): section index {shndxs[k]} is out of range")
+            raise symbol_index_error(k, self.names[k], shndxs[k], self.path)
         if C.SHN_XINDEX in used:
             xindex = self._xindex(i)
             for k, x in enumerate(shndxs):
                 if x == C.SHN_XINDEX:
                     real = xindex[k] if k < len(xindex) else 0
                     if not 0 < real < nsec:
-                        self._fail(
-                            f"symbol {k} ({self.names[k]}): extended section index is invalid"
-                        )
+                        raise extended_index_error(k, self.names[k], self.path)
                     shndxs[k] = real
         self.shndxs = shndxs
 
@@ -551,10 +528,6 @@ class ElfScan:
                 raw = self.section_data(i)
                 return [v[0] for v in self._lay.u32.iter_unpack(raw[: len(raw) // 4 * 4])]
         self._fail("a symbol uses SHN_XINDEX but there is no SHT_SYMTAB_SHNDX section")
-
-
-# Kept for callers of the former column-only reader: the same object.
-SymbolScan = ElfScan
 
 
 def open_scan(target, path: str | None = None, *, symbols: bool = True) -> ElfScan:
@@ -579,25 +552,3 @@ def read_symbols(target, path: str | None = None) -> ElfScan:
     scan = open_scan(target, path)
     scan.close()
     return scan
-
-
-def _names(strtab: bytes, offsets: list[int], path, what: str) -> list[str]:
-    """Every name. Names are ASCII in practice: one latin-1 decode of the whole table,
-    then C-level find/slice per name; a non-ASCII table is decoded per name (UTF-8,
-    undecodable bytes kept as surrogates)."""
-    size = len(strtab)
-    if offsets and max(offsets) >= size:
-        i = next(i for i, o in enumerate(offsets) if o >= size)
-        raise ElfError(
-            f"{what} {i}: name offset {offsets[i]:#x} is outside its string table", path=path
-        )
-    if not strtab.isascii():
-        names = [string_at(strtab, o) for o in offsets]
-        if None in names:
-            raise ElfError(f"a {what} name is not NUL-terminated", path=path)
-        return names
-    text = strtab.decode("latin-1")
-    if offsets and not text.endswith("\0"):
-        raise ElfError(f"the {what} string table is not NUL-terminated", path=path)
-    find = text.find
-    return [text[o : find("\0", o)] for o in offsets]

@@ -13,14 +13,16 @@ what makes a no-op write byte-identical, and an edit minimal.
 from __future__ import annotations
 
 import os
+from typing import NoReturn
 
 from klpkit.elf import constants as C
 from klpkit.elf.compressed import inflate, refuse_compressed_output
 from klpkit.elf.group import GroupSection
+from klpkit.elf.headers import Header, check_sections, past_end, read_header
 from klpkit.elf.relocation import Relocation, RelocationSection
 from klpkit.elf.section import Section
-from klpkit.elf.strtab import StringTableBuilder, string_at
-from klpkit.elf.structs import EI_NIDENT, Layout, ident_layout
+from klpkit.elf.strtab import StringTableBuilder, names_at
+from klpkit.elf.structs import Layout
 from klpkit.elf.symbol import Symbol, SymbolTable
 from klpkit.errors import ElfError
 from klpkit.fileio import read_input, write_atomic
@@ -36,6 +38,17 @@ _SECTION_CLASSES = {
 # Largest section alignment the writer pads to when it must move a section (1 MiB;
 # kernel modules use at most a page).
 MAX_ALIGN = 1 << 20
+
+
+def _reader(mv: memoryview, path):
+    """``read(offset, length, what)`` over the bytes of a file, bounds checked."""
+
+    def read(offset: int, length: int, what: str) -> bytes:
+        if offset + length > len(mv):
+            raise ElfError(past_end(what, length, offset, len(mv)), path=path)
+        return bytes(mv[offset : offset + length])
+
+    return read
 
 
 def _align_up(value: int, align: int) -> int:
@@ -95,27 +108,20 @@ class ElfFile:
         """Parse ``data``: an ELF image, or one compressed with xz, zstd or gzip (told by
         its magic; :attr:`compression` says which)."""
         data, compression = inflate(data, path)
-        if len(data) < EI_NIDENT or data[:4] != C.ELFMAG:
-            raise ElfError(
-                "not an ELF file (bad magic)" if len(data) >= 4 else "not an ELF file (too short)",
-                path=path,
-            )
-        layout = ident_layout(data[:EI_NIDENT])
-        if layout is None:
-            raise ElfError(f"unsupported ELF class {data[4]} or data encoding {data[5]}", path=path)
-        elf = cls(layout, path)
+        mv = memoryview(data) if not isinstance(data, memoryview) else data
+        header = read_header(bytes(mv[:64]), len(mv), _reader(mv, path), path)
+        elf = cls(header.layout, path)
         elf.compression = compression
-        elf._parse(memoryview(data) if not isinstance(data, memoryview) else data)
+        elf._parse(mv, header)
         return elf
 
-    def _fail(self, message: str):
+    def _fail(self, message: str) -> NoReturn:
         raise ElfError(message, path=self.path)
 
-    def _parse(self, mv: memoryview) -> None:
+    def _parse(self, mv: memoryview, header: Header) -> None:
+        """The sections of the file whose ELF header is ``header`` (every rule about the
+        header and the section header table is :mod:`klpkit.elf.headers`')."""
         lay = self.layout
-        size = len(mv)
-        if size < lay.ehdr.size:
-            self._fail(f"truncated ELF header ({size} bytes, need {lay.ehdr.size})")
         (
             self.ident,
             self.type,
@@ -123,56 +129,52 @@ class ElfFile:
             self.version,
             self.entry,
             self.phoff,
-            shoff,
+            _shoff,
             self.flags,
             self.ehsize,
             self.phentsize,
             self.phnum,
             self.shentsize,
-            shnum,
-            shstrndx,
-        ) = lay.ehdr.unpack_from(mv, 0)
+            _shnum,
+            _shstrndx,
+        ) = header.fields
         self.ident = bytes(self.ident)
         end = lay.ehdr.size
         if self.phnum:
             ph_end = self.phoff + self.phnum * self.phentsize
-            if ph_end > size:
-                self._fail(
-                    f"program header table ({self.phnum} entries at {self.phoff:#x}) "
-                    f"extends past the end of the file ({size} bytes)"
-                )
             self.program_headers = bytes(mv[self.phoff : ph_end])
             end = max(end, ph_end)
-        headers = self._read_section_headers(mv, shoff, shnum, shstrndx)
-        if headers:
-            end = max(end, shoff + len(headers) * self.shentsize)
-        self.orig_shoff = shoff if headers else None
+        shoff, count = header.shoff, header.shnum
+        table = mv[shoff : shoff + count * lay.shdr.size]
+        headers = list(lay.shdr.iter_unpack(table))
+        columns = list(zip(*headers, strict=True)) or [()] * 10
+        names, types, flags, _addrs, offsets, sizes, links = columns[:7]
+        check_sections(header, len(mv), types, flags, offsets, sizes, links, self.path)
+        if count:
+            end = max(end, shoff + count * lay.shdr.size)
+        self.orig_shoff = shoff if count else None
         sections = []
-        for i, (name_off, stype, flags, addr, off, ssize, link, info, align, entsize) in enumerate(
+        for i, (name_off, stype, sflags, addr, off, ssize, link, info, align, entsize) in enumerate(
             headers
         ):
-            if stype != C.SHT_NOBITS and i:
-                if off > size or ssize > size - off:
-                    self._fail(
-                        f"section {i}: contents ({ssize} bytes at {off:#x}) extend past "
-                        f"the end of the file ({size} bytes)"
-                    )
+            nobits = stype == C.SHT_NOBITS
+            if i and not nobits:
                 end = max(end, off + ssize)
-                content = mv[off : off + ssize]
+                content = bytes(mv[off : off + ssize])
             else:
                 content = b""
             cls = _SECTION_CLASSES.get(stype, Section)
             sec = cls(
                 "",
                 stype,
-                flags,
+                sflags,
                 content,
                 addr=addr,
                 addralign=align,
                 entsize=entsize,
                 link=link,
                 info=info,
-                nobits_size=ssize if stype == C.SHT_NOBITS else 0,
+                nobits_size=ssize if nobits else 0,
             )
             sec.elf = self
             sec.orig_index = i
@@ -181,70 +183,43 @@ class ElfFile:
             sections.append(sec)
         self.sections = sections
         self.orig_sections = tuple(sections)
-        self._resolve_names(shstrndx)
+        if count and header.shstrndx:
+            self.shstrtab = sections[header.shstrndx]
+            for sec, name in zip(
+                sections,
+                names_at(self.shstrtab.data, list(names), self.path, "section"),
+                strict=True,
+            ):
+                sec.name = sec.orig_name = name
         self._resolve_links()
         self.orig_image = mv[:end]
         self.trailer = bytes(mv[end:])
 
-    def _read_section_headers(self, mv, shoff, shnum, shstrndx) -> list[tuple]:
-        """Read the section header table, honouring the e_shnum/e_shstrndx escapes."""
-        lay = self.layout
-        size = len(mv)
-        if shoff == 0:
-            if shnum:
-                self._fail(f"e_shnum is {shnum} but e_shoff is 0")
-            return []
-        if self.shentsize != lay.shdr.size:
-            self._fail(f"e_shentsize is {self.shentsize}, expected {lay.shdr.size}")
-        if shoff > size or size - shoff < lay.shdr.size:
-            self._fail(
-                f"section header table offset {shoff:#x} is past the end of the file ({size} bytes)"
-            )
-        first = lay.shdr.unpack_from(mv, shoff)
-        count = shnum if shnum else first[5]  # SHN_UNDEF escape: count in shdr[0].sh_size
-        if count == 0:
-            self._fail("e_shnum is 0 and section header 0 gives no count")
-        if count > (size - shoff) // lay.shdr.size:
-            self._fail(
-                f"section header table ({count} entries at {shoff:#x}) extends past the "
-                f"end of the file ({size} bytes)"
-            )
-        self._shstrndx = first[6] if shstrndx == C.SHN_XINDEX else shstrndx
-        return [lay.shdr.unpack_from(mv, shoff + i * lay.shdr.size) for i in range(count)]
-
-    def _resolve_names(self, shstrndx) -> None:
-        if not self.sections:
-            return
-        idx = self._shstrndx
-        if idx == C.SHN_UNDEF:
-            return
-        if idx >= len(self.sections) or self.sections[idx].type != C.SHT_STRTAB:
-            self._fail(f"e_shstrndx {idx} does not name a string table section")
-        self.shstrtab = self.sections[idx]
-        table = bytes(self.shstrtab._data)
-        for i, sec in enumerate(self.sections):
-            name = string_at(table, sec.orig_name_offset)
-            if name is None:
-                self._fail(
-                    f"section {i}: name offset {sec.orig_name_offset:#x} is outside the "
-                    "section name table"
-                )
-            sec.name = sec.orig_name = name
-
     def _resolve_links(self) -> None:
+        """Section index fields become references to the sections (in range: checked)."""
         sections = self.sections
-        n = len(sections)
         for sec in sections[1:]:
             link_is_section, info_is_section = sec.link_index_fields()
-            if link_is_section and 0 < sec.link < n:
-                sec.link = sections[sec.link]
-            if info_is_section and 0 < sec.info < n:
-                sec.info = sections[sec.info]
+            link, info = sec.link, sec.info  # (numbers as read)
+            if link_is_section and isinstance(link, int) and link:
+                sec.link = sections[link]
+            if info_is_section and isinstance(info, int) and 0 < info < len(sections):
+                sec.info = sections[info]
             if sec.type == C.SHT_SYMTAB_SHNDX and isinstance(sec.link, SymbolTable):
                 sec.link.shndx_section = sec
-        for sec in sections[1:]:
-            if sec.type != C.SHT_NOBITS and not isinstance(sec._data, bytes):
-                sec._data = bytes(sec._data)
+
+    def validate(self) -> ElfFile:
+        """Decode every symbol table, relocation section and group now, so that a
+        defect anywhere in them is one ElfError here rather than wherever a tool first
+        looks (what ``inspect`` shows and ``check`` judges is the whole file)."""
+        for sec in self.sections:
+            if isinstance(sec, SymbolTable):
+                sec.symbols  # noqa: B018 - decode
+            elif isinstance(sec, RelocationSection):
+                sec.relocations  # noqa: B018 - decode
+            elif isinstance(sec, GroupSection):
+                sec.decode()
+        return self
 
     # ---------------------------------------------------------------- queries
     @property
@@ -303,7 +278,7 @@ class ElfFile:
                 symtab.symbols = [
                     sym
                     for sym in symtab.symbols
-                    if not (sym.shndx is sec and sym.type == C.STT_SECTION)
+                    if not (sym.shndx is sec and sym.is_section_symbol)
                 ]
 
     def new_relocation_section(
@@ -322,7 +297,8 @@ class ElfFile:
             info=target,
         )
         sec._relocations = []
-        return self.add_section(sec)
+        self.add_section(sec)
+        return sec
 
     # ---------------------------------------------------------------- writing
     def to_bytes(self, keep_trailer: bool | None = None) -> bytes:
@@ -353,8 +329,9 @@ class _Writer:
         self.builders: dict[int, StringTableBuilder] = {}  # id(string table) -> builder
         self.shndx_contents: dict[int, bytes] = {}  # id(SYMTAB_SHNDX section) -> bytes
         self.symbol_index: dict[int, dict[int, int]] = {}  # id(symtab) -> id(sym) -> index
+        self.renumbered = False  # sections were added, removed or moved since reading
 
-    def _fail(self, message: str):
+    def _fail(self, message: str) -> NoReturn:
         raise ElfError(message, path=self.path)
 
     def write(self) -> bytes:
@@ -364,7 +341,7 @@ class _Writer:
         self._decode_what_renumbering_invalidates()
         self._ensure_shndx_sections()
         self.index = {id(s): i for i, s in enumerate(elf.sections)}
-        self._check_membership()
+        self._check_structure()
         contents = {id(s): self._encode(s) for s in elf.sections[1:]}
         contents.update(self.shndx_contents)
         name_offsets = [self._name_offset(sec) for sec in elf.sections]
@@ -378,9 +355,11 @@ class _Writer:
     def _decode_what_renumbering_invalidates(self) -> None:
         elf = self.elf
         sections = elf.sections
-        renumbered = len([s for s in sections if s.orig_index is not None]) != len(
-            elf.orig_sections
-        ) or any(s.orig_index is not None and s.orig_index != i for i, s in enumerate(sections))
+        renumbered = self.renumbered = len(
+            [s for s in sections if s.orig_index is not None]
+        ) != len(elf.orig_sections) or any(
+            s.orig_index is not None and s.orig_index != i for i, s in enumerate(sections)
+        )
         for sec in sections:
             if isinstance(sec, SymbolTable) and (renumbered or sec.is_decoded()):
                 syms = sec.symbols
@@ -410,17 +389,72 @@ class _Writer:
                 )
                 symtab.shndx_section = elf.add_section(shndx)
 
-    def _check_membership(self) -> None:
-        """Every section reference must point at a section still in the file."""
+    def _check_structure(self) -> None:
+        """What the written section header table will say must hold: every section
+        reference points at a section still in the file, of the type the gABI demands
+        (a symbol table's string table, a relocation section's symbol table and target,
+        a group's or an extended-index table's symbol table); a section index kept as a
+        number (never resolved) is 0; a section whose contents the writer regenerates
+        has that type's entry size. Edits happen between reading and writing: this is
+        where they are judged."""
         index = self.index
+        relocatable = self.elf.type == C.ET_REL
         for sec in self.elf.sections[1:]:
-            for field in ("link", "info"):
+            link_is_index, info_is_index = sec.link_index_fields()
+            for field, is_index in (("link", link_is_index), ("info", info_is_index)):
                 ref = getattr(sec, field)
-                if isinstance(ref, Section) and id(ref) not in index:
+                if isinstance(ref, Section):
+                    if id(ref) not in index:
+                        self._fail(
+                            f"section {sec.name}: sh_{field} refers to section {ref.name}, "
+                            "which is no longer in the file"
+                        )
+                elif is_index and ref:
+                    self._fail(f"section {sec.name}: sh_{field} {ref} is not a section")
+                elif field == "link" and ref and self.renumbered:
+                    # gABI: sh_link of any other type is 0 unless the type says
+                    # otherwise; a number klpkit cannot renumber would name another
+                    # section after the edit.
                     self._fail(
-                        f"section {sec.name}: sh_{field} refers to section {ref.name}, "
-                        "which is no longer in the file"
+                        f"section {sec.name}: sh_link {ref} of a section of type "
+                        f"{sec.type:#x} would no longer name the same section once the "
+                        "sections are renumbered"
                     )
+            self._check_typed_links(sec, relocatable)
+            self._check_entsize(sec)
+
+    def _check_typed_links(self, sec: Section, relocatable: bool) -> None:
+        if isinstance(sec, SymbolTable) and sec.is_decoded():
+            sec.strtab  # noqa: B018 - raises unless sh_link names a SHT_STRTAB
+        elif isinstance(sec, RelocationSection) and (relocatable or sec.is_decoded()):
+            if sec.symtab is None:
+                self._fail(f"section {sec.name}: sh_link does not name a symbol table")
+            if relocatable and sec.target is None:
+                self._fail(f"section {sec.name}: sh_info does not name a section")
+        elif isinstance(sec, GroupSection) and not isinstance(sec.link, SymbolTable):
+            self._fail(f"group {sec.name}: sh_link does not name a symbol table")
+        elif sec.type == C.SHT_SYMTAB_SHNDX:
+            symtab = sec.link
+            if not isinstance(symtab, SymbolTable) or symtab.shndx_section is not sec:
+                self._fail(
+                    f"section {sec.name}: SHT_SYMTAB_SHNDX that is not the extended-index "
+                    "table of a symbol table"
+                )
+
+    def _check_entsize(self, sec: Section) -> None:
+        lay = self.lay
+        if isinstance(sec, SymbolTable) and sec.is_decoded():
+            want = lay.sym.size
+        elif isinstance(sec, RelocationSection) and sec.is_decoded():
+            want = (lay.rela if sec.is_rela else lay.rel).size
+        elif sec.type == C.SHT_SYMTAB_SHNDX or (isinstance(sec, GroupSection) and sec.is_decoded()):
+            want = 4
+        else:
+            return
+        if sec.entsize != want:
+            self._fail(
+                f"section {sec.name}: sh_entsize {sec.entsize}, its records are {want} bytes"
+            )
 
     # -- contents -------------------------------------------------------------
     def _builder(self, table: Section) -> StringTableBuilder:
@@ -500,15 +534,12 @@ class _Writer:
         rela = sec.is_rela
         pack = (lay.rela if rela else lay.rel).pack
         for r in relocs:
-            if r.symbol is None:
-                s = 0
-            else:
-                s = symidx.get(id(r.symbol))
-                if s is None:
-                    self._fail(
-                        f"section {sec.name}: relocation at {r.offset:#x} uses symbol "
-                        f"{r.symbol.name}, which is not in {symtab.name}"
-                    )
+            s = 0 if r.symbol is None else symidx.get(id(r.symbol))
+            if s is None:
+                self._fail(
+                    f"section {sec.name}: relocation at {r.offset:#x} uses a symbol "
+                    f"that is not in {symtab.name}"
+                )
             info = lay.r_info(s, r.type)
             if rela:
                 out += pack(r.offset, info, r.addend or 0)
@@ -560,9 +591,11 @@ class _Writer:
             if isinstance(sec, SymbolTable) and sec.is_decoded():
                 info = sec.first_nonlocal()
             elif isinstance(sec, GroupSection) and sec.is_decoded():
-                info = self._symbol_indexes(sec.link).get(id(sec.signature))
-                if info is None:
+                assert isinstance(sec.link, SymbolTable)  # (_check_structure)
+                signature = self._symbol_indexes(sec.link).get(id(sec.signature))
+                if signature is None:
                     self._fail(f"group {sec.name}: signature symbol is not in the symbol table")
+                info = signature
             else:
                 info = index[id(sec.info)] if isinstance(sec.info, Section) else sec.info
             headers.append(
@@ -598,38 +631,42 @@ class _Writer:
         ]
 
     # -- layout ---------------------------------------------------------------
-    def _compose(self, headers, contents) -> bytes:
+    def _items(self, headers) -> list[tuple[int | None, Section | None]]:
+        """What to place, in order: (original offset, section; None for the section
+        header table). Sections keep their order; new ones go after the old ones."""
         elf = self.elf
-        lay = self.lay
-        orig = elf.orig_image
-        shdr_size = lay.shdr.size
-        table_align = lay.addr_size
-        # Items to place: (orig_offset, align, section|None for the header table).
         existing = [s for s in elf.sections[1:] if s.orig_offset is not None]
         new = [s for s in elf.sections[1:] if s.orig_offset is None]
-        items = sorted(((s.orig_offset, s) for s in existing), key=lambda t: t[0])
+        items: list[tuple[int | None, Section | None]] = sorted(
+            ((s.orig_offset, s) for s in existing), key=lambda t: t[0] or 0
+        )
         if headers:
             table = (elf.orig_shoff, None)
-            if elf.orig_shoff is None or not items or elf.orig_shoff >= items[-1][0]:
+            if elf.orig_shoff is None or not items or elf.orig_shoff >= (items[-1][0] or 0):
                 items = items + [(None, s) for s in new] + [table]
             else:
                 items = items + [table] + [(None, s) for s in new]
+        return items
+
+    def _place(self, items, headers, contents) -> tuple[list, int, int]:
+        """Offsets: everything where it was while the layout allows, else after the
+        previous item, aligned. Returns (placed items, section header offset, size)."""
+        elf = self.elf
+        lay = self.lay
         cursor = lay.ehdr.size
         if elf.program_headers:
             cursor = max(cursor, elf.phoff + len(elf.program_headers))
-        placed = []  # (offset, bytes, at_original_place)
+        placed = []  # (offset, length, section|None, at its original place)
         shoff = 0
         for orig_off, sec in items:
-            if sec is None:
-                data_len, align = len(headers) * shdr_size, table_align
-            elif sec.type == C.SHT_NOBITS:
-                off = (
-                    orig_off
-                    if orig_off is not None and orig_off >= cursor
-                    else _align_up(cursor, max(sec.addralign, 1))
+            if sec is not None and sec.type == C.SHT_NOBITS:
+                keep = orig_off is not None and orig_off >= cursor
+                headers[self.index[id(sec)]][4] = (
+                    orig_off if keep else _align_up(cursor, max(sec.addralign, 1))
                 )
-                headers[self.index[id(sec)]][4] = off
                 continue
+            if sec is None:
+                data_len, align = len(headers) * lay.shdr.size, lay.addr_size
             else:
                 data_len, align = len(contents[id(sec)]), max(sec.addralign, 1)
             if orig_off is not None and orig_off >= cursor and orig_off % align == 0:
@@ -648,7 +685,13 @@ class _Writer:
                 headers[self.index[id(sec)]][4] = off
             placed.append((off, data_len, sec, off == orig_off))
             cursor = off + data_len
-        total = cursor
+        return placed, shoff, cursor
+
+    def _compose(self, headers, contents) -> bytes:
+        elf = self.elf
+        lay = self.lay
+        orig = elf.orig_image
+        placed, shoff, total = self._place(self._items(headers), headers, contents)
         out = bytearray(total)
         # Gaps between two items that both stayed in place keep their original bytes.
         prev_end, prev_in_place = lay.ehdr.size, True
@@ -679,7 +722,7 @@ class _Writer:
             elf.ehsize,
             elf.phentsize,
             elf.phnum,
-            elf.shentsize if headers else elf.shentsize,
+            elf.shentsize,
             shnum if shnum < C.SHN_LORESERVE else 0,
             shstrndx if shstrndx < C.SHN_LORESERVE else C.SHN_XINDEX,
         )

@@ -26,6 +26,8 @@ class GroupSection(Section):
         if self._decoded:
             return
         elf = self.elf
+        if elf is None:
+            raise ValueError(f"group section {self.name!r} is not part of an ELF file")
         lay = elf.layout
         data = self._data
         path = elf.path

@@ -46,6 +46,7 @@ class RelocationSection(Section):
     def relocations(self) -> list[Relocation]:
         if self._relocations is None:
             self._decode()
+        assert self._relocations is not None
         return self._relocations
 
     @relocations.setter
@@ -59,21 +60,29 @@ class RelocationSection(Section):
 
     def _decode(self) -> None:
         elf = self.elf
-        path = elf.path if elf else None
+        if elf is None:
+            raise ValueError(f"relocation section {self.name!r} is not part of an ELF file")
+        path = elf.path
         lay = elf.layout
         rec = lay.rela if self.is_rela else lay.rel
         data = self._data
-        if len(data) % rec.size:
+        where = f"section {self.orig_index} ({self.name})"
+        if self.entsize != rec.size or len(data) % rec.size:
             raise ElfError(
-                f"section {self.name}: size {len(data)} is not a multiple of "
-                f"the entry size {rec.size}",
+                f"{where}: entry size {self.entsize} or size {len(data)} is invalid "
+                f"(records of {rec.size} bytes)",
+                path=path,
+            )
+        if elf.type == C.ET_REL and self.target is None:
+            raise ElfError(
+                f"{where}: sh_info {self.info} does not name the section its relocations apply to",
                 path=path,
             )
         symtab = self.symtab
-        if symtab is None and data:
-            raise ElfError(f"section {self.name}: sh_link does not name a symbol table", path=path)
-        syms = symtab.orig_symbols if symtab is not None else ()
-        if symtab is not None and not symtab.is_decoded():
+        if symtab is None and (data or elf.type == C.ET_REL):
+            raise ElfError(f"{where}: sh_link does not name a symbol table", path=path)
+        syms: tuple[Symbol, ...] = ()
+        if symtab is not None:
             symtab.symbols  # noqa: B018 - decode to fill orig_symbols
             syms = symtab.orig_symbols
         nsyms = len(syms)
@@ -84,8 +93,8 @@ class RelocationSection(Section):
             symidx = info >> shift
             if symidx >= nsyms:
                 raise ElfError(
-                    f"section {self.name}: relocation {i} at {offset:#x} uses symbol "
-                    f"index {symidx} but {symtab.name} has {nsyms} symbols",
+                    f"{where}: relocation {i} at {offset:#x} uses symbol index {symidx} "
+                    f"but the symbol table has {nsyms} symbols",
                     path=path,
                 )
             relocs.append(

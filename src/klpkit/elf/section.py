@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from klpkit.elf import constants as C
+from klpkit.elf.headers import index_fields
 
 if TYPE_CHECKING:
     from klpkit.elf.file import ElfFile
@@ -96,22 +97,7 @@ class Section:
 
     def link_index_fields(self) -> tuple[bool, bool]:
         """Which of (sh_link, sh_info) hold section indexes, by the gABI rules."""
-        link_is_section = self.type in (
-            C.SHT_SYMTAB,
-            C.SHT_DYNSYM,
-            C.SHT_REL,
-            C.SHT_RELA,
-            C.SHT_GROUP,
-            C.SHT_HASH,
-            C.SHT_DYNAMIC,
-            C.SHT_SYMTAB_SHNDX,
-            C.SHT_GNU_HASH,
-            C.SHT_GNU_VERSYM,
-            C.SHT_GNU_VERNEED,
-            C.SHT_GNU_VERDEF,
-        ) or bool(self.flags & C.SHF_LINK_ORDER)
-        info_is_section = self.type in (C.SHT_REL, C.SHT_RELA) or bool(self.flags & C.SHF_INFO_LINK)
-        return link_is_section, info_is_section
+        return index_fields(self.type, self.flags)
 
     def __repr__(self) -> str:
         type_name = C.SECTION_TYPE_NAMES.get(self.type, hex(self.type))

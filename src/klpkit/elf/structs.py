@@ -55,14 +55,6 @@ class Layout:
             return (sym << 32) | (rtype & 0xFFFFFFFF)
         return (sym << 8) | (rtype & 0xFF)
 
-    def unpack_sym(self, buf, off=0):
-        """Return (name, value, size, info, other, shndx) whatever the class."""
-        if self.elfclass == 64:
-            name, info, other, shndx, value, size = self.sym.unpack_from(buf, off)
-        else:
-            name, value, size, info, other, shndx = self.sym.unpack_from(buf, off)
-        return name, value, size, info, other, shndx
-
     def pack_sym(self, name, value, size, info, other, shndx) -> bytes:
         if self.elfclass == 64:
             return self.sym.pack(name, info, other, shndx, value, size)

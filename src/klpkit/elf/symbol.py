@@ -10,8 +10,14 @@ relocation on write.
 from __future__ import annotations
 
 from klpkit.elf import constants as C
+from klpkit.elf.headers import (
+    check_string_table_link,
+    check_symtab_shape,
+    extended_index_error,
+    symbol_index_error,
+)
 from klpkit.elf.section import Section
-from klpkit.errors import ElfError
+from klpkit.elf.strtab import names_at
 
 
 class Symbol:
@@ -70,8 +76,9 @@ class Symbol:
         return self.bind == C.STB_LOCAL
 
     @property
-    def is_livepatch(self) -> bool:
-        return self.shndx == C.SHN_LIVEPATCH
+    def is_section_symbol(self) -> bool:
+        """STT_SECTION: stands for its section (relocations against the section)."""
+        return self.type == C.STT_SECTION
 
     def __repr__(self) -> str:
         where = self.shndx.name if isinstance(self.shndx, Section) else hex(self.shndx)
@@ -94,6 +101,7 @@ class SymbolTable(Section):
     def symbols(self) -> list[Symbol]:
         if self._symbols is None:
             self._decode()
+        assert self._symbols is not None
         return self._symbols
 
     @symbols.setter
@@ -107,72 +115,48 @@ class SymbolTable(Section):
 
     @property
     def strtab(self) -> Section:
-        if not isinstance(self.link, Section):
-            raise ElfError(
-                f"symbol table {self.name} has no valid string table link",
-                path=self.elf.path if self.elf else None,
-            )
-        return self.link
+        """The string table (sh_link), a SHT_STRTAB section of the file."""
+        link = self.link
+        if isinstance(link, Section) and link.type == C.SHT_STRTAB:
+            return link
+        index = link.orig_index or 0 if isinstance(link, Section) else link
+        check_string_table_link(
+            self.orig_index or 0, index, None, self.elf.path if self.elf else None
+        )
+        raise AssertionError("unreachable: check_string_table_link raised")
 
     def _decode(self) -> None:
-        from klpkit.elf.strtab import string_at, string_index
-
         elf = self.elf
-        path = elf.path if elf else None
+        if elf is None:
+            raise ValueError(f"symbol table {self.name!r} is not part of an ELF file")
+        path = elf.path
         lay = elf.layout
         data = self._data
-        if self.entsize != lay.sym.size or len(data) % lay.sym.size:
-            raise ElfError(
-                f"section {self.name}: symbol table entry size {self.entsize} "
-                f"or size {len(data)} is invalid",
-                path=path,
-            )
-        strtab = self.strtab._data
-        names = string_index(strtab)
-        xindex = None
+        i = self.orig_index or 0
+        check_symtab_shape(i, self.entsize, len(data), lay, path)
+        rows = list(lay.iter_syms(data))
+        names = names_at(self.strtab._data, [row[0] for row in rows], path, "symbol")
+        xindex: list[int] = []
         if self.shndx_section is not None:
-            raw = self.shndx_section._data
-            xindex = [lay.u32.unpack_from(raw, i)[0] for i in range(0, len(raw) - 3, 4)]
+            xindex = [v[0] for v in lay.u32.iter_unpack(self.shndx_section._data)]
         sections = elf.orig_sections
         nsec = len(sections)
         symbols = []
-        for i, (name_off, value, size, info, other, shndx) in enumerate(lay.iter_syms(data)):
-            name = names.get(name_off)
-            if name is None:
-                name = string_at(strtab, name_off)
-                if name is None:
-                    raise ElfError(
-                        f"section {self.name}: symbol {i} name offset {name_off:#x} "
-                        f"is outside {self.strtab.name}",
-                        path=path,
-                    )
+        for k, ((name_off, value, size, info, other, shndx), name) in enumerate(
+            zip(rows, names, strict=True)
+        ):
+            target: Section | int = shndx
             if shndx == C.SHN_XINDEX:
-                if xindex is None or i >= len(xindex):
-                    raise ElfError(
-                        f"section {self.name}: symbol {i} ({name}) uses SHN_XINDEX "
-                        "but there is no SHT_SYMTAB_SHNDX entry for it",
-                        path=path,
-                    )
-                shndx = xindex[i]
-                if not 0 < shndx < nsec:
-                    raise ElfError(
-                        f"section {self.name}: symbol {i} ({name}) extended section "
-                        f"index {shndx} is out of range",
-                        path=path,
-                    )
-                target = sections[shndx]
+                real = xindex[k] if k < len(xindex) else 0
+                if not 0 < real < nsec:
+                    raise extended_index_error(k, name, path)
+                target = sections[real]
             elif C.SHN_UNDEF < shndx < C.SHN_LORESERVE:
                 if shndx >= nsec:
-                    raise ElfError(
-                        f"section {self.name}: symbol {i} ({name}) has section index "
-                        f"{shndx} but there are only {nsec} sections",
-                        path=path,
-                    )
+                    raise symbol_index_error(k, name, shndx, path)
                 target = sections[shndx]
-            else:
-                target = shndx
             sym = Symbol(name, value, size, info >> 4, info & 0xF, other, target)
-            sym.orig_index = i
+            sym.orig_index = k
             sym.orig_name = name
             sym.orig_name_offset = name_off
             symbols.append(sym)
@@ -181,7 +165,7 @@ class SymbolTable(Section):
 
     def first_nonlocal(self) -> int:
         for i, sym in enumerate(self.symbols):
-            if i and sym.bind != C.STB_LOCAL:
+            if i and not sym.is_local:
                 return i
         return len(self.symbols)
 
@@ -191,15 +175,15 @@ class SymbolTable(Section):
         if not syms:
             return
         head, rest = syms[0], syms[1:]
-        locals_ = [s for s in rest if s.bind == C.STB_LOCAL]
-        if len(locals_) == len(rest) or all(s.bind == C.STB_LOCAL for s in rest[: len(locals_)]):
+        locals_ = [s for s in rest if s.is_local]
+        if len(locals_) == len(rest) or all(s.is_local for s in rest[: len(locals_)]):
             return
-        self._symbols = [head, *locals_, *(s for s in rest if s.bind != C.STB_LOCAL)]
+        self._symbols = [head, *locals_, *(s for s in rest if not s.is_local)]
 
     def add(self, symbol: Symbol) -> Symbol:
         """Add a symbol: locals go after the last local, others at the end."""
         syms = self.symbols
-        if symbol.bind == C.STB_LOCAL:
+        if symbol.is_local:
             syms.insert(self.first_nonlocal(), symbol)
         else:
             syms.append(symbol)
