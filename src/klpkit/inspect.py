@@ -11,6 +11,7 @@ from klpkit.elf import constants as C
 from klpkit.elf.reloc_types import MACHINE_NAMES, reloc_type_name
 from klpkit.kernel.livepatch import (
     is_klp_rela,
+    is_klp_symbol,
     meant_as_klp_rela,
     parse_klp_rela_object,
     parse_klp_symbol_name,
@@ -86,7 +87,7 @@ def _livepatch(elf: ElfFile) -> dict:
                     "symbol": parsed.name if parsed else None,
                     "sympos": parsed.sympos if parsed else None,
                     "well_formed": parsed is not None,
-                    "shn_livepatch": sym.shndx == C.SHN_LIVEPATCH,
+                    "shn_livepatch": is_klp_symbol(sym),
                 }
             )
     sections = []

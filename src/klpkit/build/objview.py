@@ -185,7 +185,7 @@ class ObjectView:
         addend = rel.addend or 0
         if sym is None:
             return Place(None, None, addend)
-        if sym.shndx == C.SHN_UNDEF:
+        if sym.is_undefined:
             return Place(sym, None, addend, external=True)
         sec = sym.section
         # in code, a PC-relative displacement is relative to the end of the field (the

@@ -129,7 +129,7 @@ class KernelNames:
     # -- names for the livepatch object ---------------------------------------------
     def outside(self, sym: Symbol, orig: Symbol | None) -> str:
         """The undefined name under which the livepatch object refers to ``sym``."""
-        if sym.shndx == C.SHN_UNDEF:
+        if sym.is_undefined:
             if sym.name == "__this_module" and self.kobj != "vmlinux":
                 # THIS_MODULE in a module's code means that module, never the livepatch
                 return self.intermediate(sym.name)

@@ -41,7 +41,7 @@ def undefined_symbols(elf) -> list[tuple[str, bool]]:
     symbol of a name decides whether it is weak)."""
     out: dict[str, bool] = {}
     for sym in elf.symtab.symbols[1:] if elf.symtab else []:
-        if sym.shndx == C.SHN_UNDEF and sym.name and sym.name not in out:
+        if sym.is_undefined and sym.name and sym.name not in out:
             out[sym.name] = sym.bind == C.STB_WEAK
     return list(out.items())
 

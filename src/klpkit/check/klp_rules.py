@@ -30,6 +30,7 @@ from klpkit.kernel.livepatch import (
     MODULE_NAME_MAX,
     KlpSymbolName,
     is_klp_rela,
+    is_klp_symbol,
     ksym_name_max,
     meant_as_klp_rela,
     parse_klp_rela_object,
@@ -372,7 +373,7 @@ def _relocations(
         _extend(ref, sec_findings)
         if not readable or gate is None:
             continue  # the kernel fails on (or ignores) the section: nothing more applies
-        if sym is None or sym.shndx != C.SHN_LIVEPATCH:
+        if sym is None or not is_klp_symbol(sym):
             if id(sym) not in bad:
                 bad.add(id(sym))
                 _extend(
@@ -408,7 +409,7 @@ def _unused(run: _Run) -> None:
     """Livepatch symbols no klp relocation uses: never resolved by the kernel."""
     ctx = run.ctx
     for sym in ctx.elf.symtab.symbols[1:]:
-        if sym.shndx != C.SHN_LIVEPATCH or id(sym) in run.used:
+        if not is_klp_symbol(sym) or id(sym) in run.used:
             continue
         parsed = (
             parse_klp_symbol_name(sym.name, ctx.kver)
@@ -444,7 +445,7 @@ def _normal_on_livepatch_symbols(ctx: Context) -> None:
         if target is None or not target.is_alloc:
             continue
         for r in rs.relocations:
-            if r.symbol is not None and r.symbol.shndx == C.SHN_LIVEPATCH:
+            if r.symbol is not None and is_klp_symbol(r.symbol):
                 ctx.add(
                     "rela.livepatch-symbol",
                     Place(target.name, r.offset, r.symbol.name),

@@ -22,7 +22,7 @@ def run(ctx: Context):
     warned_no_version = False
     seen: set[str] = set()
     for sym in ctx.elf.symtab.symbols[1:]:
-        if sym.shndx != C.SHN_UNDEF or not sym.name or sym.name in seen:
+        if not sym.is_undefined or not sym.name or sym.name in seen:
             continue
         name = sym.name
         seen.add(name)

@@ -23,6 +23,7 @@ from klpkit.convert.plan import Action, Plan
 from klpkit.elf import ElfFile, RelocationSection, Symbol, SymbolTable
 from klpkit.elf import constants as C
 from klpkit.errors import KlpkitError
+from klpkit.kernel.livepatch import is_klp_symbol
 from klpkit.kernel.versions import remove_versions
 
 KLP_RELA_FLAGS = C.SHF_ALLOC | C.SHF_INFO_LINK | C.SHF_RELA_LIVEPATCH
@@ -88,7 +89,7 @@ def _rename_symbols(symtab: SymbolTable, plan: Plan, res: ApplyResult) -> dict[i
     already has is to be replaced by that one (returned: id(symbol) -> its keeper)."""
     by_klp: dict[str, Symbol] = {}
     for sym in symtab.symbols[1:]:
-        if sym.shndx == C.SHN_LIVEPATCH:
+        if is_klp_symbol(sym):
             by_klp.setdefault(sym.name, sym)
     replace: dict[int, Symbol] = {}
     for sym in symtab.symbols[1:]:

@@ -464,7 +464,7 @@ def annotated_objects(elf: ElfFile) -> list[str]:
             if valid_object_name(obj):
                 out[obj] = None
     for sym in elf.symtab.symbols[1:] if elf.symtab else []:
-        if sym.shndx == C.SHN_UNDEF:
+        if sym.is_undefined:
             inter = parse_intermediate(sym.name)
             if isinstance(inter, Intermediate):
                 out[inter.lp_object] = None
@@ -473,9 +473,7 @@ def annotated_objects(elf: ElfFile) -> list[str]:
 
 def _undefined_names(elf: ElfFile) -> set[str]:
     return {
-        s.name
-        for s in (elf.symtab.symbols[1:] if elf.symtab else [])
-        if s.shndx == C.SHN_UNDEF and s.name
+        s.name for s in (elf.symtab.symbols[1:] if elf.symtab else []) if s.is_undefined and s.name
     }
 
 

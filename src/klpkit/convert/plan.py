@@ -80,6 +80,7 @@ from klpkit.kernel import klp
 from klpkit.kernel.kver import DEFAULT_KERNEL_VERSION, format_version, kernel_version
 from klpkit.kernel.livepatch import (
     is_klp_rela,
+    is_klp_symbol,
     klp_rela_section_name,
     klp_symbol_name,
     ksym_name_max,
@@ -680,7 +681,7 @@ def lookup_names(elf: ElfFile) -> list[str]:
     Symbols.list is read for these only)."""
     out: dict[str, None] = {}
     for sym in elf.symtab.symbols[1:] if elf.symtab is not None else []:
-        if sym.shndx != C.SHN_UNDEF or not sym.name:
+        if not sym.is_undefined or not sym.name:
             continue
         inter = parse_intermediate(sym.name)
         out[inter.name if inter is not None and not isinstance(inter, str) else sym.name] = None
@@ -886,7 +887,7 @@ class _Planner:
         if symtab is None:
             return
         for sym in symtab.symbols[1:]:
-            if sym.shndx != C.SHN_UNDEF or not sym.name or sym.name in self.ann.symbol_names:
+            if not sym.is_undefined or not sym.name or sym.name in self.ann.symbol_names:
                 continue
             d = self.symbols.get(sym.name)
             if d is None:
@@ -984,7 +985,7 @@ class _Planner:
                     return _Fate(Category.KLP, Action.ERROR, why)
                 self.unflagged.add(id(rs))
                 return self._error(f"{rs.name}: {why}")
-            if sym is not None and sym.shndx == C.SHN_LIVEPATCH:
+            if sym is not None and is_klp_symbol(sym):
                 return _Fate(Category.KLP, Action.KEEP, "already a livepatch relocation")
             self.errors.append(
                 f"{rs.name}+{r.offset:#x}: symbol {sname} is not marked as a "
@@ -1014,7 +1015,7 @@ class _Planner:
     def _fate_of_defined(self, sym, target, tname: str, r) -> _Fate:
         """A relocation whose symbol is not a foreign reference."""
         sname = sym.name if sym is not None else ""
-        if sym is not None and sym.shndx == C.SHN_LIVEPATCH:
+        if sym is not None and is_klp_symbol(sym):
             return self._error(
                 f"{tname}+{r.offset:#x}: normal relocation on livepatch symbol "
                 f"{sname} (the loader would resolve it to 0)"

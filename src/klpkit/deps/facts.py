@@ -8,7 +8,6 @@ import os
 from dataclasses import dataclass
 
 from klpkit.elf import ElfFile
-from klpkit.elf import constants as C
 from klpkit.kernel.exports import exported_names
 from klpkit.kernel.kver import kernel_version
 from klpkit.kernel.livepatch import meant_as_klp_rela, parse_klp_rela_object
@@ -63,7 +62,7 @@ def relocation_sites(elf: ElfFile) -> tuple[dict[str, list[str]], list[KlpReloc]
             site = f"{target}+{r.offset:#x}"
             if is_klp:
                 klp.append((rs.name, gate or "", site, sym.name))
-            elif sym.shndx == C.SHN_UNDEF and sym.name:
+            elif sym.is_undefined and sym.name:
                 undef.setdefault(sym.name, []).append(site)
     return undef, klp
 

@@ -85,6 +85,12 @@ def parse_klp_rela_object(section_name: str) -> str | None:
     return obj[:MODULE_NAME_MAX]
 
 
+def is_klp_symbol(sym) -> bool:
+    """A symbol the livepatch core resolves at load time: ``st_shndx == SHN_LIVEPATCH``
+    (the module loader's simplify_symbols() skips it; klp_resolve_symbols() fills it)."""
+    return sym.shndx == C.SHN_LIVEPATCH
+
+
 def is_klp_rela(section) -> bool:
     """Is ``section`` a livepatch relocation section *to the kernel*: SHF_RELA_LIVEPATCH
     is the only test apply_relocations() (module loader) and klp_apply_object_relocs()
