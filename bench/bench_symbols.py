@@ -34,7 +34,7 @@ def main(argv=None) -> int:
 
     from klpkit import debian
     from klpkit.symbols import SymbolDB
-    from klpkit.symbols.build import find_modules
+    from klpkit.symbols.elf_objects import find_modules
 
     release = args.release or debian.DEFAULT_RELEASE
     image = debian.ensure_image(release)
@@ -266,15 +266,20 @@ def _stages(image, symvers, release) -> dict[str, float]:
     import gc
     import sqlite3
 
-    from klpkit.symbols import build as B
+    from klpkit.symbols import db as D
+    from klpkit.symbols import elf_objects as B
+    from klpkit.symbols.model import SymbolSet
+    from klpkit.symbols.pages import make_pages
+    from klpkit.symbols.symvers import read_symvers
+    from klpkit.symbols.vmlinuz import read_vmlinuz
 
     marks = [("start", time.perf_counter())]
     gc.disable()
     try:
         vm = image / "boot" / f"vmlinuz-{release}"
-        rec, build_id, _rel, _exports, _img = B.read_vmlinuz(vm, derive_exports=False)
+        rec, build_id, _rel, _exports, _img = read_vmlinuz(vm, derive_exports=False)
         marks.append(("vmlinux", time.perf_counter()))
-        symset = B.SymbolSet(release, "debian", build_id, [str(vm)], [rec])
+        symset = SymbolSet(release, "debian", build_id, [str(vm)], [rec])
         moddir = image / "lib" / "modules" / release
         B.scan_modules(
             B.find_modules(moddir),
@@ -285,15 +290,18 @@ def _stages(image, symvers, release) -> dict[str, float]:
             progress=False,
         )
         B.apply_modules_dep(symset, moddir)
-        symset.symvers = B.read_symvers(symvers)
+        symset.symvers = read_symvers(symvers)
         marks.append(("modules", time.perf_counter()))
         records = symset.sorted_records()
         marks.append(("sort", time.perf_counter()))
-        pages = B.make_pages(records)
+        pages = make_pages(records)
         marks.append(("pages", time.perf_counter()))
         conn = sqlite3.connect(":memory:")
-        conn.executescript(B.SCHEMA_SQL)
-        conn.executemany("INSERT INTO symbol_pages VALUES (?,?)", pages)
+        conn.executescript(D.SCHEMA_SQL)
+        conn.executemany(
+            "INSERT INTO symbol_pages VALUES (?,?,?)",
+            [(f, r, D.page_check(r)) for f, r in pages],
+        )
         conn.close()
         marks.append(("sqlite", time.perf_counter()))
     finally:

@@ -58,6 +58,46 @@ def _align(blob: bytearray, n: int) -> None:
     blob += b"\0" * (-len(blob) % n)
 
 
+def _tokens(entries: list[bytes]) -> tuple[list[bytes], dict[bytes, int]]:
+    """The token table: every used byte stands for itself; free codes get frequent
+    pairs (code: pair -> its code)."""
+    tokens: list[bytes | None] = [None] * 256
+    for e in entries:
+        for c in e:
+            tokens[c] = bytes((c,))
+    free = [c for c in range(256) if tokens[c] is None]
+    pairs = Counter(e[i : i + 2] for e in entries for i in range(len(e) - 1))
+    best = [p for p, _n in pairs.most_common(len(free))]
+    code = {}
+    for c, p in zip(free, best, strict=False):
+        tokens[c] = p
+        code[p] = c
+    for c in free[len(best) :]:
+        tokens[c] = b"zq"  # never used: any non-empty string
+    return [t or b"zq" for t in tokens], code
+
+
+def _names(entries: list[bytes], code: dict[bytes, int]) -> tuple[bytearray, list[int]]:
+    """kallsyms_names (each entry as tokens, length first) and its markers."""
+    names = bytearray()
+    markers = []
+    for i, e in enumerate(entries):
+        if i % 256 == 0:
+            markers.append(len(names))
+        out, j = [], 0
+        while j < len(e):
+            if e[j : j + 2] in code:
+                out.append(code[e[j : j + 2]])
+                j += 2
+            else:
+                out.append(e[j])
+                j += 1
+        n = len(out)
+        names += bytes((n,)) if n < 0x80 else bytes(((n & 0x7F) | 0x80, n >> 7))
+        names += bytes(out)
+    return names, markers
+
+
 def encode_kallsyms(
     symbols: list[Sym],
     *,
@@ -78,36 +118,8 @@ def encode_kallsyms(
         if a:
             s.letter = "A"
     entries = [(s.letter + s.name).encode() for s in syms]
-    # tokens: every used byte stands for itself; free codes get frequent pairs
-    tokens: list[bytes | None] = [None] * 256
-    for e in entries:
-        for c in e:
-            tokens[c] = bytes((c,))
-    free = [c for c in range(256) if tokens[c] is None]
-    pairs = Counter(e[i : i + 2] for e in entries for i in range(len(e) - 1))
-    best = [p for p, _n in pairs.most_common(len(free))]
-    code = {}
-    for c, p in zip(free, best, strict=False):
-        tokens[c] = p
-        code[p] = c
-    for c in free[len(best) :]:
-        tokens[c] = b"zq"  # never used: any non-empty string
-    names = bytearray()
-    markers = []
-    for i, e in enumerate(entries):
-        if i % 256 == 0:
-            markers.append(len(names))
-        out, j = [], 0
-        while j < len(e):
-            if e[j : j + 2] in code:
-                out.append(code[e[j : j + 2]])
-                j += 2
-            else:
-                out.append(e[j])
-                j += 1
-        n = len(out)
-        names += bytes((n,)) if n < 0x80 else bytes(((n & 0x7F) | 0x80, n >> 7))
-        names += bytes(out)
+    tokens, code = _tokens(entries)
+    names, markers = _names(entries, code)
     table = b"".join(t + b"\0" for t in tokens)
     index, off = [], 0
     for t in tokens:
@@ -115,9 +127,9 @@ def encode_kallsyms(
         off += len(t) + 1
     pfmt = "<Q" if ptr == 8 else "<I"
     addrs = [s.addr for s in syms]
+    rel = [a for a, ab in zip(addrs, absolute, strict=True) if not ab]
+    base = rel[0] if rel else 0
     if base_relative:
-        rel = [a for a, ab in zip(addrs, absolute, strict=True) if not ab]
-        base = rel[0] if rel else 0
         mask = (1 << (8 * ptr)) - 1
         offsets = [
             a if ab else (base - a - 1 if absolute_percpu else a - base) & mask

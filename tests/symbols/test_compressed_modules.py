@@ -12,7 +12,7 @@ import pytest
 
 from klpkit.errors import KlpkitError
 from klpkit.symbols import build_from_debian, build_from_tree
-from klpkit.symbols.build import find_modules, read_module
+from klpkit.symbols.elf_objects import find_modules, read_module
 from tests.conftest import require
 
 from .conftest import compile_module
@@ -70,7 +70,7 @@ def test_module_name_without_modinfo_name(tmp_path, tools):
     """The in-kernel name of ``snd-foo.ko.xz`` is ``snd_foo`` (suffix and dashes)."""
     ko = compile_module(tmp_path, "snd-foo", ["int foo(void) { return 0; }\n"])
     rec, _mi = read_module(str(_compress(ko, ".xz")))
-    assert rec.name == "snd_foo" and any(r.startswith(b"foo\0") for r in rec.rows)
+    assert rec.name == "snd_foo" and any(r.startswith(b"foo\0") for r in rec.records)
 
 
 def test_debian_image_with_ko_xz_and_modules_dep(small_tree, tmp_path):

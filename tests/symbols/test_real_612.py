@@ -85,12 +85,7 @@ def test_exports_from_the_image_equal_module_symvers(tmp_path):
     image = image_612()
     headers = headers_612()
     built = build_from_debian(image, None, None, db=tmp_path / "image-only.sqlite", progress=False)
-    rows = set(
-        built._query(
-            "SELECT e.name, o.name, e.type, e.namespace, e.crc "
-            "FROM exports e JOIN objects o ON o.id = e.obj"
-        )
-    )
+    rows = {(name, obj, t, ns, crc) for obj, name, t, ns, crc in built.export_rows()}
     built.close()
     expected = {
         (e.name, e.object, e.export_type, e.namespace, e.crc)

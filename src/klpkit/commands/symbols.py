@@ -1,4 +1,4 @@
-"""``klpkit symbols {build,lookup,info,export-list}``: the kernel symbol database."""
+"""``klpkit symbols {build,lookup,info,add,export-list}``: the kernel symbol database."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from klpkit.errors import InputError
-from klpkit.fileio import read_input
-from klpkit.output import print_json, print_table
+from klpkit.fileio import refuse_output_over_input
+from klpkit.output import print_json, print_table, progress
 
 
 def register(sub) -> None:
@@ -102,6 +102,11 @@ def register(sub) -> None:
 
     inf = ssub.add_parser("info", help="what the database holds and where it came from")
     inf.add_argument("--json", action="store_true", help="machine-readable output")
+    inf.add_argument(
+        "--verify",
+        action="store_true",
+        help="read and check every page, export and count, and SQLite's integrity",
+    )
     common(inf)
     inf.set_defaults(func=run_info)
 
@@ -152,11 +157,16 @@ def _guess_release() -> str:
 def run_build(args) -> int:
     from klpkit import symbols as S
 
-    progress = not args.json
+    bar = progress if not args.json else None
     start = time.perf_counter()
     image_file = bool(args.vmlinuz or args.debian_image and os.path.isfile(args.debian_image))
     if args.modules_dir and not image_file:
         raise InputError("--modules-dir goes with --vmlinuz (a kernel image file)")
+    if args.db:
+        inputs = ("vmlinuz", "debian_image", "kallsyms", "modules", "symbols_list", "symvers")
+        refuse_output_over_input(
+            args.db, {"--" + k.replace("_", "-"): getattr(args, k) for k in inputs}
+        )
     if args.tree:
         db = S.build_from_tree(
             args.tree,
@@ -164,7 +174,7 @@ def run_build(args) -> int:
             release=args.release,
             db=args.db,
             skip_bad=args.skip_bad,
-            progress=progress,
+            progress=bar,
         )
     elif args.debian:
         from klpkit import debian
@@ -179,7 +189,7 @@ def run_build(args) -> int:
             symvers,
             db=args.db,
             skip_bad=args.skip_bad,
-            progress=progress,
+            progress=bar,
             release=args.release or args.debian,
         )
     elif args.debian_image and not image_file:
@@ -189,7 +199,7 @@ def run_build(args) -> int:
             args.symvers,
             db=args.db,
             skip_bad=args.skip_bad,
-            progress=progress,
+            progress=bar,
             release=args.release,
         )
     elif image_file:
@@ -204,7 +214,7 @@ def run_build(args) -> int:
             release=args.release,
             db=args.db,
             skip_bad=args.skip_bad,
-            progress=progress,
+            progress=bar,
         )
     elif args.kallsyms:
         if not args.release and os.path.realpath(args.kallsyms) != "/proc/kallsyms":
@@ -212,11 +222,8 @@ def run_build(args) -> int:
                 "--kallsyms FILE needs --release R (a saved copy does not say "
                 "which kernel it is from)"
             )
-        text = read_input(args.kallsyms).decode("utf-8", "surrogateescape")
-        mods = read_input(args.modules).decode("utf-8", "surrogateescape") if args.modules else None
-        sources = [os.path.abspath(p) for p in (args.kallsyms, args.modules) if p]
-        db = S.build_from_kallsyms(
-            text, mods, release=args.release, db=args.db, symvers=args.symvers, sources=sources
+        db = S.build_from_kallsyms_file(
+            args.kallsyms, args.modules, release=args.release, db=args.db, symvers=args.symvers
         )
     else:
         db = S.import_symbols_list(
@@ -290,7 +297,10 @@ def _info(db) -> dict:
 
 def run_info(args) -> int:
     db = _open(args)
+    db.objects()  # (reads and checks the objects table)
     info = _info(db)
+    if args.verify:
+        info["verified"] = db.verify()
     if args.json:
         print_json(info)
         return 0
@@ -310,6 +320,11 @@ def run_info(args) -> int:
             ("exports", c.get("exports")),
             ("skipped modules", c.get("skipped", 0)),
             ("size", f"{info['size'] / 2**20:.1f} MiB"),
+            *(
+                [("verified", "{pages} pages, {symbols} symbols, {exports} exports".format(**v))]
+                if (v := info.get("verified"))
+                else []
+            ),
         ],
         title="Symbol database",
     )
@@ -319,6 +334,8 @@ def run_info(args) -> int:
 def run_add(args) -> int:
     from klpkit.symbols import add_modules
 
+    if args.output:
+        refuse_output_over_input(args.output, {f"module {m}": m for m in args.modules})
     db = add_modules(_open(args), args.modules, dest=args.output)
     summary = _info(db)
     if args.json:
@@ -335,6 +352,7 @@ def run_export(args) -> int:
     from klpkit.symbols import export_symbols_list
 
     db = _open(args)
+    refuse_output_over_input(args.out, {"symbol database": db.path})
     n = export_symbols_list(db, args.out)
     print(f"{args.out}: {n} symbols of kernel {db.release}")
     return 0

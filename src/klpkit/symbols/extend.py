@@ -9,17 +9,13 @@ against the objects it will be loaded beside.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import sqlite3
-import tempfile
 from pathlib import Path
 
 from klpkit.errors import InputError
-from klpkit.symbols.build import read_module
-from klpkit.symbols.db import SymbolDB
-from klpkit.symbols.pages import make_pages, make_records
+from klpkit.symbols.db import SymbolDB, add_objects
+from klpkit.symbols.elf_objects import read_module
+from klpkit.symbols.model import ObjectRecord
 
 
 def add_modules(
@@ -32,26 +28,19 @@ def add_modules(
     leaves the database as it was.
     """
     target = Path(dest if dest is not None else db.path)
-    records = _read_modules(db, modules)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(db.path, tmp)
-        _insert(tmp, records, db.records())
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    release = db.release
+    path = add_objects(db, _read_modules(db, modules), target)
     if dest is None:
         db.close()
-    return SymbolDB.open(target, release=db.release)
+    return SymbolDB.open(path, release=release)
 
 
-def _read_modules(db: SymbolDB, modules) -> list:
+def _read_modules(db: SymbolDB, modules: list[str | os.PathLike]) -> list[ObjectRecord]:
     known = set(db.objects())
     records = []
     for path in modules:
-        rec, modinfo = read_module(os.fspath(path))
+        oid = len(known)
+        rec, modinfo = read_module(os.fspath(path), oid=oid)
         if modinfo.release and modinfo.release != db.release:
             raise InputError(
                 f"module is built for kernel {modinfo.release}, the database is for {db.release}",
@@ -62,42 +51,3 @@ def _read_modules(db: SymbolDB, modules) -> list:
         known.add(rec.name)
         records.append(rec)
     return records
-
-
-def _insert(path: str, records, rows: list[bytes]) -> None:
-    """Add ``records`` to the copy at ``path``; ``rows`` are the symbol records it holds.
-    The symbol pages are rewritten whole: new names fall between existing ones."""
-    conn = sqlite3.connect(path)
-    try:
-        (next_id,) = conn.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM objects").fetchone()
-        for oid, rec in enumerate(records, next_id):
-            conn.execute(
-                "INSERT INTO objects VALUES (?,?,?,?,?)",
-                (oid, rec.name, "module", rec.path, ",".join(rec.depends)),
-            )
-            rows.extend(make_records(oid, rec.pairs()))
-            conn.executemany(
-                "INSERT OR REPLACE INTO exports VALUES (?,?,?,?,?)",
-                [(e.name, oid, e.export_type, e.namespace, e.crc) for e in rec.exports],
-            )
-        rows.sort()
-        conn.execute("DELETE FROM symbol_pages")
-        conn.executemany("INSERT INTO symbol_pages VALUES (?,?)", make_pages(rows))
-        _update_meta(conn, records)
-        conn.commit()
-    finally:
-        conn.close()
-
-
-def _update_meta(conn: sqlite3.Connection, records) -> None:
-    """Keep the provenance and the counts `symbols info` shows true."""
-    meta = dict(conn.execute("SELECT key, value FROM meta"))
-    counts = json.loads(meta.get("counts", "{}"))
-    counts["objects"] = conn.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
-    counts["symbols"] = counts.get("symbols", 0) + sum(len(r.rows) for r in records)
-    counts["exports"] = conn.execute("SELECT COUNT(*) FROM exports").fetchone()[0]
-    sources = json.loads(meta.get("sources", "[]")) + [os.path.abspath(r.path) for r in records]
-    conn.executemany(
-        "INSERT OR REPLACE INTO meta VALUES (?,?)",
-        [("counts", json.dumps(counts)), ("sources", json.dumps(sources))],
-    )

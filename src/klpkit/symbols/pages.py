@@ -41,58 +41,98 @@ _POS_HEX: list[bytes] = []
 FLAGS_HEX = [b"%03x" % f for f in range(MAX_FLAGS)]  # flags -> their 3 hex digits
 
 
-def pos_hex(count: int) -> list[bytes]:
+def pos_hex(count: int, where: str | None = None) -> list[bytes]:
     """``%06x`` of 0..count-1, from a shared table (formatting each position in the
     hot loop would cost more than the lookup)."""
     if count > len(_POS_HEX):
         if count > MAX_POS:
             raise KlpkitError(
                 f"{count} symbols in one object: the symbol database "
-                f"stores positions below {MAX_POS}"
+                f"stores positions below {MAX_POS}",
+                path=where,
             )
         _POS_HEX.extend(b"%06x" % i for i in range(len(_POS_HEX), count))
     return _POS_HEX
 
 
-def oid_prefix(oid: int) -> bytes:
+def oid_prefix(oid: int, where: str | None = None) -> bytes:
     """The NUL and object id that follow a name in each of the object's records."""
     if not 0 <= oid < MAX_OBJECTS:
         raise KlpkitError(
-            f"object id {oid}: the symbol database holds at most {MAX_OBJECTS} objects"
+            f"object {oid + 1}: the symbol database holds at most {MAX_OBJECTS} objects",
+            path=where,
         )
     return b"\0%04x" % oid
 
 
-def encode_name(name: str | bytes) -> bytes:
-    """A symbol name as stored: UTF-8 bytes (undecodable bytes kept via surrogates)."""
-    return name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+def encode_name(name: str | bytes, where: str | None = None) -> bytes:
+    """A name as the database stores it: UTF-8 bytes, bytes that were not UTF-8 (read
+    with ``surrogateescape``) restored as they were.  Every name, path and string the
+    database stores or looks up goes through here (or :func:`lookup_key`)."""
+    if isinstance(name, bytes):
+        return name
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise KlpkitError(
+            f"name {name!r} holds a character no file can (a lone surrogate)", path=where
+        ) from None
+
+
+def lookup_key(name: str | bytes) -> bytes | None:
+    """The stored form of a name to look up, or None for a name no kernel can have
+    (empty, a NUL in it, a lone surrogate that no byte decodes to): such a lookup
+    simply finds nothing."""
+    if isinstance(name, str):
+        try:
+            name = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return None
+    if not name or b"\0" in name:
+        return None
+    return name
 
 
 def decode_name(name: bytes) -> str:
     return name.decode("utf-8", "surrogateescape")
 
 
-def make_records(oid: int, pairs) -> list[bytes]:
+def make_records(oid: int, pairs, where: str | None = None) -> list[bytes]:
     """Records of one object from its (name, flags) pairs in kernel order."""
     pairs = list(pairs)
-    return column_records(oid, [name for name, _f in pairs], [f for _n, f in pairs])
+    return column_records(oid, [name for name, _f in pairs], [f for _n, f in pairs], where)
 
 
-def column_records(oid: int, names: list, flags: list[int]) -> list[bytes]:
-    """Records of one object from its names (str or bytes) and flags in kernel order."""
+def column_records(oid: int, names: list, flags, where: str | None = None) -> list[bytes]:
+    """Records of one object from its names (str or bytes) and flags in kernel order;
+    ``where`` names the input in errors."""
     if not names:
         return []
-    prefix, ph, fh = oid_prefix(oid), pos_hex(len(names)), FLAGS_HEX
-    count = len(names)
+    prefix, ph, fh = oid_prefix(oid, where), pos_hex(len(names), where), FLAGS_HEX
+    given = names
     if set(map(type, names)) == {str}:
         # encode them all in one C-level call
-        names = "\0".join(names).encode("utf-8", "surrogateescape").split(b"\0")
+        try:
+            names = "\0".join(names).encode("utf-8", "surrogateescape").split(b"\0")
+        except UnicodeEncodeError:
+            names = [encode_name(n, where) for n in names]
     else:
-        names = list(map(encode_name, names))
-    if len(names) != count:
-        raise KlpkitError("a symbol name contains a NUL character")
+        names = [encode_name(n, where) for n in names]
+    if len(names) != len(given) or not all(names):
+        raise KlpkitError(_bad_name(given), path=where)
     # (ph is a shared table, longer than the object: zip stops at the object's end)
     return [name + prefix + h + fh[f] for name, h, f in zip(names, ph, flags, strict=False)]
+
+
+def _bad_name(names: list) -> str:
+    """Why a record cannot hold one of ``names``: the database separates fields by NUL."""
+    for i, name in enumerate(names, 1):
+        if not name:
+            return f"symbol {i} has an empty name"
+        if "\0" in name if isinstance(name, str) else b"\0" in name:
+            shown = name if isinstance(name, str) else decode_name(name)
+            return f"symbol {i} ({shown[:60]!r}) has a NUL character in its name"
+    return "a symbol name cannot be stored"
 
 
 def parse_payload(payload: bytes) -> tuple[int, int, int]:

@@ -51,7 +51,7 @@ modules
     full init-time table (every symbol of ``.symtab``).  Same-named symbols in
     init sections, ``.modinfo`` or absolute symbols then shift positions; we store
     those symbols too (flag ``core=False``) so callers can see ``load_sympos`` /
-    ``load_count`` and refuse or warn (spec §1.5, P16).
+    ``load_count`` and refuse or warn.
     Livepatch modules keep all their symbols.  A pending upstream series (2026,
     "module/kallsyms: sort function symbols and use binary search") would move a
     module's function symbols first, sorted by address: if it lands, the module
@@ -243,6 +243,7 @@ def vmlinux_kallsyms(scan) -> list[tuple[str, int, int, int]]:
         for name, flags in zip(scan.sh_names, scan.sh_flags, strict=True)
     ]
     nsec = len(keep_sec)
+    keep: frozenset[str]
     for x in set(shndxs):
         if not x or not (keep_sec[x] if x < nsec else x == C.SHN_ABS):
             keep = frozenset()
@@ -344,7 +345,8 @@ LETTER_FLAGS = bytes(_letter_flags(c) for c in range(256))
 
 def letter_flags(letter: str) -> int:
     """The database flags of a vmlinux symbol whose kallsyms type letter is ``letter``."""
-    return LETTER_FLAGS[ord(letter[:1] or "?")]
+    code = ord(letter[:1] or "?")
+    return LETTER_FLAGS[code] if code < 256 else KALLSYMS_BIND_UNKNOWN
 
 
 def _section_letter(sh_type: int, sh_flags: int) -> str:

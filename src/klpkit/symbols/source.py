@@ -9,8 +9,8 @@ import os
 import tempfile
 
 from klpkit.errors import KlpkitError
-from klpkit.symbols.build import default_db_path
 from klpkit.symbols.db import SymbolDB
+from klpkit.symbols.paths import default_db_path
 from klpkit.symbols.symbols_list import import_symbols_list, is_symbols_list
 
 

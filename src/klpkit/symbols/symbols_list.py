@@ -1,4 +1,4 @@
-"""klp-convert's ``Symbols.list`` / ``symbols.klp`` (spec §2.2): import and export.
+"""klp-convert's ``Symbols.list`` / ``symbols.klp``: import and export.
 
 Format: line 1 ``klp-convert-symbol-data.0.1`` (klp-convert compares only these 27
 characters), then ``*<object>`` lines each followed by one symbol name per line;
@@ -8,7 +8,7 @@ What klpkit writes, so that the kernel's tool and klpkit can share one file:
   * per object, every symbol once per occurrence **in kernel order** (so the
     position of a line among same-named lines *is* the sympos), ``vmlinux`` first;
   * a ``__ksymtab_<name>`` line for every exported name the object lacks one for
-    (from v6.5 objects no longer contain them — spec P17);
+    (from v6.5 objects no longer contain them);
   * a last object ``*.klpkit`` (an impossible module name: it contains a dot, so
     the kernel parse ``%55[^.]`` can never select it) whose "symbols" are
     tab-separated records klp-convert never matches (a relocation's symbol name
@@ -25,25 +25,35 @@ records ``source=symbols-list(nm)`` and marks bindings/types 'unknown'.
 from __future__ import annotations
 
 import os
+import stat
 
 from klpkit.errors import InputError
-from klpkit.fileio import read_input, write_atomic
-from klpkit.symbols.build import ObjectRecord, SymbolSet, _finish, gc_paused
+from klpkit.fileio import read_regular, write_atomic
+from klpkit.numbers import parse_decimal, parse_hex
 from klpkit.symbols.db import NONCORE, SymbolDB
+from klpkit.symbols.finish import finish
+from klpkit.symbols.model import ObjectRecord, SymbolSet
+from klpkit.symbols.speed import gc_paused
 from klpkit.symbols.symvers import Export
 
 HEADER = "klp-convert-symbol-data.0.1"
+MAX_SYMBOLS_LIST = 1 << 30  # a distribution kernel's: ~19 MiB
 
 
-def is_symbols_list(path) -> bool:
-    """Does the file start with klp-convert's header (its first 27 characters)?"""
+def is_symbols_list(path: str | os.PathLike) -> bool:
+    """Does the file start with klp-convert's header (its first 27 characters)?  (Only
+    a regular file can: a FIFO is not waited on.)"""
     try:
-        with open(path, "rb") as f:
-            return f.read(len(HEADER)) == HEADER.encode()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return False
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror}", path=path) from None
+    with open(fd, "rb") as f:
+        try:
+            return stat.S_ISREG(os.fstat(fd).st_mode) and f.read(len(HEADER)) == HEADER.encode()
+        except OSError as e:
+            raise InputError(f"cannot read: {e.strerror}", path=path) from None
 
 
 META_OBJECT = ".klpkit"
@@ -81,15 +91,11 @@ def export_symbols_list(db: SymbolDB, path: str | os.PathLike) -> int:
     ]
     n = 0
     infos = {
-        name: (kind, opath, depends)
-        for name, kind, opath, depends in db._query("SELECT name, kind, path, depends FROM objects")
+        name: (kind, opath, ",".join(depends)) for name, kind, opath, depends in db.object_rows()
     }
     all_exports: dict[str, list] = {}
-    for row in db._query(
-        "SELECT o.name, e.name, e.type, e.namespace, e.crc FROM exports e "
-        "JOIN objects o ON o.id = e.obj ORDER BY o.name, e.name"
-    ):
-        all_exports.setdefault(row[0], []).append(row[1:])
+    for obj, *export in db.export_rows():
+        all_exports.setdefault(obj, []).append(export)
     for obj, rows in db.all_symbols().items():
         kind, opath, depends = infos[obj]
         lines.append("*" + obj)
@@ -128,7 +134,8 @@ def export_symbols_list(db: SymbolDB, path: str | os.PathLike) -> int:
 
 def read_symbols_list(path: str | os.PathLike) -> SymbolSet:
     """Parse a Symbols.list into a SymbolSet (release from the klpkit section, if any)."""
-    text = read_input(path).decode("utf-8", "surrogateescape")
+    where = os.fspath(path)
+    text = read_regular(path, MAX_SYMBOLS_LIST, "Symbols.list").decode("utf-8", "surrogateescape")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -136,40 +143,63 @@ def read_symbols_list(path: str | os.PathLike) -> SymbolSet:
         raise InputError(
             f"Symbol list is in unknown format (first line is not '{HEADER}')", path=path
         )
-    objects: dict[str, list[str]] = {}
-    order: list[str] = []
-    current = None
-    for lineno, line in enumerate(lines[1:], 2):
-        if line.startswith("*"):
-            current = line[1:]
-            if current not in objects:
-                objects[current] = []
-                order.append(current)
-            continue
-        if current is None:
-            raise InputError(
-                f"line {lineno}: symbol before any '*object' line (File format error)", path=path
-            )
-        objects[current].append(line)
+    objects, meta_at = _sections(lines, where)
     meta_lines = objects.pop(META_OBJECT, None)
-    if META_OBJECT in order:
-        order.remove(META_OBJECT)
     symset = SymbolSet(release="", source="symbols-list", sources=[os.path.abspath(path)])
     if meta_lines is None:
         symset.source = "symbols-list(nm)"
-        for obj in order:
-            names = objects[obj]
-            rows = [(n, 0xFF) for n in names]  # bind/type unknown
-            exported = {n[len("__ksymtab_") :] for n in names if n.startswith("__ksymtab_")}
-            present = set(names)
-            rec = ObjectRecord(obj, "vmlinux" if obj == "vmlinux" else "module", None, rows)
-            rec.exports = [Export(e, obj, "", None, None) for e in sorted(exported) if e in present]
-            symset.objects.append(rec)
-        return symset
-    kinds = {}
+        _add_nm_objects(symset, objects, where)
+    else:
+        kinds, exports = _klpkit_section(symset, meta_lines, where, meta_at)
+        _add_klpkit_objects(symset, objects, kinds, exports, where)
+    return symset
+
+
+def _sections(lines: list[str], where: str) -> tuple[dict[str, list[str]], int]:
+    """object -> its lines, in the file's order, and the line of the klpkit section."""
+    objects: dict[str, list[str]] = {}
+    current = None
+    meta_at = 0
+    for lineno, line in enumerate(lines[1:], 2):
+        if line.startswith("*"):
+            current = objects.setdefault(line[1:], [])
+            if line[1:] == META_OBJECT:
+                meta_at = lineno
+        elif current is None:
+            raise InputError(
+                f"line {lineno}: symbol before any '*object' line (File format error)", path=where
+            )
+        else:
+            current.append(line)
+    return objects, meta_at
+
+
+def _add_nm_objects(symset: SymbolSet, objects: dict[str, list[str]], where: str) -> None:
+    """A list from the kernel Makefile's ``nm``: names only, binding and type unknown,
+    ``__ksymtab_<name>`` lines marking exports."""
+    for obj, names in objects.items():
+        rows = [(n, 0xFF) for n in names]  # bind/type unknown
+        exported = {n[len("__ksymtab_") :] for n in names if n.startswith("__ksymtab_")}
+        present = set(names)
+        kind = "vmlinux" if obj == "vmlinux" else "module"
+        rec = ObjectRecord.from_pairs(obj, kind, None, symset.next_oid, rows, where=where)
+        rec.exports = [Export(e, obj, "", None, None) for e in sorted(exported) if e in present]
+        symset.add_object(rec)
+
+
+_ObjectInfo = tuple[str, str | None, list[str], int, list[int]]
+
+
+def _klpkit_section(
+    symset: SymbolSet, meta_lines: list[str], where: str, meta_at: int
+) -> tuple[dict[str, _ObjectInfo], list[Export]]:
+    """The klpkit records: provenance into ``symset``; per object (kind, path,
+    dependencies, symbol count, codes); the exports."""
+    kinds: dict[str, _ObjectInfo] = {}
     exports = []
-    for lineno, rec in enumerate(meta_lines, 1):
-        f = rec.split("\t")
+    for lineno, line in enumerate(meta_lines, 1):
+        f = line.split("\t")
+        at = f"{where}:{meta_at + lineno}"
         try:
             if f[0] == "release":
                 symset.release = f[1]
@@ -178,36 +208,41 @@ def read_symbols_list(path: str | os.PathLike) -> SymbolSet:
             elif f[0] == "source":
                 symset.source = f"symbols-list({f[1]})" if f[1] else "symbols-list"
             elif f[0] == "object":
-                kinds[f[1]] = (
-                    f[2],
-                    f[3] or None,
-                    [d for d in f[4].split(",") if d],
-                    int(f[5]),
-                    _decode_codes(f[6]),
-                )
+                if f[2] not in ("vmlinux", "module"):
+                    raise ValueError(f[2])
+                count = parse_decimal(f[5], "symbol count", where=at)
+                deps = [d for d in f[4].split(",") if d]
+                kinds[f[1]] = (f[2], f[3] or None, deps, count, _decode_codes(f[6]))
             elif f[0] == "export":
-                exports.append(
-                    Export(f[2], f[1], f[3], f[4] or None, int(f[5], 16) if f[5] else None)
-                )
+                crc = parse_hex(f[5], "export CRC", where=at, limit=0xFFFFFFFF) if f[5] else None
+                exports.append(Export(f[2], f[1], f[3], f[4] or None, crc))
         except (IndexError, ValueError):
             raise InputError(
-                f"klpkit record {lineno} of '*{META_OBJECT}' is malformed", path=path
+                f"klpkit record {lineno} of '*{META_OBJECT}' is malformed", path=where
             ) from None
+    return kinds, exports
+
+
+def _add_klpkit_objects(
+    symset: SymbolSet,
+    objects: dict[str, list[str]],
+    kinds: dict[str, _ObjectInfo],
+    exports: list[Export],
+    where: str,
+) -> None:
     exports_of: dict[str, list[Export]] = {}
     for e in exports:
         exports_of.setdefault(e.object, []).append(e)
-    for obj in order:
+    for obj, names in objects.items():
         if obj not in kinds:
-            raise InputError(f"object '{obj}' has no klpkit record", path=path)
+            raise InputError(f"object '{obj}' has no klpkit record", path=where)
         kind, opath, depends, nrows, codes = kinds[obj]
-        names = objects[obj]
         if len(codes) != nrows or len(names) < nrows:
-            raise InputError(f"object '{obj}': {len(names)} names but {nrows} recorded", path=path)
+            raise InputError(f"object '{obj}': {len(names)} names but {nrows} recorded", path=where)
         rows = list(zip(names[:nrows], codes, strict=True))
-        symset.objects.append(
-            ObjectRecord(obj, kind, opath, rows, depends, exports_of.get(obj, []))
-        )
-    return symset
+        rec = ObjectRecord.from_pairs(obj, kind, opath, symset.next_oid, rows, where=where)
+        rec.depends, rec.exports = depends, exports_of.get(obj, [])
+        symset.add_object(rec)
 
 
 @gc_paused
@@ -223,19 +258,4 @@ def import_symbols_list(
         raise InputError(
             "Symbols.list does not say which kernel it is for; pass --release", path=path
         )
-    return _finish(symset, symvers, db, True)
-
-
-@gc_paused
-def dump(db: SymbolDB) -> dict:
-    """A canonical, comparable view of a database's content (not its provenance)."""
-    infos = {
-        name: (kind, [d for d in depends.split(",") if d])
-        for name, kind, depends in db._query("SELECT name, kind, depends FROM objects")
-    }
-    objs = {obj: (*infos[obj], rows) for obj, rows in db.all_symbols().items()}
-    exports = db._query(
-        "SELECT e.name, o.name, e.type, e.namespace, e.crc FROM exports e "
-        "JOIN objects o ON o.id = e.obj ORDER BY e.name, o.name"
-    )
-    return {"release": db.release, "build_id": db.build_id, "objects": objs, "exports": exports}
+    return finish(symset, symvers, db)

@@ -8,11 +8,13 @@ name with ``-`` → ``_``.  Older files (< v5.4) have no namespace column.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from typing import NamedTuple
 
 from klpkit.errors import InputError
-from klpkit.fileio import read_input
+from klpkit.fileio import read_regular
+from klpkit.numbers import parse_hex
 
 
 class Export(NamedTuple):
@@ -48,28 +50,29 @@ def parse_symvers(text: str, path: str | None = None) -> dict[str, Export]:
                 f"line {lineno}: expected CRC, symbol, module, export type separated by tabs",
                 path=path,
             )
-    try:
-        return {
-            c[1]: Export(
-                c[1],
-                object_name_of(c[2]),
-                c[3],
-                c[4] if len(c) > 4 and c[4] else None,
-                int(c[0], 16),
-            )
-            for c in rows
-            if len(c) >= 4
-        }
-    except ValueError:
+    crcs = [c[0] for c in rows if len(c) >= 4]
+    if not all(map(_CRC.fullmatch, crcs)):  # (one C-level check per line; the message:)
         for lineno, cols in enumerate(rows, 1):
             if len(cols) >= 4:
-                try:
-                    int(cols[0], 16)
-                except ValueError:
-                    raise InputError(f"line {lineno}: bad CRC {cols[0]!r}", path=path) from None
-        raise
+                parse_hex(cols[0], "CRC", where=f"{path}:{lineno}", limit=0xFFFFFFFF)
+    return {
+        c[1]: Export(
+            c[1],
+            object_name_of(c[2]),
+            c[3],
+            c[4] if len(c) > 4 and c[4] else None,
+            int(c[0], 16),
+        )
+        for c in rows
+        if len(c) >= 4
+    }
+
+
+# what klpkit.numbers.parse_hex accepts of a 32-bit CRC (modpost writes 0x%08x)
+_CRC = re.compile("(?:0[xX])?0*[0-9a-fA-F]{1,8}")
+MAX_SYMVERS = 256 << 20  # a distribution kernel's Module.symvers: ~2 MiB
 
 
 def read_symvers(path: str | os.PathLike) -> dict[str, Export]:
-    data = read_input(path)
+    data = read_regular(path, MAX_SYMVERS, "Module.symvers")
     return parse_symvers(data.decode("utf-8", "surrogateescape"), str(path))

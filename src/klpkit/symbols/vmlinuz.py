@@ -38,9 +38,9 @@ the facts, nothing copied):
    ``kallsyms_sym_address()``): names, their type letters, addresses where the layout
    allows, and ``kallsyms_seqs_of_names`` when present.
 
-:func:`read_image` does it all; :mod:`klpkit.symbols.build` turns the result into
-database records (``read_vmlinuz``); tests/symbols/test_image.py compares them with the
-``-dbg`` route.
+:func:`read_image` does it all; :func:`read_vmlinuz` turns the result into database
+records and :func:`build_from_vmlinuz` is the source built on it (a bare image, with its
+modules when given); tests/symbols/test_image.py compares them with the ``-dbg`` route.
 """
 
 from __future__ import annotations
@@ -61,9 +61,18 @@ from array import array
 from dataclasses import dataclass, field
 from itertools import accumulate, islice
 from operator import gt
+from pathlib import Path
+from typing import Any
 
 from klpkit.errors import InputError
 from klpkit.fileio import read_regular
+from klpkit.symbols import rules
+from klpkit.symbols.db import SymbolDB
+from klpkit.symbols.elf_objects import apply_modules_dep, find_modules, gnu_build_id, scan_modules
+from klpkit.symbols.finish import ProgressArg, finish, settle_release
+from klpkit.symbols.model import ObjectRecord, SymbolSet
+from klpkit.symbols.pages import column_records
+from klpkit.symbols.speed import gc_paused
 from klpkit.symbols.symvers import Export
 
 
@@ -170,9 +179,9 @@ class Inflater:
         self.format = payload.compression
         self.declared = payload.size
         self.done = False
-        self._proc = None
-        self._tmp = None
-        self._dec = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmp: str | None = None
+        self._dec: Any = None  # a decompressor object of lzma, bz2, zlib or zstd
         fmt = payload.compression
         if fmt == "none":
             self.buf = bytearray(payload.data)
@@ -203,8 +212,9 @@ class Inflater:
             if self._proc.poll() is None:
                 self._proc.kill()
             self._proc.wait()
-            self._proc.stdout.close()
-            self._proc.stderr.close()
+            for pipe in (self._proc.stdout, self._proc.stderr):
+                if pipe is not None:
+                    pipe.close()
             self._proc = None
         if self._tmp is not None:
             try:
@@ -237,27 +247,26 @@ class Inflater:
         cap = min(self.declared if self.declared is not None else MAX_VMLINUX, MAX_VMLINUX) + 1
         return max(1, min(want, cap - len(self.buf)))
 
+    def _inflate(self, want: int) -> bytes:
+        """Up to ``want`` more bytes of vmlinux (fewer at the end)."""
+        if self._proc is not None and self._proc.stdout is not None:
+            chunk = self._proc.stdout.read(want)
+            if not chunk:
+                self._tool_ended()
+            return chunk
+        chunk = self._dec.decompress(self._input, want)
+        gzip = self.format == "gzip"
+        self._input = self._dec.unconsumed_tail if gzip else b""
+        if self._dec.eof:
+            self.done = True
+        elif not chunk and (not self._input if gzip else self._dec.needs_input):
+            self._fail(f"the {self.format} payload is truncated")
+        return chunk
+
     def _step(self, want: int) -> None:
         want = self._limit(want)
         try:
-            if self._proc is not None:
-                chunk = self._proc.stdout.read(want)
-                if not chunk:
-                    self._tool_ended()
-            elif self.format == "gzip":
-                chunk = self._dec.decompress(self._input, want)
-                self._input = self._dec.unconsumed_tail
-                if self._dec.eof:
-                    self.done = True
-                elif not chunk and not self._input:
-                    self._fail("the gzip payload is truncated")
-            else:
-                chunk = self._dec.decompress(self._input, want)
-                self._input = b""
-                if self._dec.eof:
-                    self.done = True
-                elif not chunk and self._dec.needs_input:
-                    self._fail(f"the {self.format} payload is truncated")
+            chunk = self._inflate(want)
         except (lzma.LZMAError, zlib.error, OSError, EOFError, ValueError) as e:
             self._fail(f"the {self.format} payload is damaged: {_one_line(e)}")
         except Exception as e:  # compression.zstd's own error class (Python 3.14+)
@@ -294,21 +303,25 @@ class Inflater:
                 f"not installed (apt-get install {package})",
                 path=self.path,
             )
-        fd, self._tmp = tempfile.mkstemp(prefix="klpkit-vmlinuz-", suffix=f".{fmt}")
+        fd, tmp = tempfile.mkstemp(prefix="klpkit-vmlinuz-", suffix=f".{fmt}")
+        self._tmp = tmp
         with os.fdopen(fd, "wb") as f:
             f.write(self._input)
         self._input = b""
         self._cmd = cmd
         self._proc = subprocess.Popen(
-            [exe, "-d", "-c", "-q", self._tmp],
+            [exe, "-d", "-c", "-q", tmp],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
 
     def _tool_ended(self) -> None:
-        rc = self._proc.wait()
-        err = self._proc.stderr.read().decode("utf-8", "replace")
+        proc = self._proc
+        if proc is None:
+            return
+        rc = proc.wait()
+        err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
         self.done = True
         if rc != 0:
             lines = [line.strip() for line in err.splitlines() if line.strip()]
@@ -320,7 +333,7 @@ class Inflater:
 
 def _stdlib_zstd():
     try:
-        from compression import zstd  # standard library from Python 3.14
+        from compression import zstd  # type: ignore[import-not-found]  # Python 3.14+
     except ImportError:
         return None
     return zstd
@@ -402,22 +415,6 @@ def elf_layout(inf: Inflater) -> ElfLayout:
         elif ptype == 4:
             notes.append((off, filesz))
     return ElfLayout(elf64, le, etype, machine, loads, notes)
-
-
-def gnu_build_id(notes: bytes, little_endian: bool = True) -> str:
-    """The GNU build id (an ``NT_GNU_BUILD_ID`` note) in a block of ELF notes, or ""."""
-    le = "little" if little_endian else "big"
-    off = 0
-    while off + 12 <= len(notes):
-        namesz = int.from_bytes(notes[off : off + 4], le)
-        descsz = int.from_bytes(notes[off + 4 : off + 8], le)
-        ntype = int.from_bytes(notes[off + 8 : off + 12], le)
-        name_end = off + 12 + namesz
-        desc = name_end + (-namesz % 4)
-        if notes[off + 12 : name_end].rstrip(b"\0") == b"GNU" and ntype == 3:
-            return bytes(notes[desc : desc + descsz]).hex()
-        off = desc + descsz + (-descsz % 4)
-    return ""
 
 
 # --- 3 & 4. the kallsyms tables -------------------------------------------------------------
@@ -663,10 +660,10 @@ def _addresses(inf: Inflater, lay: ElfLayout, num_at: int, count: int, index_at:
     * without it, kallsyms_addresses: one pointer per symbol, same places."""
     buf, ptr, e = inf.buf, lay.ptr, lay.end
     pfmt = "Q" if ptr == 8 else "I"
-    candidates = []
+    candidates: list[tuple[str, int, int | None]] = []
     # (offsets, relative base) before num_syms: offsets, ALGN, base, num_syms
-    base_at = num_at - ptr
-    candidates.append(("relative", (base_at - 4 * count) // ptr * ptr, base_at))
+    before = num_at - ptr
+    candidates.append(("relative", (before - 4 * count) // ptr * ptr, before))
     after = _align(index_at + 512, ptr)
     candidates.append(("relative", after, _align(after + 4 * count, ptr)))
     candidates.append(("absolute", (num_at - ptr * count) // ptr * ptr, None))
@@ -675,7 +672,7 @@ def _addresses(inf: Inflater, lay: ElfLayout, num_at: int, count: int, index_at:
         size = (4 if kind == "relative" else ptr) * count
         if at < 0 or base_at is not None and base_at < 0 or not inf.ensure(at + size + ptr):
             continue
-        if kind == "absolute":
+        if kind == "absolute" or base_at is None:
             addrs = list(struct.unpack_from(f"{e}{count}{pfmt}", buf, at))
             if _sorted(addrs):
                 return addrs, {"kallsyms_addresses": at}, at + size
@@ -779,6 +776,8 @@ def _check_name_order(ks: Kallsyms, path: str | None) -> None:
     after cleanup_symbol_name(), which cuts ``.llvm.`` suffixes, with clang LTO).  A
     table whose tokens or names were damaged but kept their shape fails here."""
     seqs = ks.seqs_of_names
+    if seqs is None:
+        return
     count = len(ks.entries)
     if max(seqs, default=-1) >= count:
         raise ImageError("kallsyms_seqs_of_names points past the table (damaged image?)", path=path)
@@ -820,74 +819,93 @@ def read_exports(inf: Inflater, lay: ElfLayout, ks: Kallsyms) -> list[Export]:
             "decode (pass --symvers Module.symvers)",
             path=inf.path,
         )
-    at = {}
+    at, entry_names = _export_marks(ks, ks.addresses)
+    out: list[Export] = []
+    for tab, crctab, etype in _EXPORT_TYPES:
+        start, stop = at.get("__start_" + tab), at.get("__stop_" + tab)
+        if start is None or stop is None or stop < start:
+            continue
+        count = sum(1 for a in entry_names if start <= a < stop)
+        if count:
+            crc_at = at.get("__start_" + crctab)
+            out += _export_table(inf, lay, (tab, etype), (start, stop, count), crc_at, entry_names)
+    return out
+
+
+def _export_marks(ks: Kallsyms, addresses: list[int]) -> tuple[dict[str, int], dict[int, str]]:
+    """The addresses of the export tables' start and stop symbols, and the exported name
+    of each ``__ksymtab_<name>`` symbol's address."""
+    at: dict[str, int] = {}
     marks = {"__start_" + s for t in _EXPORT_TYPES for s in t[:2]} | {
         "__stop_" + t[0] for t in _EXPORT_TYPES
     }
     entry_names = {}
-    entries, addresses = ks.entries, ks.addresses
-    for i, entry in enumerate(entries):
+    for i, entry in enumerate(ks.entries):
         if entry.startswith("__", 1):  # (a C-level filter first: 1 in 5 do)
             name = entry[1:]
             if name in marks:
                 at.setdefault(name, addresses[i])
             elif name.startswith("__ksymtab_"):
                 entry_names[addresses[i]] = name[10:]
+    return at, entry_names
+
+
+def _export_table(
+    inf: Inflater,
+    lay: ElfLayout,
+    table: tuple[str, str],
+    span_of: tuple[int, int, int],
+    crc_at: int | None,
+    entry_names: dict[int, str],
+) -> list[Export]:
+    """The exports of one table (``__ksymtab`` or ``__ksymtab_gpl``: name, export type)
+    from ``start`` to ``stop`` holding ``count`` entries, CRCs from ``crc_at``."""
+    (tab, etype), (start, stop, count) = table, span_of
     e = lay.end
-    out = []
-    for tab, crctab, etype in _EXPORT_TYPES:
-        start, stop = at.get("__start_" + tab), at.get("__stop_" + tab)
-        if start is None or stop is None or stop < start:
-            continue
-        count = sum(1 for a in entry_names if start <= a < stop)
-        if not count:
-            continue
-        span = stop - start
-        if span % count or span // count not in (12, 3 * lay.ptr):
+    span = stop - start
+    if span % count or span // count not in (12, 3 * lay.ptr):
+        raise ImageError(
+            f"cannot read vmlinux's export table {tab}: {span} bytes for {count} exports",
+            path=inf.path,
+        )
+    size = span // count
+    prel = size == 12 and lay.elf64
+    off = lay.offset_of(start, span)
+    crc_off = lay.offset_of(crc_at, 4 * count) if crc_at is not None else None
+    if (
+        off is None
+        or not inf.ensure(off + span)
+        or crc_off is not None
+        and not inf.ensure(crc_off + 4 * count)
+    ):
+        raise ImageError(
+            f"vmlinux's export table {tab} is not in the image's loaded segments", path=inf.path
+        )
+    fields = struct.unpack_from(f"{e}{3 * count}{'i' if prel else _ptr(lay)}", inf.buf, off)
+    crcs = (
+        struct.unpack_from(f"{e}{count}I", inf.buf, crc_off)
+        if crc_off is not None
+        else [None] * count
+    )
+    starts = range(start, stop, size)
+    if prel:
+        name_addrs = [a + 4 + f for a, f in zip(starts, fields[1::3], strict=True)]
+        ns_addrs = [a + 8 + f for a, f in zip(starts, fields[2::3], strict=True)]
+    else:
+        name_addrs, ns_addrs = list(fields[1::3]), list(fields[2::3])
+    names = _cstrings(inf, lay, name_addrs)
+    namespaces = _cstrings(inf, lay, ns_addrs)
+    get = entry_names.get
+    for i, (addr, name) in enumerate(zip(starts, names, strict=True)):
+        if get(addr, name) != name:
             raise ImageError(
-                f"cannot read vmlinux's export table {tab}: {span} bytes for {count} exports",
+                f"vmlinux's export table {tab} disagrees with kallsyms at entry {i} ({name!r})",
                 path=inf.path,
             )
-        size = span // count
-        prel = size == 12 and lay.elf64
-        off = lay.offset_of(start, span)
-        crc_at = at.get("__start_" + crctab)
-        crc_off = lay.offset_of(crc_at, 4 * count) if crc_at is not None else None
-        if (
-            off is None
-            or not inf.ensure(off + span)
-            or crc_off is not None
-            and not inf.ensure(crc_off + 4 * count)
-        ):
-            raise ImageError(
-                f"vmlinux's export table {tab} is not in the image's loaded segments", path=inf.path
-            )
-        fields = struct.unpack_from(f"{e}{3 * count}{'i' if prel else _ptr(lay)}", inf.buf, off)
-        crcs = (
-            struct.unpack_from(f"{e}{count}I", inf.buf, crc_off)
-            if crc_off is not None
-            else [None] * count
-        )
-        starts = range(start, stop, size)
-        if prel:
-            name_addrs = [a + 4 + f for a, f in zip(starts, fields[1::3], strict=True)]
-            ns_addrs = [a + 8 + f for a, f in zip(starts, fields[2::3], strict=True)]
-        else:
-            name_addrs, ns_addrs = list(fields[1::3]), list(fields[2::3])
-        names = _cstrings(inf, lay, name_addrs)
-        namespaces = _cstrings(inf, lay, ns_addrs)
-        get = entry_names.get
-        for i, (entry, name) in enumerate(zip(starts, names, strict=True)):
-            if get(entry, name) != name:
-                raise ImageError(
-                    f"vmlinux's export table {tab} disagrees with kallsyms at entry {i} ({name!r})",
-                    path=inf.path,
-                )
-        out += [
-            Export(name, "vmlinux", etype, ns or None, crc)
-            for name, ns, crc in zip(names, namespaces, crcs, strict=True)
-        ]
-    return out
+    return [
+        Export(name, "vmlinux", etype, ns or None, crc)
+        for name, ns, crc in zip(names, namespaces, crcs, strict=True)
+    ]
 
 
 def _ptr(lay: ElfLayout) -> str:
@@ -996,3 +1014,59 @@ def _banner_release(inf: Inflater, lay: ElfLayout, ks: Kallsyms) -> str | None:
         return None
     m = _BANNER.match(bytes(inf.buf[off : off + 256]))
     return m.group(1).decode("ascii", "replace") if m else None
+
+
+# --- the source: vmlinux (and modules) of a kernel image -----------------------------------
+@gc_paused
+def read_vmlinuz(
+    path: str | os.PathLike, *, derive_exports: bool = True
+) -> tuple[ObjectRecord, str, str | None, list[Export], KernelImage]:
+    """vmlinux from a compressed kernel image (bzImage) or a stripped vmlinux: its
+    kallsyms tables, decoded above.  Returns what
+    :func:`klpkit.symbols.elf_objects.read_vmlinux` returns, and the image read.
+
+    The table *is* the kernel's order and the kernel's selection of symbols (what
+    :func:`rules.vmlinux_kallsyms` reconstructs from an ELF symbol table), and each
+    entry's type letter gives binding and type (``rules.LETTER_FLAGS``)."""
+    path = os.fspath(path)
+    img = read_image(path, exports=derive_exports)
+    letters = img.kallsyms.types.encode("latin-1")
+    rows = column_records(0, img.kallsyms.names, letters.translate(rules.LETTER_FLAGS), path)
+    rec = ObjectRecord("vmlinux", "vmlinux", path, rows, machine=img.machine)
+    return rec, img.build_id, img.release, img.exports or [], img
+
+
+@gc_paused
+def build_from_vmlinuz(
+    image: str | os.PathLike,
+    *,
+    modules_dir: str | os.PathLike | None = None,
+    symvers: str | os.PathLike | None = None,
+    release: str | None = None,
+    db: str | os.PathLike | None = None,
+    skip_bad: bool = False,
+    progress: ProgressArg = None,
+) -> SymbolDB:
+    """A bare kernel image (bzImage, e.g. ``/boot/vmlinuz-$(uname -r)``, or a stripped
+    vmlinux), and optionally its modules (a ``lib/modules/<release>`` tree): vmlinux's
+    symbols from the image's kallsyms tables (:func:`read_vmlinuz`)."""
+    image = Path(image)
+    rec, build_id, found, vexports, _img = read_vmlinuz(image, derive_exports=symvers is None)
+    release = settle_release(release, found, image, "image")
+    rec.exports = vexports
+    symset = SymbolSet(release, "vmlinuz", build_id, [str(image.resolve())], [rec])
+    if modules_dir is not None:
+        moddir = Path(modules_dir)
+        if not moddir.is_dir():
+            raise InputError("no such directory", path=moddir)
+        scan_modules(
+            find_modules(moddir),
+            symset,
+            release=release,
+            skip_bad=skip_bad,
+            derive_exports=symvers is None,
+            progress=progress or None,
+        )
+        apply_modules_dep(symset, moddir)
+        symset.sources.append(str(moddir.resolve()))
+    return finish(symset, symvers, db)
