@@ -19,6 +19,8 @@ from klpkit.errors import KlpkitError
 from klpkit.fileio import read_input
 from klpkit.kernel.kver import kernel_version as _kernel_version
 from klpkit.kernel.kver import parse_kernel_version  # noqa: F401 - klpkit.check's API
+from klpkit.symbols.db import SymbolDBError
+from klpkit.symbols.protocol import SymbolLookup
 
 FAMILIES = (elf_rules, modinfo_rules, symbol_rules, klp_rules, func_rules, loaded_rules, deps_rules)
 
@@ -30,7 +32,7 @@ LIVEPATCH_CORE = (func_rules, loaded_rules)
 
 def check_bytes(
     data: bytes,
-    db,
+    db: SymbolLookup | None,
     kernel_version=None,
     *,
     path: str = "module.ko",
@@ -49,8 +51,8 @@ def check_bytes(
         try:
             cont = family.run(ctx)
         except KlpkitError as e:  # a malformed part the model refuses: report, go on
-            if ctx.elf is None:
-                raise  # the reader refuses the module itself: so does check
+            if ctx.elf is None or isinstance(e, SymbolDBError):
+                raise  # the module itself, or the database, unreadable: check cannot judge
             ctx.add("elf.parse", Place(), f"{family.__name__.rsplit('.', 1)[-1]}: {e}")
             cont = False
         if cont is False:
@@ -59,7 +61,12 @@ def check_bytes(
 
 
 def check_module(
-    path: str | os.PathLike, db, kernel_version=None, *, loaded=(), running=None
+    path: str | os.PathLike,
+    db: SymbolLookup | None,
+    kernel_version=None,
+    *,
+    loaded=(),
+    running=None,
 ) -> list[Finding]:
     """Every finding for the module at ``path`` against ``db`` (a SymbolDB) on kernel
     ``kernel_version`` (``"6.1"``, ``(6, 1)``; default: the database's release), loaded

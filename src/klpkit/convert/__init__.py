@@ -29,6 +29,7 @@ from klpkit.convert.plan import (
 )
 from klpkit.elf import ElfFile
 from klpkit.fileio import refuse_output_over_input
+from klpkit.symbols.protocol import SymbolLookup
 
 __all__ = [
     "Action",
@@ -53,7 +54,7 @@ __all__ = [
 def convert_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str] | None,
-    db: object,
+    db: SymbolLookup | None,
     options: PlanOptions | None = None,
     *,
     dry_run: bool = False,

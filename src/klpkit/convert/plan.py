@@ -88,6 +88,7 @@ from klpkit.kernel.livepatch import (
     module_name_from_path,
 )
 from klpkit.symbols.db import SymbolEntry
+from klpkit.symbols.protocol import SymbolLookup
 
 
 class Action(enum.StrEnum):
@@ -322,7 +323,7 @@ class Classifier:
 
     def __init__(
         self,
-        db,
+        db: SymbolLookup | None,
         patched: Iterable[str],
         *,
         keep_exports: bool = False,
@@ -360,6 +361,8 @@ class Classifier:
     # -- helpers ------------------------------------------------------------
     def _depends(self, module: str) -> list[str]:
         """The modules ``module`` depends on; none when the database does not know it."""
+        if self.db is None:
+            return []
         try:
             return list(self.db.module_depends(module))
         except KlpkitError:
@@ -611,6 +614,7 @@ class Classifier:
         )
 
     def _automatic(self, name: str, weak: bool) -> SymbolDecision:
+        assert self.db is not None  # classify() answers without a database first
         entries = self.db.lookup(name)
         exported = [e for e in entries if e.exported]
         local_patched = [e for e in entries if not e.exported and e.object in self.patched_modules]
@@ -708,7 +712,10 @@ def _site_problem(relsec, target, gate: str, kver) -> str | None:
 
 
 def make_plan(
-    elf: ElfFile, db, options: PlanOptions | None = None, module_name: str | None = None
+    elf: ElfFile,
+    db: SymbolLookup | None,
+    options: PlanOptions | None = None,
+    module_name: str | None = None,
 ) -> Plan:
     """Decide the fate of every relocation of ``elf`` (a livepatch module).
 
@@ -722,7 +729,9 @@ class _Planner:
     """One planning run: the steps of :func:`make_plan`, sharing the errors and
     warnings they collect. Each step reads the model; none edits it."""
 
-    def __init__(self, elf: ElfFile, db, options: PlanOptions, module_name: str | None):
+    def __init__(
+        self, elf: ElfFile, db: SymbolLookup | None, options: PlanOptions, module_name: str | None
+    ):
         self.elf = elf
         self.db = db
         self.options = options
@@ -757,7 +766,7 @@ class _Planner:
         if kernel_machine and elf.machine != kernel_machine:
             self.errors.append(
                 f"the module is for {machine_name(elf.machine)}, the symbol "
-                f"database's kernel {self.db.release} is for "
+                f"database's kernel {getattr(self.db, 'release', '?')} is for "
                 f"{machine_name(kernel_machine)}"
             )
         self.objects, self.objects_source = self._patched_objects()

@@ -29,6 +29,7 @@ from typing import BinaryIO
 from klpkit.errors import InputError, KlpkitError
 from klpkit.numbers import parse_decimal, parse_hex
 from klpkit.symbols.db import NONCORE, SymbolEntry, _entries
+from klpkit.symbols.protocol import SymbolLookup
 from klpkit.symbols.symbols_list import HEADER, META_OBJECT, _decode_codes, is_symbols_list
 
 BLOCK = 1 << 20  # bytes read at a time: ~40,000 lines
@@ -491,7 +492,7 @@ class StreamedSymbols:
             self._read_exports(wanted)
 
 
-def open_for_module(path, elf, stack) -> object:
+def open_for_module(path, elf, stack) -> SymbolLookup:
     """The symbol source ``klpkit convert``/``klp-convert`` use for the module ``elf``:
     a Symbols.list streamed for the names the module needs, else what
     :func:`klpkit.symbols.source.open_symbols` opens (a database, the cached one of the

@@ -60,6 +60,7 @@ from klpkit.deps.model import (
 )
 from klpkit.errors import InputError
 from klpkit.kernel.livepatch import parse_klp_symbol_name
+from klpkit.symbols.protocol import SymbolLookup
 
 FIX_CONVERT = (
     "convert the module: klpkit convert {path} -o OUT.ko --symbols DB (references "
@@ -90,7 +91,7 @@ FIX_OBJECTS = (
 
 def analyze(
     paths: Iterable[str | os.PathLike],
-    db,
+    db: SymbolLookup,
     objects: dict[str, list[str]] | None = None,
     per_object: bool | None = None,
     *,
@@ -135,7 +136,7 @@ def analyze(
 class ModuleSet:
     """The modules given, read: what every step asks about the others."""
 
-    db: object
+    db: SymbolLookup
     kver: tuple[int, int]  # the kernel whose rules judge the livepatch relocations
     modules: list[ModuleInfo] = field(default_factory=list)
     files: dict[str, ModuleFile] = field(default_factory=dict)
