@@ -9,7 +9,7 @@ import contextlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from klpkit.errors import InputError
@@ -141,7 +141,7 @@ def _identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
 
 
 def refuse_output_over_input(
-    output: str | os.PathLike[str], inputs: dict[str, str | os.PathLike[str] | None]
+    output: str | os.PathLike[str], inputs: Mapping[str, str | os.PathLike[str] | None]
 ) -> None:
     """An output that is one of the command's inputs (the module, the database, a map
     file) would destroy it: compared by identity (device and inode, through symlinks and

@@ -283,12 +283,12 @@ def run(ctx: Context):
         bad: set[int] = set()
         for f in group:
             place = Place(f.section, f.offset, f.old_name)
-            if len(f.old_name.encode()) >= limit:
+            if len(f.old_name.encode("utf-8", "surrogateescape")) >= limit:
                 _add(
                     ctx,
                     "klp.func.format",
                     place,
-                    f"old_name is {len(f.old_name.encode())} bytes, the kernel allows at "
+                    f"old_name is {len(f.old_name.encode('utf-8', 'surrogateescape'))} bytes, the kernel allows at "
                     f"most {limit - 1}: klp_init_func() returns -EINVAL, the livepatch's "
                     "insmod fails without a message",
                     None,

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 from klpkit.deps import (
     CAT_A,
@@ -19,6 +20,7 @@ from klpkit.deps import (
     write_graph,
 )
 from klpkit.errors import InputError
+from klpkit.fileio import refuse_output_over_input
 from klpkit.kernel.modinfo import module_name
 from klpkit.output import print_json, print_table
 
@@ -101,10 +103,22 @@ def parse_object_map(items: Iterable[str]) -> dict[str, list[str]]:
     return out
 
 
+def _refuse_graph_over_inputs(args: argparse.Namespace) -> None:
+    """``--graph`` writes the graph and, for a picture, the DOT file beside it: neither
+    may be one of the modules or the database (compared by identity, before any work)."""
+    inputs: dict[str, str | None] = {f"module {m}": m for m in args.modules}
+    inputs["--symbols"] = args.symbols
+    graph = Path(args.graph)
+    for out in {graph, graph.with_suffix(".dot")}:
+        refuse_output_over_input(out, inputs)
+
+
 def run(args: argparse.Namespace) -> int:
     from klpkit.symbols.source import open_symbols
 
     objects = parse_object_map(args.object)
+    if args.graph:
+        _refuse_graph_over_inputs(args)
     with contextlib.ExitStack() as stack:
         db = open_symbols(args.symbols, args.modules[0], stack)
         report = analyze(args.modules, db, objects, per_object=args.per_object, force=args.force)

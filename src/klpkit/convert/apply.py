@@ -60,7 +60,7 @@ def _edit_depends(data: bytes, drop: set[str]) -> bytes:
         end = data.find(b"\0", i)
         end = len(data) if end < 0 else end
         mods = [m for m in data[i + 8 : end].decode("utf-8", "surrogateescape").split(",") if m]
-        kept = ",".join(m for m in mods if m not in drop).encode()
+        kept = ",".join(m for m in mods if m not in drop).encode("utf-8", "surrogateescape")
         new = b"depends=" + kept
         out[i:end] = new + b"\0" * (end - i - len(new))
         pos = end

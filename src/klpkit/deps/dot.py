@@ -112,7 +112,7 @@ def write_graph(report: Report, path: str | os.PathLike) -> tuple[Path, Path | N
     Returns (dot path, picture path or None, a warning or None)."""
     path = Path(path)
     ext = path.suffix.lower()
-    dot_text = to_dot(report).encode()
+    dot_text = to_dot(report).encode("utf-8", "surrogateescape")  # names as read
     if ext in (".dot", ".gv", ""):
         write_atomic(path, dot_text)
         return path, None, None
