@@ -360,6 +360,7 @@ class _Writer:
         ) != len(elf.orig_sections) or any(
             s.orig_index is not None and s.orig_index != i for i, s in enumerate(sections)
         )
+        grown = len(sections) != len(elf.orig_sections)
         for sec in sections:
             if isinstance(sec, SymbolTable) and (renumbered or sec.is_decoded()):
                 syms = sec.symbols
@@ -373,7 +374,8 @@ class _Writer:
                             other.relocations  # noqa: B018 - decode before indexes change
                         elif isinstance(other, GroupSection) and other.link is sec:
                             other.decode()
-            elif isinstance(sec, GroupSection) and renumbered:
+            elif isinstance(sec, GroupSection) and (renumbered or grown):
+                # a member index past the last section would name the appended one
                 sec.decode()
 
     def _ensure_shndx_sections(self) -> None:
