@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from klpkit import __version__
+from klpkit.elf import constants as C
 from klpkit.errors import InputError, KlpkitError
 from klpkit.fileio import remove_stale_temps, temp_prefix
 from klpkit.numbers import parse_decimal
@@ -78,20 +79,10 @@ SCHEMA = 4
 USER_VERSION = 0x6B6C7031  # "klp1": marks our files before any table is read
 NONCORE = 0x100  # flag: not in the module's kallsyms after init (init section, .modinfo, ABS)
 
-BIND_NAMES = {0: "local", 1: "global", 2: "weak", 10: "unique", 15: "unknown"}
-BIND_CODES = {v: k for k, v in BIND_NAMES.items()}
-TYPE_NAMES = {
-    0: "notype",
-    1: "object",
-    2: "func",
-    3: "section",
-    4: "file",
-    5: "common",
-    6: "tls",
-    10: "ifunc",
-    15: "unknown",
-}
-TYPE_CODES = {v: k for k, v in TYPE_NAMES.items()}
+#: the database's names of a symbol's binding and type: the ELF names in lower case, and
+#: "unknown" (15) for what a kallsyms type letter cannot tell
+BIND_NAMES = {**{b: n.lower() for b, n in C.BIND_NAMES.items()}, 15: "unknown"}
+TYPE_NAMES = {**{t: n.lower() for t, n in C.TYPE_NAMES.items()}, 15: "unknown"}
 KINDS = ("vmlinux", "module")
 
 SCHEMA_SQL = """
