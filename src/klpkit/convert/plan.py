@@ -361,12 +361,9 @@ class Classifier:
     # -- helpers ------------------------------------------------------------
     def _depends(self, module: str) -> list[str]:
         """The modules ``module`` depends on; none when the database does not know it."""
-        if self.db is None:
-            return []
-        try:
-            return list(self.db.module_depends(module))
-        except KlpkitError:
-            return []
+        if self.db is None or self.db.object_info(module) is None:
+            return []  # (a damaged database is an error, not "no dependencies")
+        return list(self.db.module_depends(module))
 
     def _gate(self, obj: str) -> tuple[str | None, str | None]:
         """(gate, problem) for a symbol defined in ``obj``: where the kernel will apply
