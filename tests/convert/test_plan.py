@@ -700,3 +700,14 @@ def test_classifier_api(small_db):
     assert clf.classify("klpkit_weak", weak=True).action is Action.KEEP
     assert Classifier(None, []).classify("printk").category is Category.UNCHECKED
     assert d.as_dict()["klp_symbol"] == ".klp.sym.cdrom.cdrom_check_events,0"
+
+
+@pytest.mark.parametrize("machine", [0, 0xFFFE])
+def test_no_architecture_machine_is_an_error(cc, small_db, machine):
+    """e_machine 0 (EM_NONE) or a number no kernel builds for: elf_check_arch() refuses
+    the module, and its relocation types mean nothing to carry into .klp.rela."""
+    elf = ElfFile.read(cc(BASE))
+    elf.machine = machine
+    plan = make_plan(elf, small_db, PlanOptions(objects=["cdrom"]))
+    assert not plan.ok
+    assert f"e_machine {machine} is no architecture the kernel builds for" in plan.errors

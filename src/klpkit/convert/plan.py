@@ -74,7 +74,7 @@ from klpkit.convert.categories import Category
 from klpkit.convert.objects import FROM_NONE, read_patched_objects
 from klpkit.elf import ElfFile
 from klpkit.elf import constants as C
-from klpkit.elf.reloc_types import machine_name, reloc_type_name
+from klpkit.elf.reloc_types import MACHINE_NAMES, machine_name, reloc_type_name
 from klpkit.errors import KlpkitError
 from klpkit.kernel import klp
 from klpkit.kernel.kver import DEFAULT_KERNEL_VERSION, format_version, kernel_version
@@ -760,7 +760,11 @@ class _Planner:
         if elf.symtab is None:
             self.errors.append("no symbol table")
         kernel_machine = getattr(self.db, "machine", None)
-        if kernel_machine and elf.machine != kernel_machine:
+        if elf.machine not in MACHINE_NAMES:
+            # no kernel architecture has it: elf_check_arch() refuses the module, and
+            # its relocation types mean nothing klpkit could carry over
+            self.errors.append(f"e_machine {elf.machine} is no architecture the kernel builds for")
+        elif kernel_machine and elf.machine != kernel_machine:
             self.errors.append(
                 f"the module is for {machine_name(elf.machine)}, the symbol "
                 f"database's kernel {getattr(self.db, 'release', '?')} is for "
