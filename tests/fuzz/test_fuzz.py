@@ -70,6 +70,7 @@ CAMPAIGN_FINDINGS = [
     (14, 100015923, "elf"),  # a klp_func old_name that is not UTF-8: check's encode()
     (14, 200018907, "sections"),  # a SHT_GROUP naming sections past the last: convert appends one
     (14, 100009663, "sections"),  # the same, the appended section a member without SHF_GROUP
+    (2026, 40557, "sections"),  # __versions retyped SHT_DYNSYM: convert rewrote its rows
 ]
 
 

@@ -1055,6 +1055,14 @@ class _Planner:
         vsec = self.elf.section("__versions")
         if vsec is None or not converted:
             return []
+        if vsec.type != C.SHT_PROGBITS:
+            # modpost's .mod.c puts it in a plain "a" section; rewriting another type's
+            # content would contradict its own header (a symbol table of 64-byte rows)
+            self.errors.append(
+                f"__versions: section type {vsec.type:#x}, not SHT_PROGBITS as modpost "
+                "writes it: klpkit will not rewrite it"
+            )
+            return []
         from klpkit.kernel.versions import parse_versions
 
         try:
