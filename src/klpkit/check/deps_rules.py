@@ -24,6 +24,7 @@ from klpkit.convert.categories import Category
 from klpkit.convert.plan import Classifier
 from klpkit.elf import constants as C
 from klpkit.kernel.modinfo import Modinfo
+from klpkit.symbols.protocol import known_depends
 
 
 @dataclass
@@ -84,15 +85,9 @@ def cycles(ctx: Context, loads: list[str]) -> list[list[str]]:
     for dst in loads:
         if dst == ctx.name:
             out.append([ctx.name, ctx.name])
-        elif dst in patched and ctx.name in _direct_deps(ctx.db, dst):
+        elif dst in patched and ctx.name in known_depends(ctx.db, dst):
             out.append([ctx.name, dst, ctx.name])
     return out
-
-
-def _direct_deps(db, obj: str) -> list[str]:
-    """``obj``'s own dependencies; an object the database does not hold has none known."""
-    info = db.object_info(obj) if db is not None else None
-    return list(info["depends"]) if info is not None else []
 
 
 def run(ctx: Context):

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from klpkit.check.context import Context
 from klpkit.check.findings import Place, Severity, Stage
-from klpkit.check.sources import SOURCE_ERRORS
 from klpkit.kernel import klp
 from klpkit.kernel.livepatch import ksym_name_max
 
@@ -45,10 +44,10 @@ def _names_with_prefix(db, prefix: str, obj: str) -> list[str]:
     from its name index; another symbol source is scanned)."""
     if hasattr(db, "names_with_prefix"):
         return db.names_with_prefix(prefix, obj)
-    try:
-        return sorted({n for n, _f in db.symbols_of(obj) if n.startswith(prefix)})
-    except SOURCE_ERRORS:
+    symbols_of = getattr(db, "symbols_of", None)  # a Symbols.list stream has neither
+    if symbols_of is None:
         return []
+    return sorted({n for n, _f in symbols_of(obj) if n.startswith(prefix)})
 
 
 def compiler_clones(db, name: str, obj: str) -> list[str]:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 from klpkit.check.context import Context
 from klpkit.check.findings import Finding, Place, Severity, Stage
-from klpkit.check.sources import SOURCE_ERRORS
 from klpkit.elf import constants as C
 from klpkit.kernel import klp
 from klpkit.kernel.livepatch import (
@@ -36,6 +35,7 @@ from klpkit.kernel.livepatch import (
     parse_klp_rela_object,
     parse_klp_symbol_name,
 )
+from klpkit.symbols.protocol import known_depends
 
 #: ``sscanf(name, ".klp.rela.%55[^.]")``: the gating object, or None (cnt != 1).
 rela_object = parse_klp_rela_object
@@ -341,19 +341,12 @@ def _pair(run: _Run, gate: str, sym, place: Place) -> list[Finding]:
         if problem.gravity is klp.Gravity.REFUSED:
             _staged(f, Stage.OBJECT)
     elif gate != klp.VMLINUX:
-        depends = _depends(ctx, gate)
+        depends = known_depends(ctx.db, gate)
         dep = klp.dependency_problem(gate, parsed.object, depends)
         if dep is not None:
             ctx.add("klp.sym.dependency", place, dep, gate=gate)
     run.of_pair[key] = run.added(before)
     return run.of_pair[key]
-
-
-def _depends(ctx: Context, obj: str) -> list[str]:
-    try:
-        return list(ctx.db.module_depends(obj))
-    except SOURCE_ERRORS:
-        return []
 
 
 def _relocations(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from klpkit.check.context import Context
 from klpkit.check.findings import Place
-from klpkit.check.sources import SOURCE_ERRORS
+from klpkit.errors import KlpkitError
 from klpkit.kernel.versions import parse_versions
 
 _FALLBACK_OBJECTS = ("cdrom", "ext4", "xfs", "scsi_mod", "libata", "loop")
@@ -21,22 +21,16 @@ def target_vermagic(db, prefer=()) -> str | None:
     if cached is not None:
         return cached or None
     names = [n for n in prefer if n != "vmlinux"] + list(_FALLBACK_OBJECTS)
-    try:
-        names += [n for n in db.objects()[:50] if n != "vmlinux"]
-    except SOURCE_ERRORS:
-        pass
+    names += [n for n in db.objects()[:50] if n != "vmlinux"]
     found = ""
     for name in names:
-        try:
-            info = db.object_info(name)
-        except SOURCE_ERRORS:
-            info = None
+        info = db.object_info(name)
         path = info and info.get("path")
         if not path:
             continue
         try:
             sec = ElfFile.read(path).section(".modinfo")
-        except SOURCE_ERRORS:
+        except KlpkitError:  # the module file the database names is gone or damaged
             continue
         vm = Modinfo.parse(sec.data).vermagic if sec is not None else None
         if vm:
@@ -132,10 +126,8 @@ def _livepatch(ctx: Context) -> None:
     (check_modinfo_livepatch(): refused without CONFIG_LIVEPATCH, else the kernel is
     tainted); the livepatch core's rules hold only for a module that registers a patch
     (klp.registers_patch: it calls klp_enable_patch())."""
-    try:
-        has_klp = ctx.db.export("klp_enable_patch") is not None
-    except SOURCE_ERRORS:
-        has_klp = True
+    export = getattr(ctx.db, "export", None)  # a Symbols.list stream knows no exports
+    has_klp = export("klp_enable_patch") is not None if export is not None else True
     place = Place(".modinfo", symbol="livepatch")
     if ctx.modinfo.is_livepatch:
         if not has_klp:

@@ -88,7 +88,7 @@ from klpkit.kernel.livepatch import (
     module_name_from_path,
 )
 from klpkit.symbols.db import SymbolEntry
-from klpkit.symbols.protocol import SymbolLookup
+from klpkit.symbols.protocol import SymbolLookup, known_depends
 
 
 class Action(enum.StrEnum):
@@ -359,12 +359,6 @@ class Classifier:
         return self._automatic(name, weak)
 
     # -- helpers ------------------------------------------------------------
-    def _depends(self, module: str) -> list[str]:
-        """The modules ``module`` depends on; none when the database does not know it."""
-        if self.db is None or self.db.object_info(module) is None:
-            return []  # (a damaged database is an error, not "no dependencies")
-        return list(self.db.module_depends(module))
-
     def _gate(self, obj: str) -> tuple[str | None, str | None]:
         """(gate, problem) for a symbol defined in ``obj``: where the kernel will apply
         its relocations (klp.gate_for_vmlinux, klp.dependency_problem)."""
@@ -380,7 +374,8 @@ class Classifier:
         if obj in self.patched_modules:
             return obj, None
         problems = {
-            pm: klp.dependency_problem(pm, obj, self._depends(pm)) for pm in self.patched_modules
+            pm: klp.dependency_problem(pm, obj, known_depends(self.db, pm))
+            for pm in self.patched_modules
         }
         users = [pm for pm, problem in problems.items() if problem is None]
         if users:

@@ -12,6 +12,7 @@ from klpkit.kernel.exports import exported_names
 from klpkit.kernel.kver import kernel_version
 from klpkit.kernel.livepatch import meant_as_klp_rela, parse_klp_rela_object
 from klpkit.kernel.modinfo import Modinfo, module_name
+from klpkit.symbols.protocol import known_depends
 
 #: one livepatch relocation: (its .klp.rela section, the gate, the site, the symbol name)
 KlpReloc = tuple[str, str, str, str]
@@ -68,16 +69,6 @@ def relocation_sites(elf: ElfFile) -> tuple[dict[str, list[str]], list[KlpReloc]
 
 
 # ------------------------------------------------------------------- symbol database
-def direct_deps(db, obj: str) -> list[str]:
-    """``obj``'s own dependencies (depmod's modules.dep line, from the database); an
-    object the database does not hold (a module of the set, an out-of-tree target)
-    has none known.  No database: none known either."""
-    if db is None:
-        return []
-    info = db.object_info(obj)
-    return list(info["depends"]) if info is not None else []
-
-
 def closure(db, obj: str, cache: dict[str, set[str]]) -> set[str]:
     """Every module ``obj`` needs, transitively (depmod's modules.dep), from the DB."""
     if obj in cache:
@@ -86,7 +77,7 @@ def closure(db, obj: str, cache: dict[str, set[str]]) -> set[str]:
     seen: set[str] = set()
     todo = [obj]
     while todo:
-        for d in direct_deps(db, todo.pop()):
+        for d in known_depends(db, todo.pop()):
             if d not in seen:
                 seen.add(d)
                 todo.append(d)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from klpkit.deps.facts import direct_deps
 from klpkit.deps.model import (
     CAT_B,
     ERROR,
@@ -23,6 +22,7 @@ from klpkit.deps.model import (
     Edge,
     ModuleInfo,
 )
+from klpkit.symbols.protocol import known_depends
 
 # edges the loader follows (in this order of preference when a cycle step has several)
 LOAD_KINDS = (NEEDS, TRIGGERS, OBJECT_DEP)
@@ -101,7 +101,7 @@ def add_object_deps(db, node_kinds: dict[str, str], edges: EdgeSet) -> None:
     """The patched objects' own dependencies (from the database): what a D edge
     must mirror, and part of the load order a cycle may run through."""
     for obj in sorted(o for o, kind in node_kinds.items() if kind == PATCHED):
-        for d in direct_deps(db, obj):
+        for d in known_depends(db, obj):
             if d in node_kinds:
                 edges.add(obj, d, OBJECT_DEP, None, OK, None, f"{obj} depends on {d}")
 

@@ -68,6 +68,14 @@ class SymbolDatabase(SymbolLookup, Protocol):
     def names_with_prefix(self, prefix: str, object: str) -> list[str]: ...
 
 
+def known_depends(db: SymbolLookup | None, obj: str) -> list[str]:
+    """``obj``'s own dependencies (depmod's modules.dep line); none known for an object
+    the source does not hold (a module of the set, an out-of-tree target) or without a
+    source.  A damaged database raises: it is not "no dependencies"."""
+    info = db.object_info(obj) if db is not None else None
+    return list(info["depends"]) if info is not None else []
+
+
 if TYPE_CHECKING:  # (mypy proves the database has what the protocols promise)
     from klpkit.symbols.db import SymbolDB
 
